@@ -1,0 +1,399 @@
+//! One tower's ONNX graph in tract: its input facts (which axes are fixed, which symbolic) and
+//! the runnable plans built from it.
+//!
+//! The file is parsed once, typed and decluttered once. From that model:
+//! - a graph with fixed shapes (immich's static export) gets one plan, and every run uses it;
+//! - a graph with symbolic batch (and sequence) axes gets one plan per configured bucket, made by
+//!   binding the symbols to concrete values and optimizing (tract picks faster kernels for
+//!   concrete shapes), plus, unless every shape is covered by buckets, one plan that keeps the
+//!   symbols and runs any shape.
+//!
+//! Weights are `Arc`-shared constants in the decluttered model, so the plans share them until
+//! optimization packs them for a kernel.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use thiserror::Error;
+use tract_onnx::prelude::*;
+
+/// A plan tract can run.
+pub type Plan = Arc<TypedRunnableModel>;
+
+/// An axis of input 0: fixed by the graph, or free (a symbol).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Axis {
+    /// The graph only accepts this size.
+    Fixed(usize),
+    /// The graph accepts any size; the symbol is bound per plan.
+    Symbolic(Symbol),
+}
+
+impl Axis {
+    fn of(dim: &TDim) -> Option<Axis> {
+        match dim {
+            TDim::Val(v) => usize::try_from(*v).ok().map(Axis::Fixed),
+            TDim::Sym(s) => Some(Axis::Symbolic(s.clone())),
+            _ => None,
+        }
+    }
+
+    /// The size the graph requires, if any.
+    pub fn fixed(&self) -> Option<usize> {
+        match self {
+            Axis::Fixed(n) => Some(*n),
+            Axis::Symbolic(_) => None,
+        }
+    }
+}
+
+/// A graph that could not be loaded or run.
+#[derive(Debug, Error)]
+pub enum GraphError {
+    /// tract could not read, type or optimize the file.
+    #[error("{path}: {message}")]
+    Load {
+        /// The ONNX file.
+        path: PathBuf,
+        /// tract's error chain.
+        message: String,
+    },
+    /// The graph's inputs or outputs do not fit the model folder contract.
+    #[error("{path}: {what}")]
+    Contract {
+        /// The ONNX file.
+        path: PathBuf,
+        /// Which fact did not fit, and how.
+        what: String,
+    },
+    /// A run failed inside tract.
+    #[error("inference failed: {0}")]
+    Run(String),
+}
+
+/// Which concrete shapes get a plan of their own.
+#[derive(Debug, Clone, Default)]
+pub struct Buckets {
+    /// Batch sizes (axis 0) to specialize for; empty keeps only the symbolic plan.
+    pub batch: Vec<usize>,
+    /// Sequence lengths (axis 1 of the text graph) to specialize for.
+    pub seq: Vec<usize>,
+}
+
+/// A loaded tower graph with its plans.
+pub struct Graph {
+    path: PathBuf,
+    input_type: DatumType,
+    input_shape: Vec<Axis>,
+    output_dim: usize,
+    /// Plans for concrete shapes, keyed by (batch, seq) (seq is 0 for the image graph).
+    fixed: BTreeMap<(usize, usize), Plan>,
+    /// The plan that runs any shape, when some axis is symbolic and not fully bucketed.
+    symbolic: Option<Plan>,
+}
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Graph")
+            .field("path", &self.path)
+            .field("input_type", &self.input_type)
+            .field("input_shape", &self.input_shape)
+            .field("output_dim", &self.output_dim)
+            .field("fixed_plans", &self.fixed.keys().collect::<Vec<_>>())
+            .field("symbolic_plan", &self.symbolic.is_some())
+            .finish()
+    }
+}
+
+impl Graph {
+    /// Loads `path`, checks input 0 has `rank` axes and output 0 is `[N, D]` float32, and builds
+    /// the plans for `buckets`. `seq_cap` bounds the sequence buckets (the context length).
+    pub fn load(
+        path: &Path,
+        rank: usize,
+        buckets: &Buckets,
+        seq_cap: usize,
+    ) -> Result<Graph, GraphError> {
+        let load_err = |e: TractError| GraphError::Load {
+            path: path.to_path_buf(),
+            message: format!("{e:#}"),
+        };
+        let contract = |what: String| GraphError::Contract {
+            path: path.to_path_buf(),
+            what,
+        };
+        let model = tract_onnx::onnx()
+            .with_ignore_output_shapes(true)
+            .model_for_path(path)
+            .map_err(load_err)?;
+        if model.inputs.is_empty() || model.outputs.is_empty() {
+            return Err(contract("the graph has no inputs or no outputs".into()));
+        }
+        // Bind input 0 and output 0 only: extra outputs (token states, say) are dropped.
+        let mut model = model;
+        let out0 = model.outputs[0];
+        model.select_output_outlets(&[out0]).map_err(load_err)?;
+        let typed = model
+            .into_typed()
+            .and_then(|m| m.into_decluttered())
+            .map_err(load_err)?;
+
+        let input = typed.input_fact(0).map_err(load_err)?;
+        let input_type = input.datum_type;
+        let input_shape: Vec<Axis> = input
+            .shape
+            .iter()
+            .map(|d| Axis::of(d))
+            .collect::<Option<_>>()
+            .ok_or_else(|| {
+                contract(format!(
+                    "input 0 has an unsupported shape {:?}",
+                    input.shape
+                ))
+            })?;
+        if input_shape.len() != rank {
+            return Err(contract(format!(
+                "input 0 has {} axes, expected {rank} (shape {:?})",
+                input_shape.len(),
+                input.shape
+            )));
+        }
+        let output = typed.output_fact(0).map_err(load_err)?;
+        if output.datum_type != f32::datum_type() {
+            return Err(contract(format!(
+                "output 0 is {:?}, expected float32",
+                output.datum_type
+            )));
+        }
+        let output_dim = match output.shape.iter().collect::<Vec<_>>().as_slice() {
+            [_, d] => d
+                .to_i64()
+                .ok()
+                .and_then(|d| usize::try_from(d).ok())
+                .ok_or_else(|| contract(format!("output 0 has a symbolic width {d}")))?,
+            _ => {
+                return Err(contract(format!(
+                    "output 0 has shape {:?}, expected [N, D]",
+                    output.shape
+                )))
+            }
+        };
+
+        let mut graph = Graph {
+            path: path.to_path_buf(),
+            input_type,
+            input_shape,
+            output_dim,
+            fixed: BTreeMap::new(),
+            symbolic: None,
+        };
+        graph.build_plans(typed, buckets, seq_cap)?;
+        Ok(graph)
+    }
+
+    fn build_plans(
+        &mut self,
+        typed: TypedModel,
+        buckets: &Buckets,
+        seq_cap: usize,
+    ) -> Result<(), GraphError> {
+        let load_err = |e: TractError| GraphError::Load {
+            path: self.path.clone(),
+            message: format!("{e:#}"),
+        };
+        let batch_axis = self.input_shape[0].clone();
+        let seq_axis = if self.is_text() {
+            Some(self.input_shape[1].clone())
+        } else {
+            None
+        };
+        let batch_sizes: Vec<usize> = match &batch_axis {
+            Axis::Fixed(n) => vec![*n],
+            Axis::Symbolic(_) => buckets.batch.clone(),
+        };
+        let seq_sizes: Vec<usize> = match &seq_axis {
+            None => vec![0],
+            Some(Axis::Fixed(s)) => vec![*s],
+            Some(Axis::Symbolic(_)) => buckets.seq.iter().map(|&s| s.min(seq_cap)).collect(),
+        };
+        for &b in &batch_sizes {
+            for &s in &seq_sizes {
+                let mut subs = std::collections::HashMap::new();
+                if let Axis::Symbolic(sym) = &batch_axis {
+                    subs.insert(sym.clone(), TDim::Val(b as i64));
+                }
+                if let Some(Axis::Symbolic(sym)) = &seq_axis {
+                    subs.insert(sym.clone(), TDim::Val(s as i64));
+                }
+                let bound = if subs.is_empty() {
+                    typed.clone()
+                } else {
+                    typed.set_symbols(&subs).map_err(load_err)?
+                };
+                let plan = bound
+                    .into_optimized()
+                    .and_then(|m| m.into_runnable())
+                    .map_err(load_err)?;
+                self.fixed.insert((b, s), plan);
+            }
+        }
+        // Buckets cover every request only if any batch can be made of them (a bucket of 1)
+        // and the longest text fits one; otherwise keep a plan that runs any shape.
+        let batches_covered = match &batch_axis {
+            Axis::Fixed(_) => true,
+            Axis::Symbolic(_) => buckets.batch.contains(&1),
+        };
+        let seqs_covered = match &seq_axis {
+            None | Some(Axis::Fixed(_)) => true,
+            Some(Axis::Symbolic(_)) => seq_sizes.iter().any(|&s| s >= seq_cap),
+        };
+        if self.fixed.is_empty() || !(batches_covered && seqs_covered) {
+            let plan = typed
+                .into_optimized()
+                .and_then(|m| m.into_runnable())
+                .map_err(load_err)?;
+            self.symbolic = Some(plan);
+        }
+        Ok(())
+    }
+
+    fn is_text(&self) -> bool {
+        self.input_shape.len() == 2
+    }
+
+    /// The ONNX file this graph came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Element type of input 0 (f32 for images; i32 or i64 for token ids).
+    pub fn input_type(&self) -> DatumType {
+        self.input_type
+    }
+
+    /// The axes of input 0.
+    pub fn input_shape(&self) -> &[Axis] {
+        &self.input_shape
+    }
+
+    /// Width of output 0 (the embedding dimension).
+    pub fn output_dim(&self) -> usize {
+        self.output_dim
+    }
+
+    /// The concrete shapes that have a plan of their own.
+    pub fn plan_shapes(&self) -> Vec<(usize, usize)> {
+        self.fixed.keys().copied().collect()
+    }
+
+    /// Splits `n` items of sequence length `s` into runs, in order. Each run names its plan and
+    /// the padded batch size and length it must be given; the caller fills the padding.
+    pub fn schedule(&self, n: usize, s: usize) -> Result<Vec<Run>, GraphError> {
+        let mut runs = Vec::new();
+        let mut left = n;
+        while left > 0 {
+            let run = self.next_run(left, s)?;
+            left -= run.items;
+            runs.push(run);
+        }
+        Ok(runs)
+    }
+
+    /// The shortest bucketed length that holds `s` tokens at batch `b` (0 for images).
+    fn seq_bucket(&self, b: usize, s: usize) -> Option<usize> {
+        self.fixed
+            .keys()
+            .filter(|(pb, ps)| *pb == b && (!self.is_text() || *ps >= s))
+            .map(|(_, ps)| *ps)
+            .min()
+    }
+
+    fn next_run(&self, left: usize, s: usize) -> Result<Run, GraphError> {
+        let mut batches: Vec<usize> = self.fixed.keys().map(|(b, _)| *b).collect();
+        batches.dedup();
+        let with_seq = |b: usize| self.seq_bucket(b, s).map(|ps| (b, ps));
+        // Pad up to a bucket when at most a quarter of it would be padding, else take the
+        // largest bucket that fills completely.
+        let up = batches
+            .iter()
+            .find(|&&b| b >= left && 4 * left >= 3 * b)
+            .and_then(|&b| with_seq(b));
+        let down = batches
+            .iter()
+            .rev()
+            .find(|&&b| b <= left)
+            .and_then(|&b| with_seq(b));
+        if let Some((b, ps)) = up.or(down) {
+            return Ok(Run {
+                items: left.min(b),
+                batch: b,
+                seq: ps,
+                plan: self.fixed[&(b, ps)].clone(),
+            });
+        }
+        if let Some(plan) = &self.symbolic {
+            let batch = self.input_shape[0].fixed().unwrap_or(left);
+            let seq = match self.input_shape.get(1) {
+                Some(Axis::Fixed(fixed)) if self.is_text() => *fixed,
+                _ => s,
+            };
+            return Ok(Run {
+                items: left.min(batch),
+                batch,
+                seq,
+                plan: plan.clone(),
+            });
+        }
+        // Only buckets, all larger than what is left: pad up to the smallest that fits.
+        let (b, ps) = batches.iter().find_map(|&b| with_seq(b)).ok_or_else(|| {
+            GraphError::Run(format!(
+                "no plan of {} takes {left} items of length {s}",
+                self.path.display()
+            ))
+        })?;
+        Ok(Run {
+            items: left.min(b),
+            batch: b,
+            seq: ps,
+            plan: self.fixed[&(b, ps)].clone(),
+        })
+    }
+
+    /// Runs one plan on a prepared input tensor and returns output 0 as rows of width D.
+    pub fn run(&self, plan: &Plan, input: Tensor) -> Result<Vec<Vec<f32>>, GraphError> {
+        let outputs = plan
+            .run(tvec![input.into()])
+            .map_err(|e| GraphError::Run(format!("{e:#}")))?;
+        let out = outputs
+            .first()
+            .ok_or_else(|| GraphError::Run("the graph returned no output".into()))?;
+        let view = out
+            .to_plain_array_view::<f32>()
+            .map_err(|e| GraphError::Run(format!("{e:#}")))?;
+        let shape = view.shape().to_vec();
+        if shape.len() != 2 || shape[1] != self.output_dim {
+            return Err(GraphError::Run(format!(
+                "output 0 has shape {shape:?}, expected [N, {}]",
+                self.output_dim
+            )));
+        }
+        Ok(view
+            .outer_iter()
+            .map(|row| row.iter().copied().collect())
+            .collect())
+    }
+}
+
+/// One run of a plan over a slice of the batch.
+#[derive(Clone)]
+pub struct Run {
+    /// How many real items this run takes.
+    pub items: usize,
+    /// The batch size the plan is run at (items plus padding rows).
+    pub batch: usize,
+    /// The sequence length to pad to (0 for images).
+    pub seq: usize,
+    /// The plan to run.
+    pub plan: Plan,
+}
