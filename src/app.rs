@@ -1,0 +1,79 @@
+//! Wiring for the `serve` command: settings -> model folder -> engine -> queues -> server.
+//!
+//! The listener is bound by the caller (tests bind port 0). The server answers `/health` at
+//! once and `/ready` only after the model has loaded and warmed up, so a load balancer never
+//! sends traffic to a replica that is still loading.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::config::Settings;
+use crate::engine::{Buckets, Engine, EngineSettings};
+use crate::http::{self, AppState};
+use crate::telemetry::Metrics;
+
+/// The engine settings the service's settings imply.
+pub fn engine_settings(settings: &Settings) -> EngineSettings {
+    EngineSettings {
+        image_buckets: Buckets {
+            batch: settings.model.image_batch_buckets.clone(),
+            seq: Vec::new(),
+        },
+        text_buckets: Buckets {
+            batch: settings.model.text_batch_buckets.clone(),
+            seq: settings.model.text_seq_buckets.clone(),
+        },
+    }
+}
+
+/// Finds the model folder for `settings.model.source`: a local folder, or a hub repository
+/// downloaded into the cache.
+pub async fn resolve_model(settings: &Settings) -> anyhow::Result<PathBuf> {
+    let source = PathBuf::from(&settings.model.source);
+    if source.is_dir() {
+        return Ok(source);
+    }
+    anyhow::bail!(
+        "model source `{}` is not a folder (hub downloads are not available in this build)",
+        settings.model.source
+    )
+}
+
+/// Loads the model on the blocking pool and hands it to the state (which starts the towers).
+pub async fn load_model(settings: &Settings, state: &AppState) -> anyhow::Result<()> {
+    let folder = resolve_model(settings).await?;
+    let engine_settings = engine_settings(settings);
+    let engine = tokio::task::spawn_blocking(move || Engine::load(&folder, &engine_settings))
+        .await
+        .context("the model loading task failed")?
+        .context("loading the model")?;
+    state
+        .set_model(Arc::new(engine))
+        .context("starting the inference threads")?;
+    tracing::info!("ready");
+    Ok(())
+}
+
+/// Runs the service on `listener` until `shutdown` resolves. A model that fails to load ends
+/// the process with the error instead of leaving a server that can never become ready.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let state = AppState::new(settings.clone(), Metrics::new());
+    let app = http::router(state.clone());
+    tracing::info!(addr = %listener.local_addr()?, model = %settings.model.source, "listening");
+    let server = http::server::serve(listener, app, state.clone(), shutdown);
+    let load = load_model(&settings, &state);
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result.context("serving"),
+        result = load => result?,
+    }
+    server.await.context("serving")
+}

@@ -1,0 +1,381 @@
+//! The bounded queue in front of one tower, and the inference threads that drain it in batches.
+//!
+//! ```text
+//! handler ──submit(items)──► [ bounded mpsc: one Job per item, each with its own oneshot ]
+//!                                   │ a free worker takes what is queued (up to max items /
+//!                                   │ token budget), lingering briefly for more under light load
+//!                                   ▼
+//!                            worker thread (std::thread): skips items whose caller left,
+//!                            runs the batch (panics caught), answers each oneshot
+//! ```
+//!
+//! A request's items are queued all or none (`try_reserve_many`), so a full queue answers at
+//! once and never half-accepts a request. Every accepted item gets exactly one answer, from its
+//! own channel, so a result can never reach another caller. Dropping the last [`Batcher`] handle
+//! closes the channel: the workers finish what is queued and exit.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::embedding::Embedding;
+
+/// After this many failed batches in a row, a tower reports itself not ready.
+const UNHEALTHY_AFTER_FAILURES: usize = 3;
+
+/// Why an accepted item got no embedding.
+#[derive(Debug, Clone, Error, PartialEq)]
+pub enum InferError {
+    /// The inference run failed (the message is for logs, not callers).
+    #[error("inference failed: {0}")]
+    Failed(String),
+    /// The inference run panicked; the worker survived and goes on with the next batch.
+    #[error("inference panicked")]
+    Panicked,
+    /// The worker went away before answering (shutdown).
+    #[error("the inference worker stopped")]
+    WorkerGone,
+}
+
+/// The queue was full: nothing of the request was queued.
+#[derive(Debug, Clone, Copy, Error, PartialEq)]
+#[error("the {tower} queue is full ({capacity} items)")]
+pub struct QueueFull {
+    /// Which tower.
+    pub tower: &'static str,
+    /// Its capacity.
+    pub capacity: usize,
+}
+
+/// What a worker does with a batch: embeddings in the same order, or one error for the batch.
+pub type RunFn<I> = dyn Fn(&[I]) -> Result<Vec<Embedding>, String> + Send + Sync;
+
+/// How batches are formed.
+#[derive(Debug, Clone)]
+pub struct BatchPolicy {
+    /// Most items per batch.
+    pub max_items: usize,
+    /// Most "cost" per batch, counted as items x costliest item (tokens with padding, for
+    /// text); `usize::MAX` for none.
+    pub max_cost: usize,
+    /// How long to wait for more items once one is in hand.
+    pub linger: Duration,
+    /// Inference threads.
+    pub workers: usize,
+    /// Queue capacity in items.
+    pub capacity: usize,
+}
+
+/// Observations a batcher reports as it works (metrics live elsewhere; see `telemetry`).
+pub trait BatchObserver: Send + Sync {
+    /// A batch ran: its size, its cost, how long inference took, and whether it succeeded.
+    fn batch(&self, tower: &'static str, items: usize, cost: usize, elapsed: Duration, ok: bool);
+    /// Items were dropped before inference because their callers had gone.
+    fn skipped(&self, tower: &'static str, items: usize);
+    /// The number of items waiting changed.
+    fn depth(&self, tower: &'static str, depth: usize);
+}
+
+/// An observer that ignores everything.
+pub struct NoObserver;
+
+impl BatchObserver for NoObserver {
+    fn batch(&self, _: &'static str, _: usize, _: usize, _: Duration, _: bool) {}
+    fn skipped(&self, _: &'static str, _: usize) {}
+    fn depth(&self, _: &'static str, _: usize) {}
+}
+
+struct Job<I> {
+    item: I,
+    cost: usize,
+    reply: oneshot::Sender<Result<Embedding, InferError>>,
+}
+
+struct Intake<I> {
+    rx: mpsc::Receiver<Job<I>>,
+    /// An item taken from the queue that did not fit the last batch; it starts the next.
+    carried: Option<Job<I>>,
+}
+
+struct Shared {
+    tower: &'static str,
+    depth: AtomicUsize,
+    consecutive_failures: AtomicUsize,
+    workers_alive: AtomicUsize,
+    /// Test hook: the next N batches panic inside the worker (see [`Batcher::inject_panics`]).
+    inject_panics: AtomicUsize,
+    observer: Arc<dyn BatchObserver>,
+    closed: AtomicBool,
+}
+
+/// A cheap, cloneable handle to one tower's queue.
+pub struct Batcher<I> {
+    tx: mpsc::Sender<Job<I>>,
+    shared: Arc<Shared>,
+    capacity: usize,
+}
+
+impl<I> Clone for Batcher<I> {
+    fn clone(&self) -> Self {
+        Batcher {
+            tx: self.tx.clone(),
+            shared: self.shared.clone(),
+            capacity: self.capacity,
+        }
+    }
+}
+
+impl<I: Send + 'static> Batcher<I> {
+    /// Starts `policy.workers` inference threads that run batches with `run`. `runtime` is
+    /// used by the workers to wait for more items with a deadline.
+    pub fn start(
+        tower: &'static str,
+        policy: BatchPolicy,
+        run: Arc<RunFn<I>>,
+        observer: Arc<dyn BatchObserver>,
+        runtime: tokio::runtime::Handle,
+    ) -> std::io::Result<(Batcher<I>, Vec<std::thread::JoinHandle<()>>)> {
+        let (tx, rx) = mpsc::channel(policy.capacity);
+        let shared = Arc::new(Shared {
+            tower,
+            depth: AtomicUsize::new(0),
+            consecutive_failures: AtomicUsize::new(0),
+            workers_alive: AtomicUsize::new(0),
+            inject_panics: AtomicUsize::new(0),
+            observer,
+            closed: AtomicBool::new(false),
+        });
+        let intake = Arc::new(Mutex::new(Intake { rx, carried: None }));
+        let mut handles = Vec::new();
+        for n in 0..policy.workers {
+            let worker = Worker {
+                intake: intake.clone(),
+                shared: shared.clone(),
+                policy: policy.clone(),
+                run: run.clone(),
+                runtime: runtime.clone(),
+            };
+            shared.workers_alive.fetch_add(1, Ordering::SeqCst);
+            let handle = std::thread::Builder::new()
+                .name(format!("{tower}-infer-{n}"))
+                .spawn(move || worker.run_loop())?;
+            handles.push(handle);
+        }
+        let capacity = policy.capacity;
+        Ok((
+            Batcher {
+                tx,
+                shared,
+                capacity,
+            },
+            handles,
+        ))
+    }
+
+    /// Queues every item of a request, or none of them if the queue lacks room for all.
+    /// Returns one receiver per item, in order.
+    pub fn submit(
+        &self,
+        items: Vec<(I, usize)>,
+    ) -> Result<Vec<oneshot::Receiver<Result<Embedding, InferError>>>, QueueFull> {
+        let full = QueueFull {
+            tower: self.shared.tower,
+            capacity: self.capacity,
+        };
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        if items.len() > self.capacity {
+            return Err(full);
+        }
+        let permits = self.tx.try_reserve_many(items.len()).map_err(|_| full)?;
+        let depth = self.shared.depth.fetch_add(items.len(), Ordering::SeqCst) + items.len();
+        self.shared.observer.depth(self.shared.tower, depth);
+        let mut receivers = Vec::with_capacity(items.len());
+        for (permit, (item, cost)) in permits.zip(items) {
+            let (reply, rx) = oneshot::channel();
+            permit.send(Job { item, cost, reply });
+            receivers.push(rx);
+        }
+        Ok(receivers)
+    }
+
+    /// Items waiting in the queue (not yet taken by a worker).
+    pub fn depth(&self) -> usize {
+        self.shared.depth.load(Ordering::SeqCst)
+    }
+
+    /// Queue capacity in items.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// False when a worker thread has died or the last batches all failed: the load balancer
+    /// should stop sending traffic here.
+    pub fn healthy(&self) -> bool {
+        !self.shared.closed.load(Ordering::SeqCst)
+            && self.shared.workers_alive.load(Ordering::SeqCst) > 0
+            && self.shared.consecutive_failures.load(Ordering::SeqCst) < UNHEALTHY_AFTER_FAILURES
+    }
+
+    /// Test hook: makes the next `n` batches panic inside the inference thread, to show that a
+    /// panic fails only its own batch and the worker carries on.
+    pub fn inject_panics(&self, n: usize) {
+        self.shared.inject_panics.store(n, Ordering::SeqCst);
+    }
+}
+
+struct Worker<I> {
+    intake: Arc<Mutex<Intake<I>>>,
+    shared: Arc<Shared>,
+    policy: BatchPolicy,
+    run: Arc<RunFn<I>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl<I: Send + 'static> Worker<I> {
+    fn run_loop(self) {
+        // Counts the worker out however the thread ends, a panic included.
+        struct Alive(Arc<Shared>);
+        impl Drop for Alive {
+            fn drop(&mut self) {
+                self.0.workers_alive.fetch_sub(1, Ordering::SeqCst);
+                if std::thread::panicking() {
+                    tracing::error!(tower = self.0.tower, "inference worker died");
+                }
+            }
+        }
+        let _alive = Alive(self.shared.clone());
+        while let Some(batch) = self.next_batch() {
+            self.process(batch);
+        }
+        self.shared.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Takes the next batch: blocks for a first item, then gathers what fits, lingering up to
+    /// `policy.linger` for more. None once the queue is closed and empty.
+    fn next_batch(&self) -> Option<Vec<Job<I>>> {
+        // A poisoned lock means another worker panicked outside catch_unwind while holding
+        // it; the intake itself is still consistent (it is only moved in and out).
+        let mut intake = self.intake.lock().unwrap_or_else(|p| p.into_inner());
+        let first = match intake.carried.take() {
+            Some(job) => job,
+            None => intake.rx.blocking_recv()?,
+        };
+        let mut batch = vec![first];
+        let mut max_cost = batch[0].cost;
+        let deadline = Instant::now() + self.policy.linger;
+        while batch.len() < self.policy.max_items {
+            let next = match intake.rx.try_recv() {
+                Ok(job) => Some(job),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if self.policy.linger.is_zero() || Instant::now() >= deadline {
+                        None
+                    } else {
+                        let wait = tokio::time::Instant::from_std(deadline);
+                        let rx = &mut intake.rx;
+                        self.runtime
+                            .block_on(async { tokio::time::timeout_at(wait, rx.recv()).await })
+                            .ok()
+                            .flatten()
+                    }
+                }
+            };
+            let Some(job) = next else { break };
+            let new_max = max_cost.max(job.cost);
+            if new_max.saturating_mul(batch.len() + 1) > self.policy.max_cost {
+                intake.carried = Some(job);
+                break;
+            }
+            max_cost = new_max;
+            batch.push(job);
+        }
+        drop(intake);
+        // A carried item still counts as waiting until a batch takes it.
+        let depth = self.shared.depth.fetch_sub(batch.len(), Ordering::SeqCst) - batch.len();
+        self.shared.observer.depth(self.shared.tower, depth);
+        Some(batch)
+    }
+
+    fn process(&self, batch: Vec<Job<I>>) {
+        let (live, gone): (Vec<_>, Vec<_>) = batch.into_iter().partition(|j| !j.reply.is_closed());
+        if !gone.is_empty() {
+            self.shared.observer.skipped(self.shared.tower, gone.len());
+        }
+        if live.is_empty() {
+            return;
+        }
+        let (items, rest): (Vec<I>, Vec<_>) = live
+            .into_iter()
+            .map(|j| (j.item, (j.cost, j.reply)))
+            .unzip();
+        let cost = rest.iter().map(|(c, _)| *c).max().unwrap_or(0) * items.len();
+        let started = Instant::now();
+        let inject = self
+            .shared
+            .inject_panics
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            if inject {
+                panic!("injected panic (Batcher::inject_panics test hook)");
+            }
+            (self.run)(&items)
+        }));
+        let elapsed = started.elapsed();
+        let results: Vec<Result<Embedding, InferError>> = match outcome {
+            Ok(Ok(embeddings)) if embeddings.len() == items.len() => {
+                embeddings.into_iter().map(Ok).collect()
+            }
+            Ok(Ok(embeddings)) => {
+                let message = format!(
+                    "the encoder returned {} embeddings for {} items",
+                    embeddings.len(),
+                    items.len()
+                );
+                tracing::error!(tower = self.shared.tower, %message, "batch failed");
+                vec![Err(InferError::Failed(message)); items.len()]
+            }
+            Ok(Err(message)) => {
+                tracing::error!(tower = self.shared.tower, %message, "batch failed");
+                vec![Err(InferError::Failed(message)); items.len()]
+            }
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(tower = self.shared.tower, %message, "batch panicked");
+                vec![Err(InferError::Panicked); items.len()]
+            }
+        };
+        let ok = results.iter().all(|r| r.is_ok());
+        if ok {
+            self.shared.consecutive_failures.store(0, Ordering::SeqCst);
+        } else {
+            self.shared
+                .consecutive_failures
+                .fetch_add(1, Ordering::SeqCst);
+        }
+        self.shared
+            .observer
+            .batch(self.shared.tower, items.len(), cost, elapsed, ok);
+        tracing::debug!(
+            tower = self.shared.tower,
+            items = items.len(),
+            cost,
+            elapsed_us = elapsed.as_micros() as u64,
+            "batch done"
+        );
+        for ((_, reply), result) in rest.into_iter().zip(results) {
+            // The caller may have gone meanwhile; then nobody needs the answer.
+            let _ = reply.send(result);
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Reading request bodies at the edge: JSON with our error shape, and images in any of the
+//! three forms `/v1/embed/image` takes (multipart parts, JSON base64 / data URIs, a raw
+//! `image/*` body). Sizes and counts are checked here, while the body streams in.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Request};
+use axum::http::header::CONTENT_TYPE;
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+use super::state::AppState;
+use super::types::ImagesRequest;
+
+/// How long a client may take to send its body before it gets 408.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn content_type(req: &Request) -> String {
+    req.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    essence == "application/json" || essence.ends_with("+json")
+}
+
+/// Reads the whole body, mapping an over-limit body to 413 and a stalled one to 408.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::RequestTimeout),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => Err(body_error(&e, limit)),
+    }
+}
+
+fn body_error(e: &(dyn std::error::Error + 'static), limit: usize) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return ApiError::PayloadTooLarge { limit };
+        }
+        source = err.source();
+    }
+    ApiError::bad_request(format!("could not read the request body: {e}"))
+}
+
+/// A JSON body deserialized into `T`, with every failure in the API's error shape: 415 for a
+/// non-JSON content type, 413 over the size limit, 400 for anything malformed (syntax, types,
+/// unknown or missing fields, nesting too deep, invalid UTF-8).
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let ct = content_type(&req);
+        if !is_json(&ct) {
+            return Err(ApiError::UnsupportedMediaType {
+                message: format!(
+                    "expected `Content-Type: application/json`, got `{}`",
+                    if ct.is_empty() { "nothing" } else { &ct }
+                ),
+            });
+        }
+        let limit = state.settings().limits.max_body_bytes;
+        let bytes = read_body(req.into_body(), limit).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Deserializes JSON bytes with the API's 400 error.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// The images of a request, as encoded bytes, in order.
+pub struct ImageInputs(pub Vec<Bytes>);
+
+impl FromRequest<AppState> for ImageInputs {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let limits = &state.settings().limits;
+        let ct = content_type(&req);
+        let essence = ct.split(';').next().unwrap_or("").trim().to_string();
+        let images = if essence == "multipart/form-data" {
+            let multipart = Multipart::from_request(req, state)
+                .await
+                .map_err(|e| ApiError::bad_request(format!("invalid multipart body: {e}")))?;
+            multipart_images(
+                multipart,
+                limits.max_images_per_request,
+                limits.max_body_bytes,
+            )
+            .await?
+        } else if is_json(&ct) {
+            let ApiJson(body) = ApiJson::<ImagesRequest>::from_request(req, state).await?;
+            check_count("images", body.images.len(), limits.max_images_per_request)?;
+            decode_base64_list(&body.images)?
+        } else if essence.starts_with("image/") || essence == "application/octet-stream" {
+            vec![read_body(req.into_body(), limits.max_body_bytes).await?]
+        } else {
+            return Err(ApiError::UnsupportedMediaType {
+                message: format!(
+                    "send images as multipart/form-data, as JSON {{\"images\": [base64...]}}, or as a raw image/* body; got `{}`",
+                    if ct.is_empty() { "no content type" } else { &ct }
+                ),
+            });
+        };
+        check_count("images", images.len(), limits.max_images_per_request)?;
+        Ok(ImageInputs(images))
+    }
+}
+
+async fn multipart_images(
+    mut multipart: Multipart,
+    max_images: usize,
+    body_limit: usize,
+) -> Result<Vec<Bytes>, ApiError> {
+    let mut images = Vec::new();
+    loop {
+        let next = tokio::time::timeout(BODY_TIMEOUT, multipart.next_field())
+            .await
+            .map_err(|_| ApiError::RequestTimeout)?;
+        let field = match next {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) => return Err(multipart_error(e, body_limit)),
+        };
+        let name = field.name().unwrap_or("").to_string();
+        let is_image =
+            field.file_name().is_some() || name.starts_with("image") || name.starts_with("file");
+        if !is_image {
+            return Err(ApiError::BadRequest {
+                message: format!(
+                    "multipart part `{name}` is not an image: name parts `image` (or send a file)"
+                ),
+                index: Some(images.len()),
+            });
+        }
+        if images.len() == max_images {
+            return Err(too_many("images", images.len() + 1, max_images));
+        }
+        let bytes = tokio::time::timeout(BODY_TIMEOUT, field.bytes())
+            .await
+            .map_err(|_| ApiError::RequestTimeout)?
+            .map_err(|e| multipart_error(e, body_limit))?;
+        images.push(bytes);
+    }
+    Ok(images)
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError, limit: usize) -> ApiError {
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge { limit }
+    } else {
+        ApiError::bad_request(format!("invalid multipart body: {}", e.body_text()))
+    }
+}
+
+/// Decodes each string as a `data:` URI or plain base64.
+pub fn decode_base64_list(items: &[String]) -> Result<Vec<Bytes>, ApiError> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, s)| {
+            decode_base64(s).map_err(|message| ApiError::BadRequest {
+                message: format!("image {index}: {message}"),
+                index: Some(index),
+            })
+        })
+        .collect()
+}
+
+/// Decodes one image string: `data:<type>;base64,<data>` or bare base64. Whitespace (line
+/// breaks from MIME encoders) is ignored; padding is optional.
+pub fn decode_base64(s: &str) -> Result<Bytes, String> {
+    let data = if let Some(rest) = s.strip_prefix("data:") {
+        let (header, data) = rest
+            .split_once(',')
+            .ok_or("a data URI needs a comma before its data")?;
+        if !header.ends_with(";base64") {
+            return Err("only base64 data URIs are accepted (`data:image/png;base64,...`)".into());
+        }
+        data
+    } else {
+        s
+    };
+    let compact: Vec<u8> = data.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if compact.is_empty() {
+        return Err("empty image data".into());
+    }
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    engine
+        .decode(&compact)
+        .map(Bytes::from)
+        .map_err(|e| format!("invalid base64 ({e}); send standard base64 or a data URI"))
+}
+
+/// Checks a per-request item count against its limit (at least one item is required).
+pub fn check_count(what: &'static str, n: usize, max: usize) -> Result<(), ApiError> {
+    if n == 0 {
+        return Err(ApiError::over_limit(
+            "empty_input",
+            format!("no {what} given: send at least one"),
+            None,
+        ));
+    }
+    if n > max {
+        return Err(too_many(what, n, max));
+    }
+    Ok(())
+}
+
+fn too_many(what: &'static str, n: usize, max: usize) -> ApiError {
+    ApiError::over_limit(
+        "too_many_items",
+        format!("{n} {what} in one request; the limit is {max}: split the request"),
+        Some(max),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_uris_and_bare_base64_decode_the_same() {
+        let a = decode_base64("data:image/png;base64,aGVsbG8=").unwrap();
+        let b = decode_base64("aGVs\nbG8").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(&a[..], b"hello");
+    }
+
+    #[test]
+    fn malformed_base64_is_refused_with_a_reason() {
+        assert!(decode_base64("data:image/png,raw")
+            .unwrap_err()
+            .contains("base64"));
+        assert!(decode_base64("data:image/png;base64")
+            .unwrap_err()
+            .contains("comma"));
+        assert!(decode_base64("@@@").unwrap_err().contains("invalid base64"));
+        assert!(decode_base64("  ").unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn counts_must_be_between_one_and_the_limit() {
+        assert!(check_count("texts", 1, 1).is_ok());
+        assert_eq!(
+            check_count("texts", 0, 1).unwrap_err().kind(),
+            "empty_input"
+        );
+        assert_eq!(
+            check_count("texts", 2, 1).unwrap_err().kind(),
+            "too_many_items"
+        );
+    }
+}

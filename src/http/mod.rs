@@ -1,0 +1,170 @@
+//! The HTTP API: routes, the middleware stack, and the accept loop.
+//!
+//! ```text
+//! request ─► request id ─► trace span ─► metrics ─► JSON errors ─► panic guard ─► body limit
+//!         ─► timeout
+//!         ─► (CORS) ─► router ─► (API key, on API routes) ─► extractor ─► handler ─► pipeline
+//! ```
+
+pub mod error;
+pub mod extract;
+pub mod pipeline;
+pub mod routes;
+pub mod server;
+pub mod state;
+pub mod types;
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use subtle::ConstantTimeEq;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+pub use state::AppState;
+
+/// The header that carries the request id, in and out.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Builds the whole application: routes plus the middleware stack, in one place.
+pub fn router(state: AppState) -> Router {
+    let settings = state.settings().clone();
+    let api = Router::new()
+        .route("/v1/embed/image", post(routes::embed::image))
+        .route("/v1/embed/text", post(routes::embed::text))
+        .route("/v1/tokenize", post(routes::embed::tokenize_texts))
+        .route("/v1/similarity", post(routes::scores::similarity))
+        .route("/v1/classify", post(routes::scores::classify))
+        .route("/info", get(routes::ops::info))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ));
+    let open = Router::new()
+        .route("/health", get(routes::ops::health))
+        .route("/ready", get(routes::ops::ready))
+        .route("/metrics", get(routes::ops::metrics));
+
+    let cors = (!settings.server.cors_origins.is_empty()).then(|| {
+        let origins = &settings.server.cors_origins;
+        let allow = if origins.iter().any(|o| o == "*") {
+            AllowOrigin::any()
+        } else {
+            AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+        };
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+    });
+
+    // Order matters; the first layer listed is the outermost:
+    // - the request id is set before anything logs, and copied to the response at the end;
+    // - the trace span and the metrics see every answer, errors from inner layers included;
+    // - `json_errors` rewrites the bodiless errors of the layers inside it (timeout, body
+    //   limit, 404/405 from the router) into the API's JSON shape;
+    // - panics in handlers become a JSON 500 instead of a dropped connection.
+    let stack = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let id = req
+                    .headers()
+                    .get(REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(middleware::from_fn_with_state(state.clone(), json_errors))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal {
+                log: "a request handler panicked".into(),
+            }
+            .into_response()
+        }))
+        .layer(RequestBodyLimitLayer::new(settings.limits.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_millis(settings.server.request_timeout_ms),
+        ));
+
+    let mut app = Router::new()
+        .merge(api)
+        .merge(open)
+        .fallback(|| async { ApiError::NotFound });
+    // CORS sits inside the stack (so its preflight answers are counted and traced) and only
+    // exists when origins are configured.
+    if let Some(cors) = cors {
+        app = app.layer(cors);
+    }
+    app.layer(stack).with_state(state)
+}
+
+/// Rejects API requests without the configured bearer key, comparing in constant time.
+async fn require_api_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(key) = state.settings().server.api_key.as_deref() else {
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
+        next.run(req).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+/// Counts every answer by route template (not raw path, to keep label cardinality bounded).
+async fn record_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let response = next.run(req).await;
+    state.metrics().http_request(
+        &route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// Gives bodiless error responses from inner layers the API's JSON error shape.
+async fn json_errors(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if (status.is_client_error() || status.is_server_error()) && !is_json {
+        let limit = state.settings().limits.max_body_bytes;
+        if let Some(error) = ApiError::from_status(status, limit) {
+            return error.into_response();
+        }
+    }
+    response
+}

@@ -1,0 +1,5 @@
+//! Route handlers, one file per family of routes.
+
+pub mod embed;
+pub mod ops;
+pub mod scores;

@@ -1,0 +1,72 @@
+//! Operational routes: liveness, readiness, model information and metrics. Health,
+//! readiness and metrics stay open when an API key is configured.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
+use crate::http::types::{InfoResponse, StatusResponse};
+
+/// Liveness: the process is up and answering. Never depends on the model.
+pub async fn health() -> Json<StatusResponse> {
+    Json(StatusResponse {
+        status: "ok".into(),
+    })
+}
+
+/// Readiness: 200 once the model is loaded and warmed up and both towers have live workers;
+/// 503 while loading, after a tower's worker died, and once shutdown has begun.
+pub async fn ready(State(state): State<AppState>) -> Response {
+    if state.ready() {
+        Json(StatusResponse {
+            status: "ready".into(),
+        })
+        .into_response()
+    } else {
+        let status = if state.serving_for_accepted().is_none() {
+            "loading"
+        } else {
+            "unavailable"
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            Json(StatusResponse {
+                status: status.into(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// What is served and under which limits.
+pub async fn info(State(state): State<AppState>) -> Result<Json<InfoResponse>, ApiError> {
+    let serving = state.serving()?;
+    let folder = &serving.engine.folder;
+    let (h, w) = folder.preprocess.size();
+    Ok(Json(InfoResponse {
+        model: folder.name.clone(),
+        dimensions: folder.embed_dim,
+        context_length: folder.context_length,
+        logit_scale: folder.logit_scale,
+        image_size: [h, w],
+        limits: state.settings().limits.clone(),
+        exif: state.settings().model.exif,
+        version: env!("CARGO_PKG_VERSION").into(),
+    }))
+}
+
+/// Prometheus metrics in the text exposition format.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )],
+        state.metrics().render(),
+    )
+        .into_response()
+}

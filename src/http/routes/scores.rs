@@ -1,0 +1,123 @@
+//! `POST /v1/similarity` and `POST /v1/classify`: embeddings compared, and zero-shot labels.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::Json;
+
+use crate::embedding::{cosine_matrix, softmax, Embedding};
+use crate::http::error::ApiError;
+use crate::http::extract::{check_count, decode_base64_list, ApiJson};
+use crate::http::pipeline::{embed_images, embed_texts};
+use crate::http::state::{AppState, Serving};
+use crate::http::types::{
+    ClassifyRequest, ClassifyResponse, ImageLabels, LabelScore, SimilarityRequest,
+    SimilarityResponse,
+};
+
+/// The zero-shot prompt used when a request names none.
+pub const DEFAULT_TEMPLATE: &str = "a photo of a {}.";
+
+enum Side {
+    Images(Vec<String>),
+    Texts(Vec<String>),
+}
+
+async fn embed_side(
+    state: &AppState,
+    serving: &Serving,
+    side: Side,
+) -> Result<Vec<Embedding>, ApiError> {
+    let limits = &state.settings().limits;
+    match side {
+        Side::Images(images) => {
+            check_count("images", images.len(), limits.max_images_per_request)?;
+            let bytes = decode_base64_list(&images)?;
+            embed_images(state, serving, bytes).await
+        }
+        Side::Texts(texts) => {
+            check_count("texts", texts.len(), limits.max_texts_per_request)?;
+            embed_texts(state, serving, Arc::new(texts)).await
+        }
+    }
+}
+
+/// Cosine scores and softmax probabilities between two sets: images x texts, texts x texts_b,
+/// or images x images_b.
+pub async fn similarity(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<SimilarityRequest>,
+) -> Result<Json<SimilarityResponse>, ApiError> {
+    let serving = state.serving()?;
+    let (rows, cols) = match (body.images, body.texts, body.texts_b, body.images_b) {
+        (Some(images), Some(texts), None, None) => (Side::Images(images), Side::Texts(texts)),
+        (None, Some(texts), Some(texts_b), None) => (Side::Texts(texts), Side::Texts(texts_b)),
+        (Some(images), None, None, Some(images_b)) => (Side::Images(images), Side::Images(images_b)),
+        _ => {
+            return Err(ApiError::bad_request(
+                "send exactly one pair: `images` and `texts`, `texts` and `texts_b`, or `images` and `images_b`",
+            ))
+        }
+    };
+    // Both sides are embedded concurrently: images on the image tower, texts on the text tower.
+    let (rows, cols) = tokio::try_join!(
+        embed_side(&state, serving, rows),
+        embed_side(&state, serving, cols)
+    )?;
+    let scores = cosine_matrix(&rows, &cols);
+    let scale = serving.engine.folder.logit_scale;
+    let probabilities = scores.iter().map(|row| softmax(row, scale)).collect();
+    Ok(Json(SimilarityResponse {
+        model: serving.engine.folder.name.clone(),
+        scores,
+        probabilities,
+    }))
+}
+
+/// Zero-shot classification: each image against `template` filled with each label.
+pub async fn classify(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<ClassifyRequest>,
+) -> Result<Json<ClassifyResponse>, ApiError> {
+    let serving = state.serving()?;
+    let template = body.template.as_deref().unwrap_or(DEFAULT_TEMPLATE);
+    if !template.contains("{}") {
+        return Err(ApiError::bad_request(
+            "`template` must contain `{}` where the label goes, e.g. \"a photo of a {}.\"",
+        ));
+    }
+    let limits = &state.settings().limits;
+    check_count("labels", body.labels.len(), limits.max_texts_per_request)?;
+    let prompts: Vec<String> = body
+        .labels
+        .iter()
+        .map(|l| template.replacen("{}", l, 1))
+        .collect();
+    let (images, labels) = tokio::try_join!(
+        embed_side(&state, serving, Side::Images(body.images)),
+        embed_side(&state, serving, Side::Texts(prompts))
+    )?;
+    let scale = serving.engine.folder.logit_scale;
+    let results = cosine_matrix(&images, &labels)
+        .into_iter()
+        .map(|scores| {
+            let probs = softmax(&scores, scale);
+            let mut labels: Vec<LabelScore> = body
+                .labels
+                .iter()
+                .zip(scores.iter().zip(probs))
+                .map(|(label, (&score, probability))| LabelScore {
+                    label: label.clone(),
+                    probability,
+                    score,
+                })
+                .collect();
+            labels.sort_by(|a, b| b.probability.total_cmp(&a.probability));
+            ImageLabels { labels }
+        })
+        .collect();
+    Ok(Json(ClassifyResponse {
+        model: serving.engine.folder.name.clone(),
+        results,
+    }))
+}

@@ -1,0 +1,151 @@
+//! The state every handler receives: settings, metrics, and, once the model has loaded, the
+//! two towers' queues with the preprocessing that feeds them.
+//!
+//! The server binds and answers `/health` before the model is loaded; [`AppState::serving`]
+//! is `NotReady` until [`AppState::set_model`] is called, and again once shutdown begins.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use super::error::ApiError;
+use crate::batcher::{BatchPolicy, Batcher};
+use crate::config::Settings;
+use crate::engine::Engine;
+use crate::preprocess::pixels::PixelTensor;
+use crate::preprocess::text::TokenIds;
+use crate::telemetry::Metrics;
+
+/// What handlers need of a loaded model.
+pub struct Serving {
+    /// The engine (folder metadata, tokenizer, encoders). Handlers use its metadata and
+    /// tokenizer; only the batchers' threads run its encoders.
+    pub engine: Arc<Engine>,
+    /// The image tower's queue.
+    pub images: Batcher<PixelTensor>,
+    /// The text tower's queue.
+    pub texts: Batcher<TokenIds>,
+    /// Bounds concurrent image decodes (CPU and memory), one permit per decode.
+    pub decode_permits: Arc<Semaphore>,
+}
+
+struct Inner {
+    settings: Settings,
+    metrics: Metrics,
+    serving: OnceLock<Serving>,
+    draining: AtomicBool,
+}
+
+/// A cheap, cloneable handle to the app's shared state.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl AppState {
+    /// State with no model yet: health answers, everything else is 503 until `set_model`.
+    pub fn new(settings: Settings, metrics: Metrics) -> AppState {
+        metrics.set_ready(false);
+        AppState(Arc::new(Inner {
+            settings,
+            metrics,
+            serving: OnceLock::new(),
+            draining: AtomicBool::new(false),
+        }))
+    }
+
+    /// Starts the towers' inference threads on a loaded engine and becomes ready.
+    pub fn set_model(&self, engine: Arc<Engine>) -> std::io::Result<()> {
+        let b = &self.0.settings.batching;
+        let runtime = tokio::runtime::Handle::current();
+        let observer = Arc::new(self.0.metrics.clone());
+        let linger = Duration::from_millis(b.linger_ms);
+        let image_engine = engine.clone();
+        let (images, _) = Batcher::start(
+            "image",
+            BatchPolicy {
+                max_items: b.max_image_batch,
+                max_cost: usize::MAX,
+                linger,
+                workers: b.image_workers,
+                capacity: b.image_queue_capacity,
+            },
+            Arc::new(move |batch: &[PixelTensor]| {
+                let views: Vec<&[f32]> = batch.iter().map(|p| p.as_slice()).collect();
+                image_engine.image.embed(&views).map_err(|e| e.to_string())
+            }),
+            observer.clone(),
+            runtime.clone(),
+        )?;
+        let text_engine = engine.clone();
+        let (texts, _) = Batcher::start(
+            "text",
+            BatchPolicy {
+                max_items: b.max_text_batch,
+                max_cost: b.max_batch_tokens,
+                linger,
+                workers: b.text_workers,
+                capacity: b.text_queue_capacity,
+            },
+            Arc::new(move |batch: &[TokenIds]| {
+                let views: Vec<&[u32]> = batch.iter().map(|t| t.as_slice()).collect();
+                text_engine.text.embed(&views).map_err(|e| e.to_string())
+            }),
+            observer,
+            runtime,
+        )?;
+        let permits = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let serving = Serving {
+            engine,
+            images,
+            texts,
+            decode_permits: Arc::new(Semaphore::new(permits)),
+        };
+        if self.0.serving.set(serving).is_err() {
+            tracing::warn!("set_model called twice; keeping the first model");
+        }
+        self.0.metrics.set_ready(self.ready());
+        Ok(())
+    }
+
+    /// The loaded model, or `NotReady` while loading or draining.
+    pub fn serving(&self) -> Result<&Serving, ApiError> {
+        if self.0.draining.load(Ordering::SeqCst) {
+            return Err(ApiError::NotReady);
+        }
+        self.0.serving.get().ok_or(ApiError::NotReady)
+    }
+
+    /// The loaded model even while draining: work already accepted must still be answered.
+    pub fn serving_for_accepted(&self) -> Option<&Serving> {
+        self.0.serving.get()
+    }
+
+    /// True when the model is loaded and warmed up, both towers have live workers, and the
+    /// server is not shutting down.
+    pub fn ready(&self) -> bool {
+        !self.0.draining.load(Ordering::SeqCst)
+            && self
+                .0
+                .serving
+                .get()
+                .is_some_and(|s| s.images.healthy() && s.texts.healthy())
+    }
+
+    /// Marks the server as shutting down: readiness fails so load balancers stop sending, and
+    /// new work is refused while accepted work finishes.
+    pub fn start_draining(&self) {
+        self.0.draining.store(true, Ordering::SeqCst);
+        self.0.metrics.set_ready(false);
+    }
+
+    /// The settings the server runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.0.settings
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+}

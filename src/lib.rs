@@ -1,0 +1,30 @@
+//! # clipserve
+//!
+//! Multilingual CLIP embeddings over HTTP: OpenCLIP `xlm-roberta-base-ViT-B-32`
+//! (`laion5b_s13b_b90k`) exported to ONNX, run by tract, served by axum.
+//!
+//! One request, from socket to model and back:
+//!
+//! ```text
+//! http::server (accept, header timeout, graceful drain)
+//!   └─ http::router (request id, trace, metrics, JSON errors, timeout, body limit, API key)
+//!       └─ http::routes::* ─ http::extract (JSON / multipart / raw body, counts and sizes)
+//!           └─ http::pipeline
+//!               ├─ preprocess::image + pixels (decode, EXIF, PIL-exact resize, crop, normalize)
+//!               │   on the blocking pool
+//!               ├─ preprocess::clean + text (OpenCLIP cleaning, XLM-R tokenizer, truncation)
+//!               └─ batcher (bounded queue per tower, batches across requests, own thread)
+//!                   └─ engine (tract plans per shape bucket) ─► embedding (unit vectors)
+//! ```
+//!
+//! [`config`] holds the settings, [`telemetry`] logs and metrics, [`app`] wires them for the
+//! `serve` command.
+
+pub mod app;
+pub mod batcher;
+pub mod config;
+pub mod embedding;
+pub mod engine;
+pub mod http;
+pub mod preprocess;
+pub mod telemetry;
