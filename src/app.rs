@@ -65,7 +65,18 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let state = AppState::new(settings.clone(), Metrics::new());
+    let state = AppState::new(settings, Metrics::new());
+    run_with_state(state, listener, shutdown).await
+}
+
+/// [`run`] with a state the caller keeps a handle to (tests use it to watch readiness and
+/// metrics, and to inject faults).
+pub async fn run_with_state(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let settings = state.settings().clone();
     let app = http::router(state.clone());
     tracing::info!(addr = %listener.local_addr()?, model = %settings.model.source, "listening");
     let server = http::server::serve(listener, app, state.clone(), shutdown);

@@ -256,6 +256,9 @@ pub enum ConfigError {
 /// The sections, in order; environment names are `CLIPSERVE_<SECTION>_<KEY>`.
 const SECTIONS: [&str; 5] = ["server", "model", "batching", "limits", "log"];
 
+/// String settings that are absent by default (so the defaults table cannot tell their type).
+const STRING_KEYS: [&str; 1] = ["server.api_key"];
+
 /// Where settings come from, besides the environment.
 #[derive(Debug, Default, Clone)]
 pub struct Sources {
@@ -314,9 +317,10 @@ impl Settings {
                 message,
             })?;
         }
-        let settings: Settings = toml::Value::Table(merged)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Shape(e.message().to_string()))?;
+        // Through text, so that a type error quotes the offending line (and so its key).
+        let text = toml::to_string(&merged).map_err(|e| ConfigError::Shape(e.to_string()))?;
+        let settings: Settings = toml::from_str(&text)
+            .map_err(|e: toml::de::Error| ConfigError::Shape(e.to_string()))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -470,9 +474,12 @@ fn set(table: &mut toml::Table, key: &str, value: &str) -> Result<(), String> {
         .as_table_mut()
         .ok_or_else(|| format!("`{section}` is not a table"))?;
     // A string field given a bare number (an API key of digits, say) stays a string.
-    let parsed = match (section_table.get(field), parsed) {
-        (Some(toml::Value::String(_)), v) if !v.is_str() => toml::Value::String(value.to_string()),
-        (_, v) => v,
+    let is_string_field = matches!(section_table.get(field), Some(toml::Value::String(_)))
+        || STRING_KEYS.contains(&key);
+    let parsed = if is_string_field && !parsed.is_str() {
+        toml::Value::String(value.to_string())
+    } else {
+        parsed
     };
     section_table.insert(field.to_string(), parsed);
     Ok(())
@@ -569,6 +576,19 @@ mod tests {
         assert!(e.to_string().contains("unknown section"), "{e}");
         let e = load(&[], &[("log.format", "xml")]).unwrap_err();
         assert!(e.to_string().contains("xml"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_default_file_equals_the_built_in_defaults() {
+        let sources = Sources {
+            file: Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/default.toml")),
+            file_required: true,
+            overrides: vec![],
+        };
+        assert_eq!(
+            Settings::load(&sources, std::iter::empty()).unwrap(),
+            Settings::default()
+        );
     }
 
     #[test]

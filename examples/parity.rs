@@ -1,0 +1,48 @@
+//! Compares the Rust engine against the PyTorch OpenCLIP reference for one model folder:
+//!
+//! ```text
+//! cargo run --release --example parity -- --model DIR --reference DIR/reference [--photos DIR]
+//! ```
+//!
+//! Prints the cosine of every text and image embedding with PyTorch's, and exits non-zero if
+//! texts fall below 0.99999 or images below 0.9999 (the tolerances of the engine's issue).
+
+#[path = "../tests/common/parity.rs"]
+mod parity;
+
+use std::path::PathBuf;
+
+use clipserve::engine::{Engine, EngineSettings};
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() {
+    let model = PathBuf::from(arg("--model").expect("--model DIR"));
+    let reference_dir = arg("--reference")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| model.join("reference"));
+    let photos = arg("--photos")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/photos"));
+    let started = std::time::Instant::now();
+    let engine = Engine::load(&model, &EngineSettings::default()).expect("model loads");
+    eprintln!(
+        "loaded {} in {:.1} s",
+        model.display(),
+        started.elapsed().as_secs_f64()
+    );
+    let reference = parity::load_reference(&reference_dir);
+    let report = parity::run(&engine, &reference, &photos);
+    report.print();
+    let ok = report.min_text_cosine() >= 0.99999 && report.min_image_cosine() >= 0.9999;
+    if !ok {
+        eprintln!("PARITY FAILED");
+        std::process::exit(1);
+    }
+    eprintln!("parity ok");
+}
