@@ -165,6 +165,7 @@ async fn a_full_queue_answers_503_with_retry_after_and_the_server_recovers() {
     let server = TestServer::start(|s| {
         s.batching.text_queue_capacity = 4;
         s.batching.max_text_batch = 2;
+        s.model.text_batch_buckets = vec![1, 2];
         s.batching.linger_ms = 0;
     })
     .await;

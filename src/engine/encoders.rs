@@ -184,7 +184,9 @@ impl TextEncoder {
     }
 
     /// Embeds token id sequences (each at most the context length, special tokens included).
-    /// The batch is padded only to its longest item unless the graph or a bucket needs more.
+    /// Texts are run longest first in runs of similar length, so each run pads only to its own
+    /// longest item (or to the bucket its plan was specialized for); results come back in
+    /// input order.
     pub fn embed(&self, texts: &[&[u32]]) -> Result<Vec<Embedding>, EncodeError> {
         for (index, ids) in texts.iter().enumerate() {
             if ids.is_empty() || ids.len() > self.context_length {
@@ -198,25 +200,24 @@ impl TextEncoder {
                 });
             }
         }
-        let mut out = Vec::with_capacity(texts.len());
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(texts[i].len()));
+        let mut out: Vec<Option<Embedding>> = vec![None; texts.len()];
         let mut done = 0;
-        while done < texts.len() {
-            // Schedule the remaining items at the remaining longest length; each run then only
-            // pads to what its own bucket needs.
-            let longest = texts[done..].iter().map(|t| t.len()).max().unwrap_or(1);
+        while done < order.len() {
+            // The longest remaining text comes first, so it sets the run's length.
+            let longest = texts[order[done]].len();
             let run = self
                 .graph
-                .schedule(texts.len() - done, longest)?
+                .schedule(order.len() - done, longest)?
                 .into_iter()
                 .next()
                 .expect("schedule returns at least one run for a non-empty batch");
-            let chunk = &texts[done..done + run.items];
-            let seq = run
-                .seq
-                .max(chunk.iter().map(|t| t.len()).max().unwrap_or(1));
+            let chunk = &order[done..done + run.items];
+            let seq = run.seq.max(longest);
             let mut ids = vec![i64::from(self.pad_id); run.batch * seq];
-            for (row, t) in ids.chunks_exact_mut(seq).zip(chunk) {
-                for (slot, &id) in row.iter_mut().zip(t.iter()) {
+            for (row, &i) in ids.chunks_exact_mut(seq).zip(chunk) {
+                for (slot, &id) in row.iter_mut().zip(texts[i].iter()) {
                     *slot = i64::from(id);
                 }
             }
@@ -228,9 +229,17 @@ impl TextEncoder {
                 .map_err(|e| GraphError::Run(format!("{e:#}")))?;
             let mut rows = self.graph.run(&run.plan, input)?;
             rows.truncate(run.items);
-            out.extend(embeddings(rows, done)?);
+            for (&i, row) in chunk.iter().zip(rows) {
+                out[i] = Some(
+                    Embedding::new(row)
+                        .map_err(|source| EncodeError::Output { index: i, source })?,
+                );
+            }
             done += run.items;
         }
-        Ok(out)
+        Ok(out
+            .into_iter()
+            .map(|e| e.expect("every item is in exactly one run"))
+            .collect())
     }
 }

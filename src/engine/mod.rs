@@ -68,7 +68,7 @@ impl Engine {
     pub fn load(root: &Path, settings: &EngineSettings) -> Result<Engine, EngineError> {
         let started = Instant::now();
         let folder = ModelFolder::open(root)?;
-        let tokenizer = TextTokenizer::from_file(&folder.tokenizer_json(), folder.context_length)?;
+        let tokenizer = TextTokenizer::from_file(folder.tokenizer_json(), folder.context_length)?;
         let (height, width) = folder.preprocess.size();
         let image = ImageEncoder::load(
             &folder.visual_onnx(),
