@@ -397,6 +397,42 @@ mod tests {
     }
 
     #[test]
+    fn a_palette_png_with_transparency_converts_like_pil() {
+        // Written by Pillow: 4x2, 2-bit palette, index 1 transparent (tRNS).
+        const PNG: [u8; 107] = [
+            0x89, 0x50, 0x4e, 0x47, 0xd, 0xa, 0x1a, 0xa, 0x0, 0x0, 0x0, 0xd, 0x49, 0x48, 0x44,
+            0x52, 0x0, 0x0, 0x0, 0x4, 0x0, 0x0, 0x0, 0x2, 0x2, 0x3, 0x0, 0x0, 0x0, 0x2, 0xc6, 0x95,
+            0xf0, 0x0, 0x0, 0x0, 0xc, 0x50, 0x4c, 0x54, 0x45, 0xa, 0x14, 0x1e, 0xc8, 0x64, 0x32,
+            0x0, 0xff, 0x0, 0xff, 0xff, 0xff, 0x5a, 0xe, 0x83, 0x11, 0x0, 0x0, 0x0, 0x2, 0x74,
+            0x52, 0x4e, 0x53, 0xff, 0x0, 0xe5, 0xb7, 0x30, 0x4a, 0x0, 0x0, 0x0, 0xc, 0x49, 0x44,
+            0x41, 0x54, 0x78, 0x9c, 0x63, 0x90, 0x66, 0x78, 0x2, 0x0, 0x1, 0x39, 0x1, 0x0, 0x45,
+            0x64, 0x91, 0x9b, 0x0, 0x0, 0x0, 0x0, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+        ];
+        // Pillow 13: Image.open(f).convert("RGB").tobytes()
+        const PIL_RGB: [u8; 24] = [
+            10, 20, 30, 200, 100, 50, 0, 255, 0, 255, 255, 255, 255, 255, 255, 0, 255, 0, 200, 100,
+            50, 10, 20, 30,
+        ];
+        let rgb = decode_rgb(&PNG, &DecodeLimits::default(), ExifPolicy::Apply).expect("valid");
+        assert_eq!(rgb.as_raw()[..], PIL_RGB[..]);
+    }
+
+    #[test]
+    fn an_animated_gif_yields_its_first_frame() {
+        use image::codecs::gif::GifEncoder;
+        let frame = |rgba: [u8; 4]| {
+            image::Frame::new(image::RgbaImage::from_pixel(4, 3, image::Rgba(rgba)))
+        };
+        let mut gif = Vec::new();
+        GifEncoder::new(&mut gif)
+            .encode_frames([frame([255, 0, 0, 255]), frame([0, 0, 255, 255])])
+            .expect("encoding to memory");
+        let rgb = decode_rgb(&gif, &DecodeLimits::default(), ExifPolicy::Apply).expect("valid");
+        assert_eq!(rgb.dimensions(), (4, 3));
+        assert!(rgb.pixels().all(|p| p.0 == [255, 0, 0]));
+    }
+
+    #[test]
     fn the_pixel_limit_is_checked_against_the_header() {
         let img = RgbImage::new(100, 100);
         let png = encode(DynamicImage::ImageRgb8(img), ImageFormat::Png);
