@@ -1,0 +1,230 @@
+//! Typed settings, read once at start-up and validated before anything loads.
+//!
+//! Precedence, lowest first: built-in defaults, the TOML file (`config/default.toml` or
+//! `--config`), environment variables `CLIPSERVE_<SECTION>_<KEY>` (for example
+//! `CLIPSERVE_BATCHING_LINGER_MS=5`), then command-line flags (`--set section.key=value`, and the
+//! shortcuts below). Two names are fixed because deployment scripts rely on them:
+//! `--model` / `CLIPSERVE_MODEL` and `--addr` / `CLIPSERVE_ADDR`. Unknown keys are errors, so a
+//! typo never silently falls back to a default.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::preprocess::image::ExifPolicy;
+
+mod load;
+
+pub use load::{ConfigError, Sources};
+
+/// Every setting of the service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Listening, timeouts, authentication, CORS.
+    pub server: ServerSettings,
+    /// Which model to serve and how to read its inputs.
+    pub model: ModelSettings,
+    /// Queues, batch formation and inference threads.
+    pub batching: BatchingSettings,
+    /// Request limits enforced at the edge.
+    pub limits: LimitSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// Listening, timeouts, authentication, CORS.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// host:port to listen on (`--addr`, `CLIPSERVE_ADDR`).
+    pub addr: String,
+    /// Upper bound on a whole request, headers to last byte of the answer; slow clients and
+    /// stuck work end with 408/503 instead of holding a connection forever.
+    pub request_timeout_ms: u64,
+    /// Optional API key: when set, every route except health, readiness and metrics needs
+    /// `Authorization: Bearer <key>`. Prefer `CLIPSERVE_SERVER_API_KEY` over the file.
+    pub api_key: Option<String>,
+    /// Origins allowed by CORS; empty means CORS headers are never sent. `["*"]` allows any.
+    pub cors_origins: Vec<String>,
+    /// On SIGTERM, how long to keep finishing accepted work before exiting anyway.
+    pub shutdown_grace_ms: u64,
+}
+
+/// Which model to serve.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSettings {
+    /// A model folder, or a Hugging Face repository id (`owner/name`) to download into the
+    /// cache on first start (`--model`, `CLIPSERVE_MODEL`).
+    pub source: String,
+    /// Hub revision (branch, tag or commit) when `source` is a repository id.
+    pub revision: String,
+    /// Cache folder for downloads; empty means `$HF_HOME/hub` (default `~/.cache/huggingface/hub`).
+    pub cache_dir: String,
+    /// Whether to rotate images by their EXIF orientation (`apply`, the default, so phone photos
+    /// are not embedded sideways) or ignore it as OpenCLIP's reference does (`ignore`).
+    pub exif: ExifPolicy,
+    /// Batch sizes that get a shape-specialized image plan (tract picks faster kernels for
+    /// concrete shapes). Empty: one plan with a symbolic batch size.
+    pub image_batch_buckets: Vec<usize>,
+    /// Batch sizes that get shape-specialized text plans (crossed with `text_seq_buckets`).
+    pub text_batch_buckets: Vec<usize>,
+    /// Sequence lengths that get shape-specialized text plans.
+    pub text_seq_buckets: Vec<usize>,
+    /// Threads each matrix product may use inside one inference run.
+    pub intra_op_threads: usize,
+}
+
+/// Queues, batch formation and inference threads.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchingSettings {
+    /// Most images in one inference batch.
+    pub max_image_batch: usize,
+    /// Most texts in one inference batch.
+    pub max_text_batch: usize,
+    /// Most tokens in one text batch, counted as batch size x longest text (padding included).
+    pub max_batch_tokens: usize,
+    /// How long a worker may wait for more items once it has one (like Triton's max queue
+    /// delay): 0 runs whatever is queued at once.
+    pub linger_ms: u64,
+    /// Images that may wait in the queue; beyond it requests get 503 with Retry-After.
+    pub image_queue_capacity: usize,
+    /// Texts that may wait in the queue; beyond it requests get 503 with Retry-After.
+    pub text_queue_capacity: usize,
+    /// Inference threads for the image tower.
+    pub image_workers: usize,
+    /// Inference threads for the text tower.
+    pub text_workers: usize,
+}
+
+/// Request limits, enforced before anything is queued.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Largest request body, refused while streaming (413).
+    pub max_body_bytes: usize,
+    /// Most images in one request.
+    pub max_images_per_request: usize,
+    /// Most texts (or labels) in one request.
+    pub max_texts_per_request: usize,
+    /// Most pixels (width x height) an image may declare; checked from the header before
+    /// decoding, so a decompression bomb never allocates.
+    pub max_image_pixels: u64,
+    /// Most characters in one text (Unicode scalar values).
+    pub max_text_chars: usize,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `clipserve=debug,tower_http=info`); `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The published ONNX export of this model, served when nothing else is configured.
+pub const DEFAULT_MODEL: &str = "immich-app/XLM-Roberta-Base-ViT-B-32__laion5b_s13b_b90k";
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            addr: "0.0.0.0:8080".into(),
+            request_timeout_ms: 30_000,
+            api_key: None,
+            cors_origins: Vec::new(),
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        ModelSettings {
+            source: DEFAULT_MODEL.into(),
+            revision: "main".into(),
+            cache_dir: String::new(),
+            exif: ExifPolicy::Apply,
+            image_batch_buckets: vec![1, 2, 4, 8, 16, 32],
+            text_batch_buckets: vec![1, 2, 4, 8, 16, 32],
+            text_seq_buckets: vec![8, 16, 32, 77],
+            intra_op_threads: 1,
+        }
+    }
+}
+
+impl Default for BatchingSettings {
+    fn default() -> Self {
+        BatchingSettings {
+            max_image_batch: 32,
+            max_text_batch: 32,
+            max_batch_tokens: 32 * 77,
+            linger_ms: 2,
+            image_queue_capacity: 256,
+            text_queue_capacity: 2048,
+            image_workers: 2,
+            text_workers: 2,
+        }
+    }
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            max_body_bytes: 32 * 1024 * 1024,
+            max_images_per_request: 32,
+            max_texts_per_request: 256,
+            max_image_pixels: 50_000_000,
+            max_text_chars: 4096,
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            server: ServerSettings::default(),
+            model: ModelSettings::default(),
+            batching: BatchingSettings::default(),
+            limits: LimitSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// The cache folder for hub downloads.
+    pub fn cache_dir(&self) -> PathBuf {
+        if !self.model.cache_dir.is_empty() {
+            return PathBuf::from(&self.model.cache_dir);
+        }
+        if let Some(home) = std::env::var_os("HF_HOME") {
+            return Path::new(&home).join("hub");
+        }
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+        Path::new(&home).join(".cache/huggingface/hub")
+    }
+}
