@@ -381,3 +381,62 @@ fn truncated_photos_never_panic_and_truncated_jpegs_are_errors() {
         }
     }
 }
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[test]
+fn every_resize_mode_matches_open_clip_exactly() {
+    // FNV-1a of the uint8 output of open_clip.image_transform(is_train=False, **config) without
+    // ToTensor/Normalize, on Image.frombytes of the same synthetic pixels (open_clip 3.3.0,
+    // Pillow 13, torchvision 0.29).
+    let configs = [
+        serde_json::json!({"size": 224}),
+        serde_json::json!({"size": 224, "resize_mode": "longest", "fill_color": 7}),
+        serde_json::json!({"size": 224, "resize_mode": "squash", "interpolation": "bilinear"}),
+        serde_json::json!({"size": [256, 192], "resize_mode": "shortest"}),
+        serde_json::json!({"size": [200, 240], "resize_mode": "longest", "fill_color": 255,
+            "interpolation": "bilinear"}),
+    ];
+    let expected: [((u32, u32), [u64; 5]); 2] = [
+        (
+            (7, 5),
+            [
+                0xc21e9bcf3518c5db,
+                0xdef4a8c12bec8992,
+                0xafbffaa0806f55ce,
+                0x17b67d4ca99a59b8,
+                0xbea6d9063daff854,
+            ],
+        ),
+        (
+            (300, 451),
+            [
+                0x550ec9ad38ea293b,
+                0x8001ded4da0fba85,
+                0xf50cbcf4aa21d8f4,
+                0x007f3d1936530b30,
+                0x20e861dcc4d8228f,
+            ],
+        ),
+    ];
+    for ((w, h), hashes) in expected {
+        let img = RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([
+                (x * 37 + y * 11) as u8,
+                (x * 5 + y * 53) as u8,
+                ((x ^ y) * 29) as u8,
+            ])
+        });
+        for (config, want) in configs.iter().zip(hashes) {
+            let cfg = PreprocessConfig::from_json(config.clone()).expect("valid config");
+            let crop = cfg.crop(&img);
+            let (height, width) = cfg.size();
+            assert_eq!(crop.dimensions(), (width, height), "{config}");
+            assert_eq!(fnv1a(crop.as_raw()), want, "{w}x{h} with {config}");
+        }
+    }
+}

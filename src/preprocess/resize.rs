@@ -1,13 +1,15 @@
 //! PIL-exact antialiased resampling of 8-bit RGB images.
 //!
-//! This is a port of the uint8 path of Pillow's `libImaging/Resample.c` (what
+//! This is a port of the uint8 path of Pillow 13's `libImaging/Resample.c` (what
 //! `Image.resize(size, BICUBIC | BILINEAR)` runs, and so what torchvision's `Resize` runs on a PIL
-//! image): a separable convolution, horizontal pass first, with the filter support widened by the
-//! downscale factor (antialiasing), coefficients normalised to sum 1, turned into fixed point with
-//! 22 fractional bits, and each pass rounded and clipped to uint8. Every step that affects the
-//! result (coefficient bounds, the source rows the horizontal pass covers, rounding of
-//! coefficients, clipping) follows the C code, so for the same RGB input the output is identical
-//! byte for byte.
+//! image): a separable convolution with the filter support widened by the downscale factor
+//! (antialiasing), coefficients normalised to sum 1, turned into fixed point with 22 fractional
+//! bits, and each pass rounded and clipped to uint8. Every step that affects the result follows
+//! the C code: coefficient bounds, which source rows or columns a pass covers, rounding of
+//! coefficients, clipping, and the order of the passes (horizontal first, except that Pillow 13
+//! goes vertical first when the height shrinks by more than twice as many pixels as the width;
+//! Pillow 12 and earlier always went horizontal first). For the same RGB input the output is
+//! identical byte for byte.
 //!
 //! One addition: [`resize_window`] computes only a window of the resized image. Each output pixel
 //! depends only on its own coefficients, so the window is exactly the crop of a full resize, while
@@ -146,37 +148,42 @@ pub fn resize_window(
     let (w, h) = (window.width, window.height);
 
     // Pillow skips a pass whose size does not change; the pass would be the identity anyway.
-    let horizontal = (width != src_width).then(|| Coeffs::new(src_width, width, filter, columns));
-    let vertical = (height != src_height).then(|| Coeffs::new(src_height, height, filter, rows));
+    let horizontal =
+        (width != src_width).then(|| Coeffs::new(src_width, width, filter, columns.clone()));
+    let vertical =
+        (height != src_height).then(|| Coeffs::new(src_height, height, filter, rows.clone()));
+    // Pillow 13 runs the vertical pass first when the height shrinks by more than twice as many
+    // pixels as the width does (`horizontal_first` in ImagingResampleInner); earlier versions
+    // always went horizontal first. The uint8 rounding between passes makes the order visible.
+    let shrink_h = i64::from(src_height) - i64::from(height);
+    let shrink_w = i64::from(src_width) - i64::from(width);
+    let vertical_first = shrink_h > 0 && shrink_h > 2 * shrink_w;
 
-    // Source rows the horizontal pass must produce (Pillow's ybox_first..ybox_last).
-    let source_rows = match &vertical {
-        Some(v) => v.input_span(),
-        None => window.top as usize..(window.top + window.height) as usize,
-    };
-    let src_stride = src_width as usize * 3;
-    let (band, band_width) = match &horizontal {
-        Some(hc) => {
-            let lines = src.as_raw()[source_rows.start * src_stride..source_rows.end * src_stride]
-                .chunks_exact(src_stride);
-            (horizontal_pass(lines, hc), w)
+    let raw = src.as_raw().as_slice();
+    let stride = src_width as usize * 3;
+    let rows_of =
+        |r: std::ops::Range<usize>| raw[r.start * stride..r.end * stride].chunks_exact(stride);
+    let bytes = |r: std::ops::Range<u32>| r.start as usize * 3..r.end as usize * 3;
+    let pixels = match (&horizontal, &vertical) {
+        (None, None) => rows_of(rows.start as usize..rows.end as usize)
+            .flat_map(|line| &line[bytes(columns.clone())])
+            .copied()
+            .collect(),
+        (Some(hc), None) => horizontal_pass(rows_of(rows.start as usize..rows.end as usize), hc, 0),
+        (None, Some(vc)) => vertical_pass(raw, stride, bytes(columns), vc, 0),
+        (Some(hc), Some(vc)) if vertical_first => {
+            // Only the source columns the horizontal window reads.
+            let cols = hc.input_span();
+            let band = vertical_pass(raw, stride, cols.start * 3..cols.end * 3, vc, 0);
+            horizontal_pass(band.chunks_exact(cols.len() * 3), hc, cols.start)
         }
-        None => {
-            // Only slice out the window's columns (and the needed rows).
-            let left = window.left as usize * 3;
-            let right = left + w as usize * 3;
-            let mut band = Vec::with_capacity(source_rows.len() * w as usize * 3);
-            for line in src.as_raw()[source_rows.start * src_stride..source_rows.end * src_stride]
-                .chunks_exact(src_stride)
-            {
-                band.extend_from_slice(&line[left..right]);
-            }
-            (band, w)
+        (Some(hc), Some(vc)) => {
+            // Only the source rows the vertical window reads (Pillow's ybox_first..ybox_last).
+            let source_rows = vc.input_span();
+            let band = horizontal_pass(rows_of(source_rows.clone()), hc, 0);
+            let band_stride = w as usize * 3;
+            vertical_pass(&band, band_stride, 0..band_stride, vc, source_rows.start)
         }
-    };
-    let pixels = match &vertical {
-        Some(vc) => vertical_pass(&band, band_width as usize * 3, vc, source_rows.start),
-        None => band,
     };
     Ok(RgbImage::from_raw(w, h, pixels)
         .expect("passes produce exactly window.width x window.height RGB pixels"))
@@ -259,13 +266,19 @@ const HALF: i32 = 1 << (PRECISION_BITS - 1);
 // Overflow: coefficients sum to 2^22 and their absolute values to at most ~1.3 x 2^22 for these
 // filters, so 255 x that plus HALF stays far below i32::MAX, as in Pillow.
 
-fn horizontal_pass<'a>(lines: impl Iterator<Item = &'a [u8]>, c: &Coeffs) -> Vec<u8> {
+/// Resamples each line; `lines` start at source column `first_col`.
+fn horizontal_pass<'a>(
+    lines: impl Iterator<Item = &'a [u8]>,
+    c: &Coeffs,
+    first_col: usize,
+) -> Vec<u8> {
     let out_w = c.bounds.len();
     let mut out = Vec::new();
     for line in lines {
         for i in 0..out_w {
             let (min, k) = c.taps(i);
-            let pixels = &line[min * 3..(min + k.len()) * 3];
+            let start = (min - first_col) * 3;
+            let pixels = &line[start..start + k.len() * 3];
             let (mut r, mut g, mut b) = (HALF, HALF, HALF);
             for (px, &w) in pixels.chunks_exact(3).zip(k) {
                 r += i32::from(px[0]) * w;
@@ -278,18 +291,25 @@ fn horizontal_pass<'a>(lines: impl Iterator<Item = &'a [u8]>, c: &Coeffs) -> Vec
     out
 }
 
-/// `band` holds rows `first_row..` of the horizontally resampled image, `stride` bytes each.
-fn vertical_pass(band: &[u8], stride: usize, c: &Coeffs, first_row: usize) -> Vec<u8> {
-    let out_h = c.bounds.len();
-    let mut out = Vec::with_capacity(out_h * stride);
-    let mut acc = vec![0i32; stride];
-    for i in 0..out_h {
+/// `data` holds rows `first_row..` of an image, `stride` bytes each; only the bytes `cols` of
+/// each row are resampled.
+fn vertical_pass(
+    data: &[u8],
+    stride: usize,
+    cols: std::ops::Range<usize>,
+    c: &Coeffs,
+    first_row: usize,
+) -> Vec<u8> {
+    let width = cols.len();
+    let mut out = Vec::with_capacity(c.bounds.len() * width);
+    let mut acc = vec![0i32; width];
+    for i in 0..c.bounds.len() {
         let (min, k) = c.taps(i);
         acc.fill(HALF);
         // Row by row: integer sums are exact, so the order of taps does not change the result.
         for (t, &w) in k.iter().enumerate() {
-            let row = &band[(min - first_row + t) * stride..][..stride];
-            for (a, &p) in acc.iter_mut().zip(row) {
+            let start = (min - first_row + t) * stride + cols.start;
+            for (a, &p) in acc.iter_mut().zip(&data[start..start + width]) {
                 *a += i32::from(p) * w;
             }
         }
@@ -323,6 +343,14 @@ mod tests {
     }
 
     #[test]
+    fn a_much_shorter_target_resamples_vertically_first_like_pillow_13() {
+        // 13 -> 4 rows shrinks by 9, more than twice the 2 columns: Pillow 13 goes vertical
+        // first (horizontal first would give different bytes here).
+        let down = resize(&gradient(7, 13), 5, 4, Filter::Bicubic).expect("valid sizes");
+        assert_eq!(down.as_raw()[..], PILLOW_7X13_TO_5X4_BICUBIC[..]);
+    }
+
+    #[test]
     fn bilinear_matches_pillow_on_a_small_gradient() {
         let src = gradient(7, 5);
         let down = resize(&src, 3, 2, Filter::Bilinear).expect("valid sizes");
@@ -332,7 +360,16 @@ mod tests {
     #[test]
     fn a_window_equals_the_same_crop_of_a_full_resize() {
         let src = gradient(31, 17);
-        for (w, h) in [(50, 40), (9, 5), (31, 40), (50, 17)] {
+        // (30, 5) and (40, 6) resample vertically first, (31, 5) only vertically.
+        for (w, h) in [
+            (50, 40),
+            (9, 5),
+            (31, 40),
+            (50, 17),
+            (30, 5),
+            (40, 6),
+            (31, 5),
+        ] {
             let full = resize(&src, w, h, Filter::Bicubic).expect("valid sizes");
             let win = Window {
                 left: 3,
@@ -393,6 +430,12 @@ mod tests {
 
     const PILLOW_7X5_TO_3X2_BICUBIC: [u8; 18] = [
         36, 49, 28, 120, 60, 80, 207, 71, 163, 62, 171, 87, 148, 182, 91, 196, 193, 123,
+    ];
+    const PILLOW_7X13_TO_5X4_BICUBIC: [u8; 60] = [
+        22, 76, 35, 71, 83, 39, 124, 90, 63, 177, 97, 158, 230, 104, 164, 56, 115, 131, 105, 122,
+        134, 158, 129, 127, 219, 136, 67, 124, 143, 69, 94, 129, 154, 143, 136, 117, 204, 143, 85,
+        153, 150, 89, 39, 157, 93, 128, 95, 61, 182, 102, 99, 200, 109, 134, 39, 116, 153, 72, 123,
+        105,
     ];
     const PILLOW_7X5_TO_3X2_BILINEAR: [u8; 18] = [
         43, 57, 36, 122, 68, 81, 201, 79, 155, 65, 163, 85, 144, 174, 91, 194, 185, 125,
