@@ -132,7 +132,7 @@ mod tests {
     fn cosine_matrix_has_rows_by_columns() {
         let a = Embedding::new(vec![1.0, 0.0]).unwrap();
         let b = Embedding::new(vec![0.0, 1.0]).unwrap();
-        let m = cosine_matrix(&[a.clone()], &[a, b]);
+        let m = cosine_matrix(std::slice::from_ref(&a), &[a.clone(), b]);
         assert_eq!(m, vec![vec![1.0, 0.0]]);
     }
 

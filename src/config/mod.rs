@@ -18,7 +18,7 @@ mod load;
 pub use load::{ConfigError, Sources};
 
 /// Every setting of the service.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Listening, timeouts, authentication, CORS.
@@ -199,18 +199,6 @@ impl Default for LogSettings {
         LogSettings {
             format: LogFormat::Text,
             level: "info".into(),
-        }
-    }
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            server: ServerSettings::default(),
-            model: ModelSettings::default(),
-            batching: BatchingSettings::default(),
-            limits: LimitSettings::default(),
-            log: LogSettings::default(),
         }
     }
 }

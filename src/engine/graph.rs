@@ -144,7 +144,7 @@ impl Graph {
         let input_shape: Vec<Axis> = input
             .shape
             .iter()
-            .map(|d| Axis::of(d))
+            .map(Axis::of)
             .collect::<Option<_>>()
             .ok_or_else(|| {
                 contract(format!(
