@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use crate::config::Settings;
 use crate::engine::{Buckets, Engine, EngineSettings};
 use crate::http::{self, AppState};
+use crate::hub::{self, HubOptions, RepoId};
 use crate::telemetry::Metrics;
 
 /// The engine settings the service's settings imply.
@@ -32,25 +33,40 @@ pub fn engine_settings(settings: &Settings) -> EngineSettings {
 
 /// Finds the model folder for `settings.model.source`: a local folder, or a hub repository
 /// downloaded into the cache.
+/// A folder that exists wins over a repository id of the same spelling.
 pub async fn resolve_model(settings: &Settings) -> anyhow::Result<PathBuf> {
-    let source = PathBuf::from(&settings.model.source);
-    if source.is_dir() {
-        return Ok(source);
+    let source = &settings.model.source;
+    let folder = PathBuf::from(source);
+    if folder.is_dir() {
+        return Ok(folder);
     }
-    anyhow::bail!(
-        "model source `{}` is not a folder (hub downloads are not available in this build)",
-        settings.model.source
-    )
+    let Some(repo) = RepoId::parse(source) else {
+        anyhow::bail!(
+            "model source `{source}` is neither a folder nor a Hugging Face repository id (owner/name)"
+        );
+    };
+    let options = HubOptions::from_settings(settings, repo);
+    hub::fetch_model(&options).await.with_context(|| {
+        format!(
+            "model source `{source}` is not a folder, so it was fetched as a Hugging Face repository (revision `{}`)",
+            options.revision
+        )
+    })
 }
 
 /// Loads the model on the blocking pool and hands it to the state (which starts the towers).
 pub async fn load_model(settings: &Settings, state: &AppState) -> anyhow::Result<()> {
     let folder = resolve_model(settings).await?;
+    let from_hub = folder.as_path() != std::path::Path::new(&settings.model.source);
     let engine_settings = engine_settings(settings);
-    let engine = tokio::task::spawn_blocking(move || Engine::load(&folder, &engine_settings))
+    let mut engine = tokio::task::spawn_blocking(move || Engine::load(&folder, &engine_settings))
         .await
         .context("the model loading task failed")?
         .context("loading the model")?;
+    if from_hub {
+        // A snapshot folder is named by its commit; answers name the repository instead.
+        engine.folder.name = settings.model.source.clone();
+    }
     state
         .set_model(Arc::new(engine))
         .context("starting the inference threads")?;

@@ -13,9 +13,17 @@
 //! once and never half-accepts a request. Every accepted item gets exactly one answer, from its
 //! own channel, so a result can never reach another caller. Dropping the last [`Batcher`] handle
 //! closes the channel: the workers finish what is queued and exit.
+//!
+//! Readiness ([`Batcher::healthy`]) is built so that a replica behind a load balancer can
+//! always recover: a panic inside a batch fails that batch only; a panic anywhere else in a
+//! worker's loop restarts the loop on the same thread (its batch fails, nothing else is lost),
+//! so a tower never silently loses its workers; and a run of failed batches marks the tower
+//! unready only for `BatchPolicy::failure_cooldown`, after which it takes traffic again and
+//! one success clears it (an unready replica gets no traffic, so it could never see a success
+//! if the mark lasted until one).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,8 +32,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::embedding::Embedding;
 
-/// After this many failed batches in a row, a tower reports itself not ready.
-const UNHEALTHY_AFTER_FAILURES: usize = 3;
+/// After this many failed batches in a row, a tower reports itself not ready (for a cooldown).
+pub const UNHEALTHY_AFTER_FAILURES: usize = 3;
 
 /// Why an accepted item got no embedding.
 #[derive(Debug, Clone, Error, PartialEq)]
@@ -36,7 +44,7 @@ pub enum InferError {
     /// The inference run panicked; the worker survived and goes on with the next batch.
     #[error("inference panicked")]
     Panicked,
-    /// The worker went away before answering (shutdown).
+    /// The worker went away before answering (shutdown, or its loop crashed and restarted).
     #[error("the inference worker stopped")]
     WorkerGone,
 }
@@ -68,6 +76,9 @@ pub struct BatchPolicy {
     pub workers: usize,
     /// Queue capacity in items.
     pub capacity: usize,
+    /// How long a tower whose last [`UNHEALTHY_AFTER_FAILURES`] batches failed reports itself
+    /// unready, counted from its last failure; then it is offered traffic again.
+    pub failure_cooldown: Duration,
 }
 
 /// Observations a batcher reports as it works (metrics live elsewhere; see `telemetry`).
@@ -105,9 +116,17 @@ struct Shared {
     tower: &'static str,
     depth: AtomicUsize,
     consecutive_failures: AtomicUsize,
+    /// When the last batch failed, in milliseconds since `epoch`.
+    last_failure_ms: AtomicU64,
+    epoch: Instant,
+    failure_cooldown: Duration,
     workers_alive: AtomicUsize,
+    /// Worker loops restarted after a panic outside a batch.
+    restarts: AtomicUsize,
     /// Test hook: the next N batches panic inside the worker (see [`Batcher::inject_panics`]).
     inject_panics: AtomicUsize,
+    /// Test hook: the next N batches crash the worker loop (see [`Batcher::inject_crashes`]).
+    inject_crashes: AtomicUsize,
     observer: Arc<dyn BatchObserver>,
     closed: AtomicBool,
 }
@@ -144,8 +163,13 @@ impl<I: Send + 'static> Batcher<I> {
             tower,
             depth: AtomicUsize::new(0),
             consecutive_failures: AtomicUsize::new(0),
+            last_failure_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            failure_cooldown: policy.failure_cooldown,
             workers_alive: AtomicUsize::new(0),
+            restarts: AtomicUsize::new(0),
             inject_panics: AtomicUsize::new(0),
+            inject_crashes: AtomicUsize::new(0),
             observer,
             closed: AtomicBool::new(false),
         });
@@ -214,18 +238,67 @@ impl<I: Send + 'static> Batcher<I> {
         self.capacity
     }
 
-    /// False when a worker thread has died or the last batches all failed: the load balancer
-    /// should stop sending traffic here.
+    /// False when the tower cannot serve: its queue is closed or no worker thread is left, or
+    /// its last [`UNHEALTHY_AFTER_FAILURES`] batches failed and the last failure is less than
+    /// `failure_cooldown` old. The load balancer should stop sending traffic here meanwhile;
+    /// after the cooldown the tower is offered traffic again, and one success clears the mark.
     pub fn healthy(&self) -> bool {
-        !self.shared.closed.load(Ordering::SeqCst)
-            && self.shared.workers_alive.load(Ordering::SeqCst) > 0
-            && self.shared.consecutive_failures.load(Ordering::SeqCst) < UNHEALTHY_AFTER_FAILURES
+        let s = &self.shared;
+        if s.closed.load(Ordering::SeqCst) || s.workers_alive.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
+        if s.consecutive_failures.load(Ordering::SeqCst) < UNHEALTHY_AFTER_FAILURES {
+            return true;
+        }
+        let since = s
+            .now_ms()
+            .saturating_sub(s.last_failure_ms.load(Ordering::SeqCst));
+        Duration::from_millis(since) >= s.failure_cooldown
+    }
+
+    /// Inference threads currently running this tower's loop.
+    pub fn live_workers(&self) -> usize {
+        self.shared.workers_alive.load(Ordering::SeqCst)
+    }
+
+    /// How many times a worker loop was restarted after a panic outside a batch.
+    pub fn worker_restarts(&self) -> usize {
+        self.shared.restarts.load(Ordering::SeqCst)
     }
 
     /// Test hook: makes the next `n` batches panic inside the inference thread, to show that a
     /// panic fails only its own batch and the worker carries on.
     pub fn inject_panics(&self, n: usize) {
         self.shared.inject_panics.store(n, Ordering::SeqCst);
+    }
+
+    /// Test hook: makes the worker loop itself panic (outside the per-batch guard) on the next
+    /// `n` batches it takes, as a bug in batch formation would, to show that the loop restarts
+    /// and the tower keeps serving.
+    pub fn inject_crashes(&self, n: usize) {
+        self.shared.inject_crashes.store(n, Ordering::SeqCst);
+    }
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn record_outcome(&self, ok: bool) {
+        if ok {
+            self.consecutive_failures.store(0, Ordering::SeqCst);
+        } else {
+            self.last_failure_ms.store(self.now_ms(), Ordering::SeqCst);
+            self.consecutive_failures.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Takes one unit of a test hook's count; true if there was one.
+    fn take(counter: &AtomicUsize) -> bool {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     }
 }
 
@@ -250,10 +323,28 @@ impl<I: Send + 'static> Worker<I> {
             }
         }
         let _alive = Alive(self.shared.clone());
-        while let Some(batch) = self.next_batch() {
-            self.process(batch);
+        // A panic outside the per-batch guard (a bug in batch formation, say) must not leave
+        // the tower without this thread: the jobs it held are dropped, so their callers get
+        // `WorkerGone` at once, and the loop starts again on the same queue.
+        while catch_unwind(AssertUnwindSafe(|| self.drain())).is_err() {
+            self.shared.restarts.fetch_add(1, Ordering::SeqCst);
+            self.shared.record_outcome(false);
+            tracing::error!(
+                tower = self.shared.tower,
+                "inference worker loop panicked outside a batch; restarting it"
+            );
         }
         self.shared.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Runs batches until the queue is closed and empty.
+    fn drain(&self) {
+        while let Some(batch) = self.next_batch() {
+            if Shared::take(&self.shared.inject_crashes) {
+                panic!("injected crash (Batcher::inject_crashes test hook)");
+            }
+            self.process(batch);
+        }
     }
 
     /// Takes the next batch: blocks for a first item, then gathers what fits, lingering up to
@@ -316,11 +407,7 @@ impl<I: Send + 'static> Worker<I> {
             .unzip();
         let cost = rest.iter().map(|(c, _)| *c).max().unwrap_or(0) * items.len();
         let started = Instant::now();
-        let inject = self
-            .shared
-            .inject_panics
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
+        let inject = Shared::take(&self.shared.inject_panics);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             if inject {
                 panic!("injected panic (Batcher::inject_panics test hook)");
@@ -356,13 +443,7 @@ impl<I: Send + 'static> Worker<I> {
             }
         };
         let ok = results.iter().all(|r| r.is_ok());
-        if ok {
-            self.shared.consecutive_failures.store(0, Ordering::SeqCst);
-        } else {
-            self.shared
-                .consecutive_failures
-                .fetch_add(1, Ordering::SeqCst);
-        }
+        self.shared.record_outcome(ok);
         self.shared
             .observer
             .batch(self.shared.tower, items.len(), cost, elapsed, ok);

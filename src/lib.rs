@@ -18,13 +18,17 @@
 //! ```
 //!
 //! [`config`] holds the settings, [`telemetry`] logs and metrics, [`app`] wires them for the
-//! `serve` command.
+//! `serve` command, [`hub`] downloads a model repository into the Hugging Face cache.
+//! [`bulk`] is the `embed` command: a folder of images or a file of texts, embedded in bulk.
 
 pub mod app;
 pub mod batcher;
+pub mod bulk;
+pub mod cache;
 pub mod config;
 pub mod embedding;
 pub mod engine;
 pub mod http;
+pub mod hub;
 pub mod preprocess;
 pub mod telemetry;

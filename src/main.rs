@@ -33,6 +33,16 @@ enum Command {
     Serve,
     /// Print the effective settings as TOML and exit.
     Config,
+    /// GET a URL of this host once; exit 0 on a 200 answer, 1 otherwise. The container
+    /// HEALTHCHECK (the runtime image has no curl).
+    Healthcheck {
+        /// Default: `http://127.0.0.1:<port of server.addr>/ready`.
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Embed a folder of images or a file of texts into JSON Lines or .npy, in-process
+    /// (--model) or through a running server (--server); re-running resumes.
+    Embed(clipserve::bulk::command::EmbedArgs),
 }
 
 fn settings(cli: &Cli) -> anyhow::Result<Settings> {
@@ -65,6 +75,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = settings(&cli)?;
     match cli.command.unwrap_or(Command::Serve) {
+        Command::Embed(args) => clipserve::bulk::command::execute(args, settings),
+        Command::Healthcheck { url } => {
+            healthcheck(&url.unwrap_or_else(|| default_health_url(&settings.server.addr)))
+        }
         Command::Config => {
             print!("{}", toml::to_string_pretty(&settings)?);
             Ok(())
@@ -87,5 +101,43 @@ fn main() -> anyhow::Result<()> {
                 .await
             })
         }
+    }
+}
+
+/// `/ready` on loopback at the port the server listens on.
+fn default_health_url(addr: &str) -> String {
+    let port = addr.rsplit_once(':').map_or("8080", |(_, port)| port);
+    format!("http://127.0.0.1:{port}/ready")
+}
+
+/// One HTTP/1.0 GET with a 3 s timeout on each step; Ok only when the status is 200.
+fn healthcheck(url: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{TcpStream, ToSocketAddrs};
+    let timeout = std::time::Duration::from_secs(3);
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url}: only http:// URLs are supported"))?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let with_port = if host.contains(':') {
+        host.to_string()
+    } else {
+        format!("{host}:80")
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {host}"))?
+        .next()
+        .with_context(|| format!("{host} has no address"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(stream, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+    let mut status = String::new();
+    BufReader::new(stream.take(512)).read_line(&mut status)?;
+    match status.split_whitespace().nth(1) {
+        Some("200") => Ok(()),
+        _ => anyhow::bail!("{url}: {}", status.trim()),
     }
 }

@@ -60,6 +60,11 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    outcome: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -89,6 +94,7 @@ pub struct Metrics {
     batches: Family<OutcomeLabels, Counter>,
     items_embedded: Family<TowerLabels, Counter>,
     items_skipped: Family<TowerLabels, Counter>,
+    text_cache: Family<CacheLabels, Counter>,
     ready: Gauge,
 }
 
@@ -115,6 +121,7 @@ impl Metrics {
         let batches = Family::<OutcomeLabels, Counter>::default();
         let items_embedded = Family::<TowerLabels, Counter>::default();
         let items_skipped = Family::<TowerLabels, Counter>::default();
+        let text_cache = Family::<CacheLabels, Counter>::default();
         let ready = Gauge::default();
         registry.register(
             "http_requests",
@@ -167,10 +174,28 @@ impl Metrics {
             items_skipped.clone(),
         );
         registry.register(
+            "text_cache_lookups",
+            "Texts looked up in the cache of recent text embeddings, by outcome (hit, miss)",
+            text_cache.clone(),
+        );
+        registry.register(
             "ready",
             "1 when the models are loaded and warmed up and the server accepts work",
             ready.clone(),
         );
+        // Every tower's counters and gauges exist from the start, at 0: a counter that first
+        // appears at 1 hides that first increment from rate() and increase(), so the first
+        // queue rejection or failed batch would never fire an alert.
+        for tower in ["image", "text"] {
+            let labels = TowerLabels { tower };
+            let _ = queue_depth.get_or_create(&labels);
+            let _ = queue_rejections.get_or_create(&labels);
+            let _ = items_embedded.get_or_create(&labels);
+            let _ = items_skipped.get_or_create(&labels);
+            for outcome in ["ok", "failed"] {
+                let _ = batches.get_or_create(&OutcomeLabels { tower, outcome });
+            }
+        }
         Metrics {
             registry: std::sync::Arc::new(registry),
             http_requests,
@@ -183,6 +208,7 @@ impl Metrics {
             batches,
             items_embedded,
             items_skipped,
+            text_cache,
             ready,
         }
     }
@@ -208,6 +234,18 @@ impl Metrics {
         self.queue_rejections
             .get_or_create(&TowerLabels { tower })
             .inc();
+    }
+
+    /// Records text embedding cache lookups: `hits` answered from the cache, `misses` sent to
+    /// the text tower.
+    pub fn text_cache(&self, hits: usize, misses: usize) {
+        for (outcome, n) in [("hit", hits), ("miss", misses)] {
+            if n > 0 {
+                self.text_cache
+                    .get_or_create(&CacheLabels { outcome })
+                    .inc_by(n as u64);
+            }
+        }
     }
 
     /// Sets the readiness gauge.

@@ -38,7 +38,12 @@ const PHOTOS: [&str; 8] = [
 
 #[tokio::test]
 async fn concurrent_requests_each_get_their_own_embedding_from_shared_batches() {
-    let server = TestServer::start(|s| s.batching.linger_ms = 20).await;
+    // The text cache off: the second round must run the tower, not repeat the first's answers.
+    let server = TestServer::start(|s| {
+        s.batching.linger_ms = 20;
+        s.model.text_cache_entries = 0;
+    })
+    .await;
     let client = reqwest::Client::new();
     let texts: Vec<String> = (0..48)
         .map(|i| match i % 4 {
@@ -220,5 +225,73 @@ async fn a_full_queue_answers_503_with_retry_after_and_the_server_recovers() {
     assert!(
         metric(&metrics, "clipserve_queue_rejections_total{tower=\"text\"}")
             >= refused.len() as f64
+    );
+}
+
+#[tokio::test]
+async fn a_repeated_text_is_answered_from_the_cache_without_running_the_tower() {
+    let server = TestServer::start(|s| s.model.text_cache_entries = 16).await;
+    let client = reqwest::Client::new();
+    let scrape = || async {
+        client
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let embed = |texts: Vec<&'static str>| {
+        let req = client
+            .post(server.url("/v1/embed/text"))
+            .json(&json!({ "texts": texts }));
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let v: Value = r.json().await.unwrap();
+            v["embeddings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    e.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_f64().unwrap() as f32)
+                        .collect::<Vec<f32>>()
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let first = embed(vec!["un chat sur un canapé", "a dog"]).await;
+    let before = scrape().await;
+    // Same texts again, one new, and one that cleans to the same tokens as a cached one.
+    let second = embed(vec![
+        "a dog",
+        "un chat sur un canapé",
+        "a bird",
+        "  a   dog ",
+    ])
+    .await;
+    let after = scrape().await;
+
+    assert!(cosine(&first[1], &second[0]) >= 0.999_999);
+    assert!(cosine(&first[0], &second[1]) >= 0.999_999);
+    assert!(cosine(&second[0], &second[3]) >= 0.999_999);
+    let delta = |series: &str| metric(&after, series) - metric(&before, series);
+    assert_eq!(
+        delta("clipserve_text_cache_lookups_total{outcome=\"hit\"}"),
+        3.0
+    );
+    assert_eq!(
+        delta("clipserve_text_cache_lookups_total{outcome=\"miss\"}"),
+        1.0
+    );
+    // Only "a bird" reached the text tower.
+    assert_eq!(
+        delta("clipserve_batch_size_sum{tower=\"text\"}"),
+        1.0,
+        "cached texts must not be queued"
     );
 }

@@ -136,8 +136,13 @@ impl Settings {
                 "is empty: name a model folder or a hub repository id".into(),
             );
         }
-        let positive: [(&'static str, u64); 12] = [
+        let positive: [(&'static str, u64); 14] = [
             ("server.request_timeout_ms", self.server.request_timeout_ms),
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            ("server.body_timeout_ms", self.server.body_timeout_ms),
             ("model.intra_op_threads", self.model.intra_op_threads as u64),
             (
                 "batching.max_image_batch",

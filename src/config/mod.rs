@@ -42,6 +42,11 @@ pub struct ServerSettings {
     /// Upper bound on a whole request, headers to last byte of the answer; slow clients and
     /// stuck work end with 408/503 instead of holding a connection forever.
     pub request_timeout_ms: u64,
+    /// How long a client may take to send its request headers before the connection is cut
+    /// (a client trickling headers cannot hold a connection forever).
+    pub header_read_timeout_ms: u64,
+    /// How long a client may take to send its request body before it gets 408.
+    pub body_timeout_ms: u64,
     /// Optional API key: when set, every route except health, readiness and metrics needs
     /// `Authorization: Bearer <key>`. Prefer `CLIPSERVE_SERVER_API_KEY` over the file.
     pub api_key: Option<String>,
@@ -62,6 +67,15 @@ pub struct ModelSettings {
     pub revision: String,
     /// Cache folder for downloads; empty means `$HF_HOME/hub` (default `~/.cache/huggingface/hub`).
     pub cache_dir: String,
+    /// Hub to download from when `source` is a repository id: empty means `$HF_ENDPOINT`, else
+    /// `https://huggingface.co` (a mirror, or a stand-in in tests, speaks the same protocol).
+    pub hub_endpoint: String,
+    /// Never contact the hub: a repository id is served only from a complete cached snapshot,
+    /// for air-gapped hosts (also on when `HF_HUB_OFFLINE=1`).
+    pub offline: bool,
+    /// Retries of a failed hub request or interrupted download (with backoff, resuming where
+    /// it stopped) before start-up gives up.
+    pub download_retries: u32,
     /// Whether to rotate images by their EXIF orientation (`apply`, the default, so phone photos
     /// are not embedded sideways) or ignore it as OpenCLIP's reference does (`ignore`).
     pub exif: ExifPolicy,
@@ -74,6 +88,9 @@ pub struct ModelSettings {
     pub text_seq_buckets: Vec<usize>,
     /// Threads each matrix product may use inside one inference run.
     pub intra_op_threads: usize,
+    /// Recent text embeddings kept in memory, keyed by token ids (about 2 KB each); a repeated
+    /// query is answered without running the text tower. 0 disables the cache.
+    pub text_cache_entries: usize,
 }
 
 /// Queues, batch formation and inference threads.
@@ -97,6 +114,9 @@ pub struct BatchingSettings {
     pub image_workers: usize,
     /// Inference threads for the text tower.
     pub text_workers: usize,
+    /// After 3 failed batches in a row a tower reports not ready for this long (from its last
+    /// failure), then takes traffic again so that a success can clear it.
+    pub failure_cooldown_ms: u64,
 }
 
 /// Request limits, enforced before anything is queued.
@@ -145,6 +165,8 @@ impl Default for ServerSettings {
         ServerSettings {
             addr: "0.0.0.0:8080".into(),
             request_timeout_ms: 30_000,
+            header_read_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
             api_key: None,
             cors_origins: Vec::new(),
             shutdown_grace_ms: 30_000,
@@ -158,11 +180,15 @@ impl Default for ModelSettings {
             source: DEFAULT_MODEL.into(),
             revision: "main".into(),
             cache_dir: String::new(),
+            hub_endpoint: String::new(),
+            offline: false,
+            download_retries: 5,
             exif: ExifPolicy::Apply,
-            image_batch_buckets: vec![1, 2, 4, 8, 16, 32],
-            text_batch_buckets: vec![1, 2, 4, 8, 16, 32],
+            image_batch_buckets: vec![1, 8, 32],
+            text_batch_buckets: Vec::new(),
             text_seq_buckets: vec![8, 16, 32, 77],
             intra_op_threads: 1,
+            text_cache_entries: 10_000,
         }
     }
 }
@@ -178,6 +204,7 @@ impl Default for BatchingSettings {
             text_queue_capacity: 2048,
             image_workers: 2,
             text_workers: 2,
+            failure_cooldown_ms: 10_000,
         }
     }
 }

@@ -8,15 +8,19 @@
 //!   concrete shapes), plus, unless every shape is covered by buckets, one plan that keeps the
 //!   symbols and runs any shape.
 //!
-//! Weights are `Arc`-shared constants in the decluttered model, so the plans share them until
-//! optimization packs them for a kernel.
+//! Optimization packs each weight for the kernel it picked; [`WeightPool`] then makes plans
+//! that packed a weight the same way share one copy, so plans cost memory only where their
+//! kernels differ (see `weights.rs`). The word-embedding table is stored in f16.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use thiserror::Error;
 use tract_onnx::prelude::*;
+
+use super::weights::{half_embedding_tables, matmul_kernels, WeightPool};
 
 /// A plan tract can run.
 pub type Plan = Arc<TypedRunnableModel>;
@@ -91,6 +95,8 @@ pub struct Graph {
     fixed: BTreeMap<(usize, usize), Plan>,
     /// The plan that runs any shape, when some axis is symbolic and not fully bucketed.
     symbolic: Option<Plan>,
+    /// Bytes of distinct constants across the plans.
+    weight_bytes: usize,
 }
 
 impl std::fmt::Debug for Graph {
@@ -187,6 +193,7 @@ impl Graph {
             output_dim,
             fixed: BTreeMap::new(),
             symbolic: None,
+            weight_bytes: 0,
         };
         graph.build_plans(typed, buckets, seq_cap)?;
         Ok(graph)
@@ -194,7 +201,7 @@ impl Graph {
 
     fn build_plans(
         &mut self,
-        typed: TypedModel,
+        mut typed: TypedModel,
         buckets: &Buckets,
         seq_cap: usize,
     ) -> Result<(), GraphError> {
@@ -202,6 +209,8 @@ impl Graph {
             path: self.path.clone(),
             message: format!("{e:#}"),
         };
+        let started = Instant::now();
+        let halved = half_embedding_tables(&mut typed).map_err(load_err)?;
         let batch_axis = self.input_shape[0].clone();
         let seq_axis = if self.is_text() {
             Some(self.input_shape[1].clone())
@@ -217,6 +226,20 @@ impl Graph {
             Some(Axis::Fixed(s)) => vec![*s],
             Some(Axis::Symbolic(_)) => buckets.seq.iter().map(|&s| s.min(seq_cap)).collect(),
         };
+        let mut pool = WeightPool::default();
+        let path = self.path.clone();
+        let mut build = |model: TypedModel, shape: (usize, usize)| -> TractResult<Plan> {
+            let mut optimized = model.into_optimized()?;
+            let added = pool.share(&mut optimized)?;
+            tracing::debug!(
+                graph = %path.display(),
+                ?shape,
+                new_weights_mb = added >> 20,
+                kernels = ?matmul_kernels(&optimized),
+                "plan built"
+            );
+            optimized.into_runnable()
+        };
         for &b in &batch_sizes {
             for &s in &seq_sizes {
                 let mut subs = std::collections::HashMap::new();
@@ -231,11 +254,8 @@ impl Graph {
                 } else {
                     typed.set_symbols(&subs).map_err(load_err)?
                 };
-                let plan = bound
-                    .into_optimized()
-                    .and_then(|m| m.into_runnable())
-                    .map_err(load_err)?;
-                self.fixed.insert((b, s), plan);
+                self.fixed
+                    .insert((b, s), build(bound, (b, s)).map_err(load_err)?);
             }
         }
         // Buckets cover every request only if any batch can be made of them (a bucket of 1)
@@ -249,13 +269,24 @@ impl Graph {
             Some(Axis::Symbolic(_)) => seq_sizes.iter().any(|&s| s >= seq_cap),
         };
         if self.fixed.is_empty() || !(batches_covered && seqs_covered) {
-            let plan = typed
-                .into_optimized()
-                .and_then(|m| m.into_runnable())
-                .map_err(load_err)?;
-            self.symbolic = Some(plan);
+            self.symbolic = Some(build(typed, (0, 0)).map_err(load_err)?);
         }
+        self.weight_bytes = pool.held;
+        tracing::info!(
+            graph = %self.path.display(),
+            plans = self.fixed.len() + usize::from(self.symbolic.is_some()),
+            weights_mb = pool.held >> 20,
+            shared_mb = pool.deduplicated >> 20,
+            f16_table_saved_mb = halved >> 20,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "plans built"
+        );
         Ok(())
+    }
+
+    /// Bytes of constants (weights, packed for their kernels) the plans hold, each counted once.
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
     }
 
     fn is_text(&self) -> bool {

@@ -6,9 +6,12 @@
 //! request pays no first-run cost. The engine is `Send + Sync`: inference threads share it
 //! through an `Arc`.
 
+mod alloc;
 pub mod encoders;
 pub mod folder;
 pub mod graph;
+pub mod threads;
+pub mod weights;
 
 use std::path::Path;
 use std::time::Instant;
@@ -18,6 +21,7 @@ use thiserror::Error;
 pub use encoders::{EncodeError, ImageEncoder, TextEncoder};
 pub use folder::{FolderError, ModelFolder};
 pub use graph::{Buckets, GraphError};
+pub use threads::{intra_op_threads, set_intra_op_threads};
 
 use crate::preprocess::text::{TextError, TextTokenizer};
 
@@ -67,20 +71,23 @@ impl Engine {
     /// Loads the model folder at `root`, builds all plans and warms them up.
     pub fn load(root: &Path, settings: &EngineSettings) -> Result<Engine, EngineError> {
         let started = Instant::now();
+        alloc::before_load();
         let folder = ModelFolder::open(root)?;
         let tokenizer = TextTokenizer::from_file(folder.tokenizer_json(), folder.context_length)?;
+        // The text tower first: parsing its 1.1 GB file is the largest transient of the load,
+        // and it should not stack on top of the image tower's finished plans.
+        let text = TextEncoder::load(
+            &folder.textual_onnx(),
+            &settings.text_buckets,
+            folder.context_length,
+            tokenizer.pad_id(),
+        )?;
         let (height, width) = folder.preprocess.size();
         let image = ImageEncoder::load(
             &folder.visual_onnx(),
             &settings.image_buckets,
             height as usize,
             width as usize,
-        )?;
-        let text = TextEncoder::load(
-            &folder.textual_onnx(),
-            &settings.text_buckets,
-            folder.context_length,
-            tokenizer.pad_id(),
         )?;
         for (tower, dim) in [("visual", image.dim()), ("textual", text.dim())] {
             if dim != folder.embed_dim {
@@ -104,6 +111,7 @@ impl Engine {
             "model loaded"
         );
         engine.warm_up()?;
+        alloc::after_load();
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "model warmed up"
@@ -111,24 +119,14 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Runs every specialized plan once (and the general plan once), so that lazy work inside
-    /// tract happens before the first request.
+    /// Runs each tower once at batch 1 (every sequence bucket for text), so that the first
+    /// request pays no first-run cost (allocator arenas, page faults, the tokenizer's caches).
+    /// Larger plans are not run: a tract plan keeps no state between runs, and running the
+    /// batch-32 plans once cost most of the start-up time.
     pub fn warm_up(&self) -> Result<(), EncodeError> {
         let (h, w) = self.folder.preprocess.size();
         let pixels = vec![0f32; 3 * h as usize * w as usize];
-        let mut image_batches: Vec<usize> = self
-            .image
-            .graph()
-            .plan_shapes()
-            .iter()
-            .map(|(b, _)| *b)
-            .collect();
-        image_batches.push(1);
-        image_batches.dedup();
-        for b in image_batches {
-            let batch: Vec<&[f32]> = vec![&pixels; b];
-            self.image.embed(&batch)?;
-        }
+        self.image.embed(&[&pixels])?;
         // The empty text is `<s></s>`: it names the special ids without hard-coding them.
         let empty = self.tokenizer.encode("").map_err(|e| EncodeError::Shape {
             index: 0,
@@ -136,6 +134,7 @@ impl Engine {
         })?;
         let bos_eos = [empty.as_slice()[0], empty.as_slice()[empty.len() - 1]];
         let mut text_shapes = self.text.graph().plan_shapes();
+        text_shapes.retain(|(b, _)| *b == 1);
         text_shapes.push((1, 2));
         for (b, s) in text_shapes {
             let s = s.clamp(2, self.folder.context_length);

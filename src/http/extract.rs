@@ -15,8 +15,10 @@ use super::error::ApiError;
 use super::state::AppState;
 use super::types::ImagesRequest;
 
-/// How long a client may take to send its body before it gets 408.
-pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to send its body before it gets 408 (`server.body_timeout_ms`).
+fn body_timeout(state: &AppState) -> Duration {
+    Duration::from_millis(state.settings().server.body_timeout_ms)
+}
 
 fn content_type(req: &Request) -> String {
     req.headers()
@@ -31,9 +33,10 @@ fn is_json(content_type: &str) -> bool {
     essence == "application/json" || essence.ends_with("+json")
 }
 
-/// Reads the whole body, mapping an over-limit body to 413 and a stalled one to 408.
-pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+/// Reads the whole body, mapping an over-limit body to 413 (as soon as the limit is passed,
+/// not after buffering the rest) and one not finished within `timeout` to 408.
+pub async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
         Err(_) => Err(ApiError::RequestTimeout),
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(e)) => Err(body_error(&e, limit)),
@@ -41,14 +44,22 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 }
 
 fn body_error(e: &(dyn std::error::Error + 'static), limit: usize) -> ApiError {
+    if over_length_limit(e) {
+        return ApiError::PayloadTooLarge { limit };
+    }
+    ApiError::bad_request(format!("could not read the request body: {e}"))
+}
+
+/// Whether the body limit layer cut the body, anywhere in an error's source chain.
+fn over_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
         if err.is::<http_body_util::LengthLimitError>() {
-            return ApiError::PayloadTooLarge { limit };
+            return true;
         }
         source = err.source();
     }
-    ApiError::bad_request(format!("could not read the request body: {e}"))
+    false
 }
 
 /// A JSON body deserialized into `T`, with every failure in the API's error shape: 415 for a
@@ -70,7 +81,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
             });
         }
         let limit = state.settings().limits.max_body_bytes;
-        let bytes = read_body(req.into_body(), limit).await?;
+        let bytes = read_body(req.into_body(), limit, body_timeout(state)).await?;
         parse_json(&bytes).map(ApiJson)
     }
 }
@@ -99,6 +110,7 @@ impl FromRequest<AppState> for ImageInputs {
                 multipart,
                 limits.max_images_per_request,
                 limits.max_body_bytes,
+                body_timeout(state),
             )
             .await?
         } else if is_json(&ct) {
@@ -106,7 +118,7 @@ impl FromRequest<AppState> for ImageInputs {
             check_count("images", body.images.len(), limits.max_images_per_request)?;
             decode_base64_list(&body.images)?
         } else if essence.starts_with("image/") || essence == "application/octet-stream" {
-            vec![read_body(req.into_body(), limits.max_body_bytes).await?]
+            vec![read_body(req.into_body(), limits.max_body_bytes, body_timeout(state)).await?]
         } else {
             return Err(ApiError::UnsupportedMediaType {
                 message: format!(
@@ -124,10 +136,11 @@ async fn multipart_images(
     mut multipart: Multipart,
     max_images: usize,
     body_limit: usize,
+    timeout: Duration,
 ) -> Result<Vec<Bytes>, ApiError> {
     let mut images = Vec::new();
     loop {
-        let next = tokio::time::timeout(BODY_TIMEOUT, multipart.next_field())
+        let next = tokio::time::timeout(timeout, multipart.next_field())
             .await
             .map_err(|_| ApiError::RequestTimeout)?;
         let field = match next {
@@ -149,7 +162,7 @@ async fn multipart_images(
         if images.len() == max_images {
             return Err(too_many("images", images.len() + 1, max_images));
         }
-        let bytes = tokio::time::timeout(BODY_TIMEOUT, field.bytes())
+        let bytes = tokio::time::timeout(timeout, field.bytes())
             .await
             .map_err(|_| ApiError::RequestTimeout)?
             .map_err(|e| multipart_error(e, body_limit))?;
@@ -159,7 +172,9 @@ async fn multipart_images(
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError, limit: usize) -> ApiError {
-    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+    // axum only recognises its own limit here; a chunked body cut by the limit layer surfaces
+    // as "failed to read stream", with the length-limit error in its source chain.
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE || over_length_limit(&e) {
         ApiError::PayloadTooLarge { limit }
     } else {
         ApiError::bad_request(format!("invalid multipart body: {}", e.body_text()))
@@ -183,6 +198,21 @@ pub fn decode_base64_list(items: &[String]) -> Result<Vec<Bytes>, ApiError> {
 /// Decodes one image string: `data:<type>;base64,<data>` or bare base64. Whitespace (line
 /// breaks from MIME encoders) is ignored; padding is optional.
 pub fn decode_base64(s: &str) -> Result<Bytes, String> {
+    // The server never fetches anything: a URL gets a clear refusal, not a base64 error.
+    let head: String = s
+        .trim_start()
+        .chars()
+        .take(8)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if ["http://", "https://", "file:", "ftp://"]
+        .iter()
+        .any(|scheme| head.starts_with(scheme))
+    {
+        return Err(
+            "image URLs are not fetched: send the image itself as base64 or a data URI".into(),
+        );
+    }
     let data = if let Some(rest) = s.strip_prefix("data:") {
         let (header, data) = rest
             .split_once(',')
@@ -254,6 +284,16 @@ mod tests {
             .contains("comma"));
         assert!(decode_base64("@@@").unwrap_err().contains("invalid base64"));
         assert!(decode_base64("  ").unwrap_err().contains("empty"));
+        for url in [
+            "https://example.com/a.jpg",
+            "HTTP://x/y",
+            "file:///etc/passwd",
+        ] {
+            assert!(
+                decode_base64(url).unwrap_err().contains("not fetched"),
+                "{url}"
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod openapi;
 pub mod pipeline;
 pub mod routes;
 pub mod server;
@@ -47,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokenize", post(routes::embed::tokenize_texts))
         .route("/v1/similarity", post(routes::scores::similarity))
         .route("/v1/classify", post(routes::scores::classify))
+        .route("/v1/embeddings", post(routes::openai::embeddings))
         .route("/info", get(routes::ops::info))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -55,7 +57,9 @@ pub fn router(state: AppState) -> Router {
     let open = Router::new()
         .route("/health", get(routes::ops::health))
         .route("/ready", get(routes::ops::ready))
-        .route("/metrics", get(routes::ops::metrics));
+        .route("/metrics", get(routes::ops::metrics))
+        .merge(routes::page::routes())
+        .merge(openapi::docs_router());
 
     let cors = (!settings.server.cors_origins.is_empty()).then(|| {
         let origins = &settings.server.cors_origins;
@@ -115,7 +119,10 @@ pub fn router(state: AppState) -> Router {
     if let Some(cors) = cors {
         app = app.layer(cors);
     }
-    app.layer(stack).with_state(state)
+    // Outermost: errors on the OpenAI route take OpenAI's shape, whichever layer answered.
+    app.layer(stack)
+        .layer(middleware::from_fn(routes::openai::openai_errors))
+        .with_state(state)
 }
 
 /// Rejects API requests without the configured bearer key, comparing in constant time.

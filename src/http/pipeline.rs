@@ -153,29 +153,77 @@ pub async fn embed_texts(
     serving: &Serving,
     texts: Arc<Vec<String>>,
 ) -> Result<Vec<Embedding>, ApiError> {
+    let ids = tokenize_off_runtime(state, serving, texts).await?;
+    embed_token_ids(state, serving, ids).await
+}
+
+/// [`tokenize`], on the blocking pool when the texts are long enough to stall the runtime.
+pub async fn tokenize_off_runtime(
+    state: &AppState,
+    serving: &Serving,
+    texts: Arc<Vec<String>>,
+) -> Result<Vec<TokenIds>, ApiError> {
     let total: usize = texts.iter().map(String::len).sum();
-    let ids = if total > 16 * 1024 {
-        let (state2, texts2) = (state.clone(), texts.clone());
-        tokio::task::spawn_blocking(move || {
-            let serving = state2.serving_for_accepted().ok_or(ApiError::NotReady)?;
-            tokenize(&state2, serving, &texts2)
-        })
-        .await
-        .map_err(|e| ApiError::Internal {
-            log: format!("tokenizer task: {e}"),
-        })??
-    } else {
-        tokenize(state, serving, &texts)?
-    };
-    run_on(
-        state,
-        &serving.texts,
-        ids.into_iter()
-            .map(|t| {
-                let len = t.len();
-                (t, len)
-            })
-            .collect(),
-    )
+    if total <= 16 * 1024 {
+        return tokenize(state, serving, &texts);
+    }
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let serving = state.serving_for_accepted().ok_or(ApiError::NotReady)?;
+        tokenize(&state, serving, &texts)
+    })
     .await
+    .map_err(|e| ApiError::Internal {
+        log: format!("tokenizer task: {e}"),
+    })?
+}
+
+/// Token ids (from [`tokenize`]) to embeddings: recent ones from the text cache, the others on
+/// the text tower (each costs its length), which then go into the cache.
+pub async fn embed_token_ids(
+    state: &AppState,
+    serving: &Serving,
+    ids: Vec<TokenIds>,
+) -> Result<Vec<Embedding>, ApiError> {
+    let cache = &serving.text_cache;
+    let mut out: Vec<Option<Embedding>> = ids.iter().map(|t| cache.get(t.as_slice())).collect();
+    let (slots, misses): (Vec<usize>, Vec<TokenIds>) = ids
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| out[*i].is_none())
+        .unzip();
+    if cache.capacity() > 0 {
+        state
+            .metrics()
+            .text_cache(out.len() - misses.len(), misses.len());
+    }
+    if !misses.is_empty() {
+        let keys: Vec<TokenIds> = if cache.capacity() > 0 {
+            misses.clone()
+        } else {
+            Vec::new()
+        };
+        let embedded = run_on(
+            state,
+            &serving.texts,
+            misses
+                .into_iter()
+                .map(|t| {
+                    let len = t.len();
+                    (t, len)
+                })
+                .collect(),
+        )
+        .await?;
+        for (i, (slot, e)) in slots.into_iter().zip(embedded).enumerate() {
+            if let Some(key) = keys.get(i) {
+                cache.put(key.as_slice(), e.clone());
+            }
+            out[slot] = Some(e);
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|e| e.expect("every text is a cache hit or was just embedded"))
+        .collect())
 }

@@ -1,7 +1,8 @@
 //! The accept loop: HTTP/1.1 and HTTP/2 on a listener the caller bound, with a header read
 //! timeout (a client trickling its headers is cut off instead of holding a connection
-//! forever), and graceful shutdown: on the signal the listener closes, readiness turns to 503,
-//! and every connection finishes the requests it has in flight before the function returns.
+//! forever), and graceful shutdown: on the signal readiness turns to 503 and new work is refused
+//! with 503 (the listener stays open for that), every connection finishes the requests it has
+//! in flight, then the listener closes and the function returns.
 
 use std::future::Future;
 use std::time::Duration;
@@ -19,11 +20,8 @@ use tower::ServiceExt;
 
 use super::state::AppState;
 
-/// How long a client may take to send its request headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Serves `app` on `listener` until `shutdown` resolves, then drains: no new connections, no
-/// new work, in-flight requests answered (for at most `server.shutdown_grace_ms`).
+/// Serves `app` on `listener` until `shutdown` resolves, then drains: no new work (503), in-flight
+/// requests answered (for at most `server.shutdown_grace_ms`), then the listener closes.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -34,7 +32,9 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(Duration::from_millis(
+            state.settings().server.header_read_timeout_ms,
+        ));
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -67,17 +67,60 @@ pub async fn serve(
             () = &mut shutdown => break,
         }
     }
-    drop(listener);
+    // Draining: `/ready` answers 503 so balancers take this replica out, and new work is
+    // refused with 503 + Retry-After (nginx and most balancers retry it on another replica).
+    // The listener stays open meanwhile, so probes and late requests get that answer instead
+    // of a refused connection; it closes once the connections that were open at the signal
+    // have finished their requests (or the grace period ends).
     state.start_draining();
     let grace = Duration::from_millis(state.settings().server.shutdown_grace_ms);
     tracing::info!(
         grace_ms = grace.as_millis() as u64,
         "shutting down: finishing in-flight requests"
     );
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace period elapsed with requests still open"),
+    let drained = graceful.shutdown();
+    let mut drained = std::pin::pin!(drained);
+    let deadline = tokio::time::sleep(grace);
+    let mut deadline = std::pin::pin!(deadline);
+    let mut late = tokio::task::JoinSet::new();
+    let mut late_builder = auto::Builder::new(TokioExecutor::new());
+    late_builder
+        .http1()
+        .keep_alive(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(
+            state.settings().server.header_read_timeout_ms,
+        ));
+    loop {
+        tokio::select! {
+            () = &mut drained => {
+                tracing::info!("all connections closed");
+                break;
+            }
+            () = &mut deadline => {
+                tracing::warn!("shutdown grace period elapsed with requests still open");
+                break;
+            }
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let service = TowerToHyperService::new(
+                    app.clone().map_request(|req: Request<Incoming>| req.map(Body::new)),
+                );
+                let conn = late_builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .into_owned();
+                late.spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        }
     }
+    drop(listener);
+    // Connections accepted during the drain only get 503s and probe answers: a moment suffices.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while late.join_next().await.is_some() {}
+    })
+    .await;
     Ok(())
 }
 

@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 
 use super::error::ApiError;
 use crate::batcher::{BatchPolicy, Batcher};
+use crate::cache::TextCache;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::preprocess::pixels::PixelTensor;
@@ -29,6 +30,8 @@ pub struct Serving {
     pub texts: Batcher<TokenIds>,
     /// Bounds concurrent image decodes (CPU and memory), one permit per decode.
     pub decode_permits: Arc<Semaphore>,
+    /// Recent text embeddings by token ids, consulted before the text queue.
+    pub text_cache: TextCache,
 }
 
 struct Inner {
@@ -58,8 +61,10 @@ impl AppState {
     pub fn set_model(&self, engine: Arc<Engine>) -> std::io::Result<()> {
         let b = &self.0.settings.batching;
         let runtime = tokio::runtime::Handle::current();
+        crate::engine::set_intra_op_threads(self.0.settings.model.intra_op_threads);
         let observer = Arc::new(self.0.metrics.clone());
         let linger = Duration::from_millis(b.linger_ms);
+        let failure_cooldown = Duration::from_millis(b.failure_cooldown_ms);
         let image_engine = engine.clone();
         let (images, _) = Batcher::start(
             "image",
@@ -69,6 +74,7 @@ impl AppState {
                 linger,
                 workers: b.image_workers,
                 capacity: b.image_queue_capacity,
+                failure_cooldown,
             },
             Arc::new(move |batch: &[PixelTensor]| {
                 let views: Vec<&[f32]> = batch.iter().map(|p| p.as_slice()).collect();
@@ -86,6 +92,7 @@ impl AppState {
                 linger,
                 workers: b.text_workers,
                 capacity: b.text_queue_capacity,
+                failure_cooldown,
             },
             Arc::new(move |batch: &[TokenIds]| {
                 let views: Vec<&[u32]> = batch.iter().map(|t| t.as_slice()).collect();
@@ -100,6 +107,7 @@ impl AppState {
             images,
             texts,
             decode_permits: Arc::new(Semaphore::new(permits)),
+            text_cache: TextCache::new(self.0.settings.model.text_cache_entries),
         };
         if self.0.serving.set(serving).is_err() {
             tracing::warn!("set_model called twice; keeping the first model");
@@ -121,15 +129,18 @@ impl AppState {
         self.0.serving.get()
     }
 
-    /// True when the model is loaded and warmed up, both towers have live workers, and the
-    /// server is not shutting down.
+    /// True when the model is loaded and warmed up, both towers are healthy (live workers, and
+    /// not in the cooldown after a run of failed batches: see `Batcher::healthy`), and the
+    /// server is not shutting down. Keeps the `ready` gauge in step with what `/ready` says.
     pub fn ready(&self) -> bool {
-        !self.0.draining.load(Ordering::SeqCst)
+        let ready = !self.0.draining.load(Ordering::SeqCst)
             && self
                 .0
                 .serving
                 .get()
-                .is_some_and(|s| s.images.healthy() && s.texts.healthy())
+                .is_some_and(|s| s.images.healthy() && s.texts.healthy());
+        self.0.metrics.set_ready(ready);
+        ready
     }
 
     /// Marks the server as shutting down: readiness fails so load balancers stop sending, and

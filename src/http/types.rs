@@ -2,9 +2,10 @@
 //! Requests refuse unknown fields, so a misspelt field is an error rather than ignored.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// `POST /v1/embed/image` as JSON: each image as base64 or a `data:` URI.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImagesRequest {
     /// Base64 (standard alphabet) or `data:image/...;base64,...` strings.
@@ -12,7 +13,7 @@ pub struct ImagesRequest {
 }
 
 /// `POST /v1/embed/text` and `POST /v1/tokenize`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TextsRequest {
     /// Texts in any language; an empty text is valid (it embeds as `<s></s>`).
@@ -20,7 +21,7 @@ pub struct TextsRequest {
 }
 
 /// Embeddings in input order.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct EmbeddingsResponse {
     /// The model that produced them.
     pub model: String,
@@ -31,7 +32,7 @@ pub struct EmbeddingsResponse {
 }
 
 /// Token ids as the text encoder sees them, without padding.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TokenizeResponse {
     /// One list of ids per text, `<s>` first and `</s>` last, truncated to the context length.
     pub ids: Vec<Vec<u32>>,
@@ -40,7 +41,7 @@ pub struct TokenizeResponse {
 /// `POST /v1/similarity`: images against texts, texts against texts, or images against
 /// images. Rows are `images` (or `texts` when there are no images); columns are `texts`,
 /// `texts_b` or `images_b`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SimilarityRequest {
     /// Row images (base64 or data URIs).
@@ -58,7 +59,7 @@ pub struct SimilarityRequest {
 }
 
 /// Cosine scores and per-row softmax probabilities.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SimilarityResponse {
     /// The model that produced them.
     pub model: String,
@@ -69,7 +70,7 @@ pub struct SimilarityResponse {
 }
 
 /// `POST /v1/classify`: zero-shot classification of images over labels.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClassifyRequest {
     /// Images (base64 or data URIs).
@@ -82,7 +83,7 @@ pub struct ClassifyRequest {
 }
 
 /// One label's probability for one image.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LabelScore {
     /// The label as given.
     pub label: String,
@@ -93,14 +94,14 @@ pub struct LabelScore {
 }
 
 /// The labels of one image, most probable first.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ImageLabels {
     /// Labels sorted by probability, highest first.
     pub labels: Vec<LabelScore>,
 }
 
 /// Zero-shot results, one entry per image in input order.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ClassifyResponse {
     /// The model that produced them.
     pub model: String,
@@ -109,7 +110,7 @@ pub struct ClassifyResponse {
 }
 
 /// `GET /info`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct InfoResponse {
     /// The model served.
     pub model: String,
@@ -123,15 +124,175 @@ pub struct InfoResponse {
     pub image_size: [u32; 2],
     /// The request limits in force.
     pub limits: crate::config::LimitSettings,
-    /// Whether EXIF orientation is applied.
+    /// Whether EXIF orientation is applied (`apply`) or not (`ignore`).
+    #[schema(schema_with = exif_policy_schema)]
     pub exif: crate::preprocess::image::ExifPolicy,
     /// The server's version.
     pub version: String,
 }
 
 /// `GET /health` and `GET /ready`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct StatusResponse {
     /// `ok`, `loading` or `draining`.
     pub status: String,
+}
+
+/// The error shape of every route but `/v1/embeddings` (see [`crate::http::error`]).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorResponse {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// One error: a stable code, a message for people, and the offending item if there is one.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable machine-readable code, e.g. `invalid_image`, `too_many_items`, `overloaded`.
+    #[serde(rename = "type")]
+    #[schema(example = "invalid_image")]
+    pub kind: String,
+    /// What went wrong and what to do next.
+    pub message: String,
+    /// The index of the offending item in the request's list, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+}
+
+/// The schema of [`crate::preprocess::image::ExifPolicy`], which lives outside the HTTP layer.
+fn exif_policy_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(["apply", "ignore"]))
+        .build()
+}
+
+// --- The OpenAI-compatible embeddings route -------------------------------------------------
+
+/// `POST /v1/embeddings`, as the OpenAI embeddings API takes it, plus `modality` (as the
+/// `infinity` server does) to embed images through the same route.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiEmbeddingsRequest {
+    /// A string or a list of strings: texts, or with `"modality": "image"` images as `data:`
+    /// URIs or bare base64. Token-id arrays are refused: this model's XLM-RoBERTa ids are not
+    /// OpenAI's.
+    #[schema(value_type = OpenAiInput)]
+    pub input: serde_json::Value,
+    /// Accepted and not checked: the answer names the model actually served.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// `float` (the default) or `base64`: little-endian f32 bytes, base64-encoded.
+    #[serde(default)]
+    pub encoding_format: EncodingFormat,
+    /// Keep the first `dimensions` components and renormalize to unit length (1 to the model's
+    /// dimensions).
+    #[serde(default)]
+    pub dimensions: Option<usize>,
+    /// Accepted and ignored.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// `text` (the default) or `image`.
+    #[serde(default)]
+    pub modality: Modality,
+}
+
+/// What `input` holds: one item, or a list of items.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum OpenAiInput {
+    /// One text (or image).
+    One(String),
+    /// Several, embedded in one request and answered in order.
+    Many(Vec<String>),
+}
+
+/// How the embeddings are written in the answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodingFormat {
+    /// A JSON array of numbers.
+    #[default]
+    Float,
+    /// A base64 string of the little-endian f32 bytes (4 per dimension).
+    Base64,
+}
+
+/// What the inputs are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Modality {
+    /// Texts, in any language.
+    #[default]
+    Text,
+    /// Images as `data:image/...;base64,...` URIs or bare base64.
+    Image,
+}
+
+/// The answer of `POST /v1/embeddings`, in OpenAI's shape.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OpenAiEmbeddingsResponse {
+    /// Always `list`.
+    #[schema(value_type = String, pattern = "^list$")]
+    pub object: String,
+    /// One entry per input, in input order.
+    pub data: Vec<OpenAiEmbedding>,
+    /// The model actually served.
+    pub model: String,
+    /// Tokens read.
+    pub usage: OpenAiUsage,
+}
+
+/// One input's embedding.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OpenAiEmbedding {
+    /// Always `embedding`.
+    #[schema(value_type = String, pattern = "^embedding$")]
+    pub object: String,
+    /// The input's position in the request.
+    pub index: usize,
+    /// Unit length (after truncation to `dimensions`, if asked).
+    pub embedding: OpenAiVector,
+}
+
+/// An embedding as numbers or as base64, per the request's `encoding_format`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum OpenAiVector {
+    /// `encoding_format: float`.
+    Float(Vec<f32>),
+    /// `encoding_format: base64`: little-endian f32 bytes.
+    Base64(String),
+}
+
+/// Token counts, from the model's own tokenizer (special tokens included, after truncation).
+/// Images count no tokens.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OpenAiUsage {
+    /// Tokens in the inputs.
+    pub prompt_tokens: usize,
+    /// The same as `prompt_tokens`: embeddings generate nothing.
+    pub total_tokens: usize,
+}
+
+/// The error shape of `/v1/embeddings`, as OpenAI's clients expect it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OpenAiErrorResponse {
+    /// What went wrong.
+    pub error: OpenAiErrorDetail,
+}
+
+/// One error in OpenAI's shape.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OpenAiErrorDetail {
+    /// What went wrong and what to do next.
+    pub message: String,
+    /// `invalid_request_error` for 4xx, `server_error` for 5xx.
+    #[serde(rename = "type")]
+    #[schema(example = "invalid_request_error")]
+    pub kind: String,
+    /// The request field at fault, when one is.
+    pub param: Option<String>,
+    /// clipserve's own error code (the `type` of its other routes), e.g. `text_too_long`.
+    pub code: Option<String>,
 }

@@ -8,9 +8,10 @@ use axum::Json;
 use crate::embedding::Embedding;
 use crate::http::error::ApiError;
 use crate::http::extract::{check_count, ApiJson, ImageInputs};
+use crate::http::openapi::{BodyErrors, ImageBytes, ImageUpload};
 use crate::http::pipeline::{embed_images, embed_texts, tokenize};
 use crate::http::state::{AppState, Serving};
-use crate::http::types::{EmbeddingsResponse, TextsRequest, TokenizeResponse};
+use crate::http::types::{EmbeddingsResponse, ImagesRequest, TextsRequest, TokenizeResponse};
 
 pub(crate) fn embeddings_response(
     serving: &Serving,
@@ -24,6 +25,25 @@ pub(crate) fn embeddings_response(
 }
 
 /// Embeds one or more images (multipart parts, JSON base64 / data URIs, or a raw image body).
+#[utoipa::path(
+    post,
+    path = "/v1/embed/image",
+    tag = "embeddings",
+    request_body(
+        description = "Images as multipart parts, as JSON base64 / data URIs, or one raw image body.",
+        content(
+            (ImagesRequest = "application/json"),
+            (inline(ImageUpload) = "multipart/form-data"),
+            (inline(ImageBytes) = "image/*"),
+            (inline(ImageBytes) = "application/octet-stream"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "One unit-length embedding per image, in order.", body = EmbeddingsResponse),
+        BodyErrors,
+    ),
+    security((), ("api_key" = [])),
+)]
 pub async fn image(
     State(state): State<AppState>,
     ImageInputs(images): ImageInputs,
@@ -34,6 +54,17 @@ pub async fn image(
 }
 
 /// Embeds texts in any language.
+#[utoipa::path(
+    post,
+    path = "/v1/embed/text",
+    tag = "embeddings",
+    request_body = TextsRequest,
+    responses(
+        (status = 200, description = "One unit-length embedding per text, in order.", body = EmbeddingsResponse),
+        BodyErrors,
+    ),
+    security((), ("api_key" = [])),
+)]
 pub async fn text(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<TextsRequest>,
@@ -49,6 +80,17 @@ pub async fn text(
 }
 
 /// The token ids each text becomes (cleaned and truncated as the encoder sees it, unpadded).
+#[utoipa::path(
+    post,
+    path = "/v1/tokenize",
+    tag = "embeddings",
+    request_body = TextsRequest,
+    responses(
+        (status = 200, description = "The token ids of each text, in order.", body = TokenizeResponse),
+        BodyErrors,
+    ),
+    security((), ("api_key" = [])),
+)]
 pub async fn tokenize_texts(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<TextsRequest>,

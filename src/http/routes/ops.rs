@@ -7,10 +7,17 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::http::error::ApiError;
+use crate::http::openapi::ModelErrors;
 use crate::http::state::AppState;
 use crate::http::types::{InfoResponse, StatusResponse};
 
 /// Liveness: the process is up and answering. Never depends on the model.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    responses((status = 200, description = "The process is up: `{\"status\": \"ok\"}`.", body = StatusResponse)),
+)]
 pub async fn health() -> Json<StatusResponse> {
     Json(StatusResponse {
         status: "ok".into(),
@@ -19,6 +26,16 @@ pub async fn health() -> Json<StatusResponse> {
 
 /// Readiness: 200 once the model is loaded and warmed up and both towers have live workers;
 /// 503 while loading, after a tower's worker died, and once shutdown has begun.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready to serve: `{\"status\": \"ready\"}`.", body = StatusResponse),
+        (status = 503, description = "Not ready: `loading` or `unavailable`; retry after `Retry-After` seconds.", body = StatusResponse,
+            headers(("Retry-After" = u64, description = "Seconds to wait before asking again."))),
+    ),
+)]
 pub async fn ready(State(state): State<AppState>) -> Response {
     if state.ready() {
         Json(StatusResponse {
@@ -43,6 +60,16 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 }
 
 /// What is served and under which limits.
+#[utoipa::path(
+    get,
+    path = "/info",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The model, its dimensions and the limits in force.", body = InfoResponse),
+        ModelErrors,
+    ),
+    security((), ("api_key" = [])),
+)]
 pub async fn info(State(state): State<AppState>) -> Result<Json<InfoResponse>, ApiError> {
     let serving = state.serving()?;
     let folder = &serving.engine.folder;
@@ -60,6 +87,12 @@ pub async fn info(State(state): State<AppState>) -> Result<Json<InfoResponse>, A
 }
 
 /// Prometheus metrics in the text exposition format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format.", body = String, content_type = "text/plain")),
+)]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(

@@ -8,6 +8,7 @@ use axum::Json;
 use crate::embedding::{cosine_matrix, softmax, Embedding};
 use crate::http::error::ApiError;
 use crate::http::extract::{check_count, decode_base64_list, ApiJson};
+use crate::http::openapi::BodyErrors;
 use crate::http::pipeline::{embed_images, embed_texts};
 use crate::http::state::{AppState, Serving};
 use crate::http::types::{
@@ -44,6 +45,17 @@ async fn embed_side(
 
 /// Cosine scores and softmax probabilities between two sets: images x texts, texts x texts_b,
 /// or images x images_b.
+#[utoipa::path(
+    post,
+    path = "/v1/similarity",
+    tag = "scores",
+    request_body = SimilarityRequest,
+    responses(
+        (status = 200, description = "Scores and probabilities, rows by columns.", body = SimilarityResponse),
+        BodyErrors,
+    ),
+    security((), ("api_key" = [])),
+)]
 pub async fn similarity(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<SimilarityRequest>,
@@ -75,6 +87,17 @@ pub async fn similarity(
 }
 
 /// Zero-shot classification: each image against `template` filled with each label.
+#[utoipa::path(
+    post,
+    path = "/v1/classify",
+    tag = "scores",
+    request_body = ClassifyRequest,
+    responses(
+        (status = 200, description = "Labels of each image, most probable first.", body = ClassifyResponse),
+        BodyErrors,
+    ),
+    security((), ("api_key" = [])),
+)]
 pub async fn classify(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<ClassifyRequest>,

@@ -1,0 +1,284 @@
+//! `POST /v1/embeddings`: the OpenAI embeddings API over the same pipeline as `/v1/embed/*`, so
+//! existing clients (the `openai` SDKs, LangChain's `OpenAIEmbeddings`) work unchanged. Images go
+//! through the same route with `"modality": "image"`, as the `infinity` server takes them.
+//!
+//! Every error on this route, those of the outer layers (401, 405, 413, timeouts) included, has
+//! OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`, where `code` is the
+//! `type` the other routes would answer.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::response::Parts;
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use serde_json::Value;
+
+use crate::embedding::Embedding;
+use crate::http::error::ApiError;
+use crate::http::extract::{check_count, decode_base64_list, ApiJson};
+use crate::http::openapi::OpenAiErrors;
+use crate::http::pipeline::{embed_images, embed_token_ids, tokenize_off_runtime};
+use crate::http::state::AppState;
+use crate::http::types::{
+    EncodingFormat, ErrorResponse, Modality, OpenAiEmbedding, OpenAiEmbeddingsRequest,
+    OpenAiEmbeddingsResponse, OpenAiErrorDetail, OpenAiErrorResponse, OpenAiUsage, OpenAiVector,
+};
+use crate::preprocess::text::TokenIds;
+
+/// The route's path, which [`openai_errors`] watches.
+pub const PATH: &str = "/v1/embeddings";
+
+/// Embeds texts (or, with `"modality": "image"`, images) and answers as OpenAI does.
+#[utoipa::path(
+    post,
+    path = "/v1/embeddings",
+    tag = "openai",
+    request_body = OpenAiEmbeddingsRequest,
+    responses(
+        (status = 200, description = "One embedding per input, in order, with token usage.", body = OpenAiEmbeddingsResponse),
+        OpenAiErrors,
+    ),
+    security((), ("api_key" = [])),
+)]
+pub async fn embeddings(
+    State(state): State<AppState>,
+    body: Result<ApiJson<OpenAiEmbeddingsRequest>, ApiError>,
+) -> Result<Json<OpenAiEmbeddingsResponse>, OpenAiError> {
+    let ApiJson(request) = body?;
+    let serving = state.serving()?;
+    let full = serving.engine.folder.embed_dim;
+    let dimensions = match request.dimensions {
+        Some(d) if d == 0 || d > full => {
+            return Err(OpenAiError::new(
+                ApiError::bad_request(format!(
+                    "`dimensions` must be between 1 and {full} (this model's size); got {d}"
+                )),
+                "dimensions",
+            ))
+        }
+        Some(d) if d < full => Some(d),
+        _ => None,
+    };
+    let inputs = input_strings(request.input).map_err(|e| OpenAiError::new(e, "input"))?;
+    let limits = &state.settings().limits;
+    let on_input = |e| OpenAiError::new(e, "input");
+    let (embeddings, prompt_tokens) = match request.modality {
+        Modality::Text => {
+            check_count("texts", inputs.len(), limits.max_texts_per_request).map_err(on_input)?;
+            let ids = tokenize_off_runtime(&state, serving, Arc::new(inputs))
+                .await
+                .map_err(on_input)?;
+            let tokens = ids.iter().map(TokenIds::len).sum();
+            (embed_token_ids(&state, serving, ids).await?, tokens)
+        }
+        Modality::Image => {
+            check_count("images", inputs.len(), limits.max_images_per_request).map_err(on_input)?;
+            refuse_urls(&inputs).map_err(on_input)?;
+            let bytes = decode_base64_list(&inputs).map_err(on_input)?;
+            (
+                embed_images(&state, serving, bytes)
+                    .await
+                    .map_err(on_input)?,
+                0,
+            )
+        }
+    };
+    let data = embeddings
+        .into_iter()
+        .enumerate()
+        .map(|(index, embedding)| {
+            let embedding = match dimensions {
+                Some(d) => embedding.truncated(d).map_err(|e| ApiError::Internal {
+                    log: format!("truncating embedding {index} to {d} dimensions: {e}"),
+                })?,
+                None => embedding,
+            };
+            Ok(OpenAiEmbedding {
+                object: "embedding".into(),
+                index,
+                embedding: encode(embedding, request.encoding_format),
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(Json(OpenAiEmbeddingsResponse {
+        object: "list".into(),
+        data,
+        model: serving.engine.folder.name.clone(),
+        usage: OpenAiUsage {
+            prompt_tokens,
+            total_tokens: prompt_tokens,
+        },
+    }))
+}
+
+/// `input` as a list of strings: a string is a list of one; token ids are refused with a reason.
+fn input_strings(input: Value) -> Result<Vec<String>, ApiError> {
+    let items = match input {
+        Value::String(s) => return Ok(vec![s]),
+        Value::Array(items) => items,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "`input` must be a string or a list of strings; got {}",
+                json_kind(&other)
+            )))
+        }
+    };
+    if items.iter().any(|v| v.is_number() || v.is_array()) {
+        return Err(ApiError::bad_request(
+            "`input` holds token ids, which this server cannot read: its model uses the \
+             XLM-RoBERTa tokenizer, not OpenAI's. Send the texts as strings (LangChain: \
+             `OpenAIEmbeddings(..., check_embedding_ctx_length=False)`)",
+        ));
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| match item {
+            Value::String(s) => Ok(s),
+            other => Err(ApiError::BadRequest {
+                message: format!(
+                    "`input[{index}]` is {}: send a list of strings",
+                    json_kind(&other)
+                ),
+                index: Some(index),
+            }),
+        })
+        .collect()
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Image URLs are never fetched (no outbound requests from a replica); say what to send instead.
+fn refuse_urls(inputs: &[String]) -> Result<(), ApiError> {
+    match inputs
+        .iter()
+        .position(|s| s.starts_with("http://") || s.starts_with("https://"))
+    {
+        Some(index) => Err(ApiError::BadRequest {
+            message: format!(
+                "image {index} is a URL, and this server does not fetch URLs: send the image \
+                 itself as a data URI (`data:image/jpeg;base64,...`) or bare base64"
+            ),
+            index: Some(index),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn encode(embedding: Embedding, format: EncodingFormat) -> OpenAiVector {
+    match format {
+        EncodingFormat::Float => OpenAiVector::Float(embedding.into_vec()),
+        EncodingFormat::Base64 => {
+            let bytes: Vec<u8> = embedding
+                .as_slice()
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            OpenAiVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+        }
+    }
+}
+
+/// An [`ApiError`] answered in OpenAI's shape, with the request field at fault when known.
+pub struct OpenAiError {
+    error: ApiError,
+    param: Option<&'static str>,
+}
+
+impl OpenAiError {
+    fn new(error: ApiError, param: &'static str) -> Self {
+        OpenAiError {
+            error,
+            param: Some(param),
+        }
+    }
+}
+
+impl From<ApiError> for OpenAiError {
+    fn from(error: ApiError) -> Self {
+        OpenAiError { error, param: None }
+    }
+}
+
+/// Marks a response whose body already has OpenAI's shape.
+#[derive(Clone, Copy)]
+struct OpenAiShaped;
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let (kind, message) = (self.error.kind(), self.error.message());
+        // The native response logs the error and carries its status and Retry-After.
+        let (parts, _) = self.error.into_response().into_parts();
+        reshaped(parts, Some(kind.to_string()), message, self.param)
+    }
+}
+
+/// Replaces an error response's body with OpenAI's shape, keeping its status and headers.
+fn reshaped(parts: Parts, code: Option<String>, message: String, param: Option<&str>) -> Response {
+    let kind = if parts.status.is_server_error() {
+        "server_error"
+    } else {
+        "invalid_request_error"
+    };
+    let body = OpenAiErrorResponse {
+        error: OpenAiErrorDetail {
+            message,
+            kind: kind.into(),
+            param: param.map(str::to_string),
+            code,
+        },
+    };
+    let mut response = (parts.status, Json(body)).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            response.headers_mut().append(name, value.clone());
+        }
+    }
+    response.extensions_mut().insert(OpenAiShaped);
+    response
+}
+
+/// Middleware for the outermost layer: gives the errors that layers and extractors answer on
+/// [`PATH`] before the handler runs (401, 405, 413, 408, timeouts) OpenAI's shape too.
+pub async fn openai_errors(req: Request, next: Next) -> Response {
+    if req.uri().path() != PATH {
+        return next.run(req).await;
+    }
+    let response = next.run(req).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || response.extensions().get::<OpenAiShaped>().is_some()
+    {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // Native error bodies are a few hundred bytes; anything unreadable keeps only its status.
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let (code, message) = match serde_json::from_slice::<ErrorResponse>(&bytes) {
+        Ok(native) => (Some(native.error.kind), native.error.message),
+        Err(_) => (None, fallback_message(parts.status)),
+    };
+    reshaped(parts, code, message, None)
+}
+
+fn fallback_message(status: StatusCode) -> String {
+    status
+        .canonical_reason()
+        .unwrap_or("request failed")
+        .to_string()
+}
