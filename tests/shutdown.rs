@@ -1,0 +1,317 @@
+//! The real binary under a container runtime's stop: SIGTERM while a burst of requests is in
+//! flight. Every request the server had accepted gets a complete 200; what arrives after the
+//! signal is refused (503 with Retry-After, or a refused connection), never cut off; `/ready`
+//! answers 503 while the server drains; the process exits 0. Also: with JSON logs, every stdout
+//! line is a JSON object and the request id a response carries is in the log.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{b64, fixture, photo};
+use serde_json::{json, Value};
+
+/// Items each tower holds back before running a batch: long enough that the whole burst is
+/// still queued when the signal comes, so every burst request is in flight by construction.
+const LINGER_MS: &str = "3000";
+
+/// The `clipserve serve` process, its address, and what it printed on stdout.
+struct Server {
+    child: Child,
+    base: String,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts the binary on an ephemeral loopback port with the tiny model and JSON logs; the
+    /// address comes from its `listening` log line.
+    fn spawn(env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_clipserve"));
+        for (name, _) in std::env::vars() {
+            if name.starts_with("CLIPSERVE_") || name == "RUST_LOG" {
+                cmd.env_remove(name);
+            }
+        }
+        cmd.arg("serve")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("CLIPSERVE_MODEL", fixture("models/tiny"))
+            .env("CLIPSERVE_ADDR", "127.0.0.1:0")
+            .env("CLIPSERVE_LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            // One plan per tower with symbolic shapes: the quickest to load.
+            .env("CLIPSERVE_MODEL_IMAGE_BATCH_BUCKETS", "[]")
+            .env("CLIPSERVE_MODEL_TEXT_BATCH_BUCKETS", "[]")
+            .env("CLIPSERVE_MODEL_TEXT_SEQ_BUCKETS", "[]")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("the clipserve binary starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let kept = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let addr = serde_json::from_str::<Value>(&line).ok().and_then(|v| {
+                    v["addr"]
+                        .as_str()
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                });
+                if let Some(addr) = addr {
+                    let _ = addr_tx.send(addr);
+                }
+                kept.lock().expect("log lock").push(line);
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server logs the address it listens on");
+        Server {
+            child,
+            base: format!("http://{addr}"),
+            lines,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = client.get(self.url("/ready")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(started.elapsed() < Duration::from_secs(120), "never ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// What a container runtime sends on `stop`.
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waitpid") {
+                return status;
+            }
+            assert!(started.elapsed() < limit, "still running after {limit:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.lines.lock().expect("log lock").clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How one request ended.
+#[derive(Debug)]
+enum Outcome {
+    /// 200 with a body that parsed and held one embedding per input.
+    Complete,
+    /// Refused before any work: 503 with Retry-After, or the connection was refused.
+    Refused,
+    /// Anything else: a dropped connection, a torn body, another status.
+    Broken(String),
+}
+
+async fn classify(response: reqwest::Result<reqwest::Response>, items: usize) -> Outcome {
+    let response = match response {
+        Ok(r) => r,
+        Err(e) if e.is_connect() => return Outcome::Refused,
+        Err(e) => return Outcome::Broken(format!("send: {e:?}")),
+    };
+    let status = response.status().as_u16();
+    let retry_after = response.headers().contains_key("retry-after");
+    let body = match response.bytes().await {
+        Ok(b) => b,
+        Err(e) => return Outcome::Broken(format!("{status}, body cut off: {e:?}")),
+    };
+    match (status, serde_json::from_slice::<Value>(&body)) {
+        (200, Ok(v)) if v["embeddings"].as_array().map(Vec::len) == Some(items) => {
+            Outcome::Complete
+        }
+        (503, Ok(v)) if retry_after && v["error"]["type"].is_string() => Outcome::Refused,
+        (s, v) => Outcome::Broken(format!("{s}: {v:?}")),
+    }
+}
+
+/// Samples a gauge from the Prometheus text.
+fn gauge(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_mid_burst_answers_every_accepted_request_refuses_the_rest_and_exits_zero() {
+    let mut server = Server::spawn(&[
+        ("CLIPSERVE_BATCHING_LINGER_MS", LINGER_MS),
+        ("CLIPSERVE_BATCHING_MAX_IMAGE_BATCH", "64"),
+        ("CLIPSERVE_BATCHING_MAX_TEXT_BATCH", "64"),
+        ("CLIPSERVE_BATCHING_IMAGE_WORKERS", "1"),
+        ("CLIPSERVE_BATCHING_TEXT_WORKERS", "1"),
+        ("CLIPSERVE_SERVER_SHUTDOWN_GRACE_MS", "20000"),
+        // Every text must be queued (the repeated one would be a cache hit).
+        ("CLIPSERVE_MODEL_TEXT_CACHE_ENTRIES", "0"),
+    ]);
+    server.wait_ready().await;
+    // A fresh connection per request: a refused request is then a refused connect or a 503,
+    // never a race with a keep-alive connection the server is closing.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let images = [
+        b64(&photo("pillow_hopper.jpg")),
+        b64(&photo("pillow_flower.jpg")),
+    ];
+    let (image_requests, text_requests) = (12, 12);
+    let mut burst = Vec::new();
+    for i in 0..image_requests + text_requests {
+        let (client, url, body) = if i % 2 == 0 {
+            (
+                client.clone(),
+                server.url("/v1/embed/image"),
+                json!({ "images": images }),
+            )
+        } else {
+            let texts = [format!("a photo number {i}"), "una foto de un gato".into()];
+            (
+                client.clone(),
+                server.url("/v1/embed/text"),
+                json!({ "texts": texts }),
+            )
+        };
+        burst.push(tokio::spawn(async move {
+            let outcome = classify(client.post(url).json(&body).send().await, 2).await;
+            (outcome, Instant::now())
+        }));
+    }
+    // Wait until every burst item sits in a queue: those requests are accepted.
+    let started = Instant::now();
+    loop {
+        let metrics = client.get(server.url("/metrics")).send().await.unwrap();
+        let metrics = metrics.text().await.unwrap();
+        let image = gauge(&metrics, "clipserve_queue_depth{tower=\"image\"}");
+        let text = gauge(&metrics, "clipserve_queue_depth{tower=\"text\"}");
+        if image == Some(2.0 * image_requests as f64) && text == Some(2.0 * text_requests as f64) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(2500),
+            "the burst did not reach the queues in time: image {image:?}, text {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    server.sigterm();
+    let signalled = Instant::now();
+
+    // While the accepted work drains: readiness fails and new work is refused, not cut off.
+    let mut ready_503 = false;
+    let mut late = Vec::new();
+    while signalled.elapsed() < Duration::from_millis(1500) {
+        match client.get(server.url("/ready")).send().await {
+            Ok(r) if r.status() == 503 => ready_503 = true,
+            Ok(r) => assert_eq!(r.status(), 200, "/ready during the drain"),
+            Err(e) => assert!(e.is_connect(), "/ready during the drain: {e:?}"),
+        }
+        let text = client
+            .post(server.url("/v1/embed/text"))
+            .json(&json!({ "texts": ["arrived after the signal", "x"] }))
+            .send()
+            .await;
+        late.push(classify(text, 2).await);
+        if ready_503 && late.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    for (i, task) in burst.into_iter().enumerate() {
+        let (outcome, finished) = task.await.expect("request task");
+        match outcome {
+            Outcome::Complete => {}
+            Outcome::Refused => panic!("accepted request {i} was refused"),
+            Outcome::Broken(why) => panic!("accepted request {i} was cut off: {why}"),
+        }
+        assert!(
+            finished > signalled,
+            "request {i} was answered before the signal"
+        );
+    }
+    for outcome in late {
+        if let Outcome::Broken(why) = outcome {
+            panic!("a request sent during the drain was cut off: {why}");
+        }
+    }
+    assert!(ready_503, "/ready never answered 503 during the drain");
+    let status = server.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_and_carry_the_request_id_of_the_response() {
+    let server = Server::spawn(&[]);
+    server.wait_ready().await;
+    let response = reqwest::Client::new()
+        .post(server.url("/v1/embed/text"))
+        .json(&json!({ "texts": ["a photo of a cat"] }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    let id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("the response has a request id")
+        .to_string();
+    assert!(!id.is_empty());
+    // The access line is written when the response goes out; give the logger a moment.
+    let started = Instant::now();
+    let mentions = loop {
+        let lines = server.log();
+        let mentions: Vec<Value> = lines
+            .iter()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}"))
+            })
+            .filter(|v| v.to_string().contains(&id))
+            .collect();
+        if !mentions.is_empty() || started.elapsed() > Duration::from_secs(5) {
+            break mentions;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!mentions.is_empty(), "no log line carries request id {id}");
+    for line in &mentions {
+        assert!(line["timestamp"].is_string(), "{line}");
+        assert!(line["level"].is_string(), "{line}");
+        assert_eq!(line["span"]["request_id"], json!(id), "{line}");
+    }
+}
