@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# The performance harness, in one command:
+#
+#   bench/run.sh                       # everything, on the full-size random-weight export
+#   bench/run.sh --quick               # shorter runs (smoke test of the harness itself)
+#   bench/run.sh --phases http         # only the HTTP load test (also: engines, baselines)
+#
+# 1. builds the release server and the `compare` bench (CARGO_TARGET_DIR, default
+#    /work/target-release);
+# 2. starts the server on $CLIPSERVE_BENCH_MODEL (default /work/models/xlmr-b32-random), samples
+#    its RSS from /proc every 100 ms, times start-to-ready;
+# 3. drives it with wrk (image: photos of a few hundred KB as raw bodies; text: one short
+#    multilingual query per request, unique and repeated) at each concurrency in $BENCH_CONCURRENCY;
+# 4. runs the encoders on fixed workloads through tract (benches/compare.rs), ONNX Runtime and
+#    PyTorch OpenCLIP (bench/py_baselines.py), same weights, same inputs, same thread count;
+# 5. writes bench/results/<stamp>/ (raw JSON), bench/results.png and the "Last run" section of
+#    bench/RESULTS.md (bench/report.py).
+#
+# Any CLIPSERVE_* variable set by the caller reaches the server (e.g.
+# CLIPSERVE_BATCHING_IMAGE_WORKERS=1). Everything is bounded in time; the server is stopped at
+# the end, or on error, by its pid.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+MODEL=${CLIPSERVE_BENCH_MODEL:-/work/models/xlmr-b32-random}
+DURATION=${BENCH_DURATION:-15}
+CONCURRENCY=${BENCH_CONCURRENCY:-"1 4 16 64"}
+BUDGET=${BENCH_BUDGET:-8}
+THREADS=${BENCH_THREADS:-2}
+PORT=${BENCH_PORT:-18089}
+PY=${BENCH_PYTHON:-/work/venv/py/bin/python}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-release}
+PHASES="http engines baselines"
+LABEL=""
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) DURATION=5; BUDGET=2; CONCURRENCY="1 16" ;;
+    --phases) PHASES="$2"; shift ;;
+    --label) LABEL="$2"; shift ;;
+    *) echo "unknown argument $1 (see the head of $0)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+STAMP=$(date +%Y%m%d-%H%M%S)
+OUT="$REPO/bench/results/$STAMP"
+mkdir -p "$OUT"
+log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
+
+# --- tools ----------------------------------------------------------------------------------
+if ! command -v wrk >/dev/null; then
+  log "installing wrk (Debian)"
+  (apt-get install -y -qq wrk || (apt-get update -qq && apt-get install -y -qq wrk)) >/dev/null
+fi
+if ! "$PY" -c "import matplotlib, onnxruntime, torch, open_clip" 2>/dev/null; then
+  log "installing Python packages into $PY's environment"
+  "$PY" -m pip install -q matplotlib onnxruntime torch open_clip_torch transformers numpy
+fi
+
+log "building (release, $CARGO_TARGET_DIR)"
+(cd "$REPO" && cargo build --release --quiet --bin clipserve)
+(cd "$REPO" && cargo bench --quiet --no-run --bench compare 2>/dev/null)
+BIN="$CARGO_TARGET_DIR/release/clipserve"
+
+cat >"$OUT/meta.json" <<EOF
+{"stamp": "$STAMP", "label": "$LABEL", "model": "$MODEL", "commit": "$(cd "$REPO" && git rev-parse --short HEAD)",
+ "dirty": $(cd "$REPO" && (git diff --quiet HEAD -- src Cargo.toml config && echo false || echo true)),
+ "load_before": "$(cut -d' ' -f1-3 /proc/loadavg)", "nproc": $(nproc),
+ "cpu": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)",
+ "duration_s": $DURATION, "concurrency": "$CONCURRENCY", "threads": $THREADS,
+ "server_env": "$(env | grep '^CLIPSERVE_' | grep -v BENCH | tr '\n' ' ')"}
+EOF
+
+SERVER_PID=""
+SAMPLER_PID=""
+cleanup() {
+  [ -n "$SAMPLER_PID" ] && kill "$SAMPLER_PID" 2>/dev/null || true
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# --- HTTP load test -------------------------------------------------------------------------
+if [[ " $PHASES " == *" http "* ]]; then
+  PHOTOS=""
+  for p in "$REPO"/tests/fixtures/photos/*.{jpg,png} /work/shared/assets/photos/skimage_astronaut.png; do
+    [ -f "$p" ] || continue
+    size=$(stat -c %s "$p")
+    if [ "$size" -ge 100000 ] && [ "$size" -le 900000 ]; then PHOTOS="$PHOTOS $p"; fi
+  done
+  log "photos:$(for p in $PHOTOS; do printf ' %s(%dKB)' "$(basename "$p")" $(($(stat -c %s "$p") / 1024)); done)"
+
+  log "starting the server on $MODEL"
+  start_ns=$(date +%s%N)
+  CLIPSERVE_MODEL="$MODEL" CLIPSERVE_ADDR="127.0.0.1:$PORT" CLIPSERVE_LOG_LEVEL="${CLIPSERVE_LOG_LEVEL:-warn}" \
+    "$BIN" >"$OUT/server.log" 2>&1 &
+  SERVER_PID=$!
+  (
+    t0=$(date +%s%N)
+    while [ -r "/proc/$SERVER_PID/status" ]; do
+      awk -v t="$(( ($(date +%s%N) - t0) / 1000000 ))" '/^VmRSS/ {r=$2} /^VmHWM/ {h=$2} END {print t, r, h}' \
+        "/proc/$SERVER_PID/status" 2>/dev/null || true
+      sleep 0.1
+    done
+  ) >"$OUT/rss.tsv" &
+  SAMPLER_PID=$!
+  ready=""
+  for _ in $(seq 1 1200); do
+    if curl -fs "http://127.0.0.1:$PORT/ready" >/dev/null 2>&1; then ready=1; break; fi
+    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$OUT/server.log" >&2; exit 1; }
+    sleep 0.05
+  done
+  [ -n "$ready" ] || { log "the server did not become ready in 60 s"; exit 1; }
+  ready_ms=$(( ($(date +%s%N) - start_ns) / 1000000 ))
+  sleep 3
+  steady_kb=$(awk '/^VmRSS/ {print $2}' "/proc/$SERVER_PID/status")
+  startup_peak_kb=$(awk '/^VmHWM/ {print $2}' "/proc/$SERVER_PID/status")
+  log "ready in ${ready_ms} ms; RSS $((steady_kb / 1024)) MB, start-up peak $((startup_peak_kb / 1024)) MB"
+  curl -fs "http://127.0.0.1:$PORT/info" >"$OUT/info.json" 2>/dev/null || true
+
+  export BENCH_WRK_DIR="$REPO/bench/wrk" BENCH_PHOTOS="$PHOTOS"
+  run_wrk() { # name script conc [env...]
+    local name=$1 script=$2 conc=$3
+    shift 3
+    local threads=$(( conc < 2 ? 1 : 2 ))
+    env "$@" BENCH_WRK_OUT="$OUT/wrk-$name-c$conc.json" \
+      wrk -t"$threads" -c"$conc" -d"${DURATION}s" --timeout 30s -s "$REPO/bench/wrk/$script" \
+      "http://127.0.0.1:$PORT" >"$OUT/wrk-$name-c$conc.txt"
+    log "$name c=$conc: $(cat "$OUT/wrk-$name-c$conc.json")"
+  }
+  # Warm the paths once (first decode of each photo, the text cache stays cold for unique).
+  for c in $CONCURRENCY; do run_wrk image image.lua "$c"; done
+  for c in $CONCURRENCY; do run_wrk text text.lua "$c" BENCH_UNIQUE=1; done
+  for c in $CONCURRENCY; do run_wrk text_repeated text.lua "$c" BENCH_UNIQUE=0; done
+  curl -fs "http://127.0.0.1:$PORT/metrics" >"$OUT/metrics.txt" 2>/dev/null || true
+  sleep 2
+  end_kb=$(awk '/^VmRSS/ {print $2}' "/proc/$SERVER_PID/status")
+  peak_kb=$(awk '/^VmHWM/ {print $2}' "/proc/$SERVER_PID/status")
+  cat >"$OUT/server.json" <<EOF
+{"ready_ms": $ready_ms, "rss_after_ready_mb": $((steady_kb / 1024)), "startup_peak_mb": $((startup_peak_kb / 1024)),
+ "rss_after_load_mb": $((end_kb / 1024)), "peak_mb": $((peak_kb / 1024))}
+EOF
+  kill "$SERVER_PID"
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=""
+  kill "$SAMPLER_PID" 2>/dev/null || true
+  SAMPLER_PID=""
+fi
+
+# --- encoders side by side ------------------------------------------------------------------
+if [[ " $PHASES " == *" engines "* ]]; then
+  log "tract encoders (benches/compare.rs)"
+  (cd "$REPO" && CLIPSERVE_BENCH_MODEL="$MODEL" cargo bench --quiet --bench compare -- \
+    --variants "${BENCH_VARIANTS:-bucketed,symbolic}" --budget "$BUDGET" --json "$OUT/tract.json")
+fi
+if [[ " $PHASES " == *" baselines "* ]]; then
+  for rt in ort torch; do
+    log "$rt ($THREADS threads)"
+    "$PY" "$REPO/bench/py_baselines.py" --runtime "$rt" --model "$MODEL" --threads "$THREADS" \
+      --budget "$BUDGET" >"$OUT/$rt.json"
+  done
+fi
+
+echo "\"$(cut -d' ' -f1-3 /proc/loadavg)\"" >"$OUT/load_after.json"
+"$PY" "$REPO/bench/report.py" "$OUT"
+log "results in $OUT, bench/RESULTS.md and bench/results.png"

@@ -1,0 +1,239 @@
+//! The encoders on the workloads `bench/py_baselines.py` runs through ONNX Runtime and PyTorch
+//! (same deterministic inputs, same workload names), for each engine variant, printed as one
+//! JSON object so `bench/run.sh` can put every runtime side by side.
+//!
+//! ```text
+//! CLIPSERVE_BENCH_MODEL=/work/models/xlmr-b32-random \
+//!   cargo bench --bench compare -- --variants bucketed,symbolic --budget 6 --json out.json
+//! ```
+//!
+//! Not a criterion bench: one run of an image batch of 32 takes seconds, and what the harness
+//! needs is the median of a few runs per workload next to the other runtimes' medians.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clipserve::engine::{Buckets, Engine, EngineSettings};
+
+/// (name, tower, batch, tokens): the same list as `bench/py_baselines.py`'s WORKLOADS, plus
+/// batch 8.
+const WORKLOADS: &[(&str, &str, usize, usize)] = &[
+    ("image_b1", "image", 1, 0),
+    ("image_b8", "image", 8, 0),
+    ("image_b32", "image", 32, 0),
+    ("text_16tok_b32", "text", 32, 16),
+    ("text_77tok_b1", "text", 1, 77),
+];
+
+/// Deterministic pixels in [-1, 1), as `py_baselines.pixels`.
+fn pixels(batch: usize) -> Vec<Vec<f32>> {
+    let n = 3 * 224 * 224;
+    (0..batch)
+        .map(|b| {
+            (0..n)
+                .map(|i| ((((b * n + i) as u64 * 7919) % 1000) as f32) / 500.0 - 1.0)
+                .collect()
+        })
+        .collect()
+}
+
+/// Deterministic token ids, as `py_baselines.token_ids`.
+fn token_ids(batch: usize, tokens: usize) -> Vec<Vec<u32>> {
+    (0..batch)
+        .map(|r| {
+            let mut row = vec![0u32; tokens];
+            for (j, id) in row.iter_mut().enumerate().take(tokens - 1).skip(1) {
+                *id = 5 + ((r as u64 * 104729 + j as u64 * 7919) % 250000) as u32;
+            }
+            row[tokens - 1] = 2;
+            row
+        })
+        .collect()
+}
+
+/// An engine configuration to compare.
+struct Variant {
+    name: &'static str,
+    settings: EngineSettings,
+    intra_op_threads: usize,
+}
+
+fn variants() -> Vec<Variant> {
+    let defaults = clipserve::config::Settings::default().model;
+    let bucketed = EngineSettings {
+        image_buckets: Buckets {
+            batch: defaults.image_batch_buckets.clone(),
+            seq: Vec::new(),
+        },
+        text_buckets: Buckets {
+            batch: defaults.text_batch_buckets.clone(),
+            seq: defaults.text_seq_buckets.clone(),
+        },
+    };
+    vec![
+        Variant {
+            name: "bucketed",
+            settings: bucketed.clone(),
+            intra_op_threads: 1,
+        },
+        Variant {
+            name: "symbolic",
+            settings: EngineSettings::default(),
+            intra_op_threads: 1,
+        },
+        Variant {
+            name: "bucketed_intra2",
+            settings: bucketed,
+            intra_op_threads: 2,
+        },
+    ]
+}
+
+struct Args {
+    variants: Vec<String>,
+    only: Vec<String>,
+    budget: Duration,
+    min_runs: usize,
+    json: Option<PathBuf>,
+}
+
+fn args() -> Args {
+    let mut args = Args {
+        variants: vec!["bucketed".into(), "symbolic".into()],
+        only: Vec::new(),
+        budget: Duration::from_secs(4),
+        min_runs: 3,
+        json: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let list = |v: Option<String>| -> Vec<String> {
+            v.unwrap_or_default()
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        match a.as_str() {
+            "--variants" => args.variants = list(it.next()),
+            "--only" => args.only = list(it.next()),
+            "--budget" => {
+                let secs: f64 = it.next().and_then(|s| s.parse().ok()).unwrap_or(4.0);
+                args.budget = Duration::from_secs_f64(secs);
+            }
+            "--min-runs" => args.min_runs = it.next().and_then(|s| s.parse().ok()).unwrap_or(3),
+            "--json" => args.json = it.next().map(PathBuf::from),
+            // `cargo bench` passes --bench; criterion-style filters are ignored too.
+            _ => {}
+        }
+    }
+    args
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// Times `f` until `budget` has passed and `min_runs` are done (the caller has run it once
+/// already, for its output).
+fn time_runs(mut f: impl FnMut(), budget: Duration, min_runs: usize) -> Vec<f64> {
+    let started = Instant::now();
+    let mut times = Vec::new();
+    while (times.len() < min_runs || started.elapsed() < budget) && times.len() < 200 {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times
+}
+
+fn run_variant(model: &std::path::Path, v: &Variant, args: &Args) -> serde_json::Value {
+    clipserve::engine::set_intra_op_threads(v.intra_op_threads);
+    let started = Instant::now();
+    let engine = Engine::load(model, &v.settings).expect("the bench model loads");
+    let load_s = started.elapsed().as_secs_f64();
+    let mut workloads = serde_json::Map::new();
+    for &(name, tower, batch, tokens) in WORKLOADS {
+        if !args.only.is_empty() && !args.only.iter().any(|o| o == name) {
+            continue;
+        }
+        let (first, times) = if tower == "image" {
+            let px = pixels(batch);
+            let views: Vec<&[f32]> = px.iter().map(|p| p.as_slice()).collect();
+            let first = engine.image.embed(&views).expect("image batch runs");
+            let times = time_runs(
+                || {
+                    engine.image.embed(&views).expect("image batch runs");
+                },
+                args.budget,
+                args.min_runs,
+            );
+            (first, times)
+        } else {
+            let ids = token_ids(batch, tokens);
+            let views: Vec<&[u32]> = ids.iter().map(|t| t.as_slice()).collect();
+            let first = engine.text.embed(&views).expect("text batch runs");
+            let times = time_runs(
+                || {
+                    engine.text.embed(&views).expect("text batch runs");
+                },
+                args.budget,
+                args.min_runs,
+            );
+            (first, times)
+        };
+        let runs = times.len();
+        let med = median(times);
+        eprintln!(
+            "tract {} {name}: {:.2} items/s ({runs} runs)",
+            v.name,
+            batch as f64 / med
+        );
+        workloads.insert(
+            name.into(),
+            serde_json::json!({
+                "batch": batch,
+                "runs": runs,
+                "median_s": med,
+                "items_per_s": batch as f64 / med,
+                "embedding0": first[0].as_slice(),
+            }),
+        );
+    }
+    serde_json::json!({
+        "variant": v.name,
+        "intra_op_threads": v.intra_op_threads,
+        "load_s": load_s,
+        "workloads": workloads,
+    })
+}
+
+fn main() {
+    let args = args();
+    let model = std::env::var_os("CLIPSERVE_BENCH_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny")
+        });
+    let mut results = Vec::new();
+    for v in variants() {
+        if args.variants.iter().any(|n| n == v.name) {
+            results.push(run_variant(&model, &v, &args));
+        }
+    }
+    let out = serde_json::json!({
+        "runtime": "tract",
+        "model": model.display().to_string(),
+        "variants": results,
+    });
+    match &args.json {
+        Some(path) => std::fs::write(path, out.to_string()).expect("writing the JSON report"),
+        None => println!("{out}"),
+    }
+}
