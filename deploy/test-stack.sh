@@ -85,6 +85,8 @@ fi
 # ---- 3. the stack
 podman rm -f -t 0 "$P-lb" "$P-1" "$P-2" >/dev/null 2>&1 || true
 podman network rm -f "$NET" >/dev/null 2>&1 || true
+# A run that was killed before its cleanup leaves these behind.
+podman volume rm -f "$P-cache" >/dev/null 2>&1 || true
 podman network create "$NET" >/dev/null
 podman volume create "$P-cache" >/dev/null
 # Resource limits need cgroup controllers; where the runtime cannot apply them, run without.
