@@ -21,7 +21,7 @@ use thiserror::Error;
 pub use encoders::{EncodeError, ImageEncoder, TextEncoder};
 pub use folder::{FolderError, ModelFolder};
 pub use graph::{Buckets, GraphError};
-pub use threads::{intra_op_threads, set_intra_op_threads};
+pub use threads::{intra_op_threads, set_intra_op_threads, TowerPool};
 
 use crate::preprocess::text::{TextError, TextTokenizer};
 

@@ -84,6 +84,7 @@ impl AppState {
             runtime.clone(),
         )?;
         let text_engine = engine.clone();
+        let text_pool = crate::engine::TowerPool::new(self.0.settings.model.text_intra_op_threads);
         let (texts, _) = Batcher::start(
             "text",
             BatchPolicy {
@@ -96,7 +97,9 @@ impl AppState {
             },
             Arc::new(move |batch: &[TokenIds]| {
                 let views: Vec<&[u32]> = batch.iter().map(|t| t.as_slice()).collect();
-                text_engine.text.embed(&views).map_err(|e| e.to_string())
+                text_pool
+                    .run(|| text_engine.text.embed(&views))
+                    .map_err(|e| e.to_string())
             }),
             observer,
             runtime,
