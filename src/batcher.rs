@@ -327,8 +327,9 @@ impl<I: Send + 'static> Worker<I> {
         // the tower without this thread: the jobs it held are dropped, so their callers get
         // `WorkerGone` at once, and the loop starts again on the same queue.
         while catch_unwind(AssertUnwindSafe(|| self.drain())).is_err() {
-            self.shared.restarts.fetch_add(1, Ordering::SeqCst);
+            // The failure first: whoever sees the restart counted also sees the failure.
             self.shared.record_outcome(false);
+            self.shared.restarts.fetch_add(1, Ordering::SeqCst);
             tracing::error!(
                 tower = self.shared.tower,
                 "inference worker loop panicked outside a batch; restarting it"

@@ -172,6 +172,20 @@ async fn failed_batches_in_a_row_make_the_server_unready_for_a_cooldown_only() {
         .contains("clipserve_ready 1"));
 }
 
+/// Waits (bounded) until the tower's loop has counted `n` restarts.
+async fn restarts_reach<I: Send + 'static>(tower: &clipserve::batcher::Batcher<I>, n: usize) {
+    let started = Instant::now();
+    while tower.worker_restarts() < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the worker loop counted {} restarts, not {n}",
+            tower.worker_restarts()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(tower.worker_restarts(), n);
+}
+
 #[tokio::test]
 async fn a_crash_of_the_worker_loop_restarts_it_and_the_tower_keeps_serving() {
     let server = start().await;
@@ -179,7 +193,8 @@ async fn a_crash_of_the_worker_loop_restarts_it_and_the_tower_keeps_serving() {
     serving.texts.inject_crashes(1);
     let (status, body) = embed(&server, "the loop crashes on this batch").await;
     assert_opaque_500(status, &body);
-    assert_eq!(serving.texts.worker_restarts(), 1);
+    // The loop counts its restart just after the crashed batch's callers got their 500.
+    restarts_reach(&serving.texts, 1).await;
     assert_eq!(serving.texts.live_workers(), 1, "the thread is still there");
     assert_eq!(ready(&server).await.0, 200);
     let (status, body) = embed(&server, "and the next one is served").await;
@@ -190,6 +205,7 @@ async fn a_crash_of_the_worker_loop_restarts_it_and_the_tower_keeps_serving() {
     for i in 0..3 {
         assert_eq!(embed(&server, &format!("crash {i}")).await.0, 500);
     }
+    restarts_reach(&serving.texts, 4).await;
     assert_eq!(ready(&server).await.0, 503);
     wait_ready(&server, 200).await;
     assert_eq!(embed(&server, "recovered").await.0, 200);
