@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{b64, cosine, photo, TestServer};
+use common::{b64, cosine, embeddings, photo, TestServer};
 use reqwest::multipart::{Form, Part};
 use serde_json::{json, Value};
 
@@ -24,21 +24,6 @@ async fn post_json(server: &TestServer, path: &str, body: Value) -> (u16, Value)
         .unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap())
-}
-
-fn embeddings(body: &Value) -> Vec<Vec<f32>> {
-    body["embeddings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            e.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -3,17 +3,12 @@
 
 mod common;
 
-use common::{b64, cosine, photo, TestServer};
+use common::{b64, cosine, embeddings, photo, TestServer};
 use futures::future::join_all;
 use serde_json::{json, Value};
 
 fn first_embedding(body: &Value) -> Vec<f32> {
-    body["embeddings"][0]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
+    embeddings(body).swap_remove(0)
 }
 
 /// Reads one sample of a metric from the Prometheus text.
@@ -249,19 +244,7 @@ async fn a_repeated_text_is_answered_from_the_cache_without_running_the_tower() 
         async move {
             let r = req.send().await.unwrap();
             assert_eq!(r.status(), 200);
-            let v: Value = r.json().await.unwrap();
-            v["embeddings"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| {
-                    e.as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|x| x.as_f64().unwrap() as f32)
-                        .collect::<Vec<f32>>()
-                })
-                .collect::<Vec<_>>()
+            embeddings(&r.json::<Value>().await.unwrap())
         }
     };
     let first = embed(vec!["un chat sur un canapé", "a dog"]).await;

@@ -133,6 +133,22 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb)
 }
 
+/// The `embeddings` of a clipserve answer, as f32 rows.
+pub fn embeddings(body: &serde_json::Value) -> Vec<Vec<f32>> {
+    body["embeddings"]
+        .as_array()
+        .expect("an `embeddings` array")
+        .iter()
+        .map(|e| {
+            e.as_array()
+                .expect("an embedding")
+                .iter()
+                .map(|x| x.as_f64().expect("a number") as f32)
+                .collect()
+        })
+        .collect()
+}
+
 /// Standard base64 of bytes.
 pub fn b64(bytes: &[u8]) -> String {
     use base64::Engine as _;
