@@ -91,6 +91,18 @@ pub async fn serve(
         .header_read_timeout(Duration::from_millis(
             state.settings().server.header_read_timeout_ms,
         ));
+    let mut serve_late = |stream: tokio::net::TcpStream| {
+        let service = TowerToHyperService::new(
+            app.clone()
+                .map_request(|req: Request<Incoming>| req.map(Body::new)),
+        );
+        let conn = late_builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        late.spawn(async move {
+            let _ = conn.await;
+        });
+    };
     loop {
         tokio::select! {
             () = &mut drained => {
@@ -102,18 +114,17 @@ pub async fn serve(
                 break;
             }
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let service = TowerToHyperService::new(
-                    app.clone().map_request(|req: Request<Incoming>| req.map(Body::new)),
-                );
-                let conn = late_builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .into_owned();
-                late.spawn(async move {
-                    let _ = conn.await;
-                });
+                if let Ok((stream, _)) = accepted {
+                    serve_late(stream);
+                }
             }
         }
+    }
+    // Connections already waiting in the backlog get their answer, not a reset on close.
+    while let Ok(Ok((stream, _))) =
+        tokio::time::timeout(Duration::from_millis(20), listener.accept()).await
+    {
+        serve_late(stream);
     }
     drop(listener);
     // Connections accepted during the drain only get 503s and probe answers: a moment suffices.
