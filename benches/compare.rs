@@ -82,11 +82,31 @@ fn variants() -> Vec<Variant> {
             intra_op_threads: 1,
         },
         Variant {
+            // Text plans of concrete shapes (tract picks kernels per shape), from
+            // CLIPSERVE_BENCH_TEXT_BATCH and CLIPSERVE_BENCH_TEXT_SEQ (comma lists).
+            name: "text_fixed",
+            settings: EngineSettings {
+                image_buckets: bucketed.image_buckets.clone(),
+                text_buckets: Buckets {
+                    batch: env_list("CLIPSERVE_BENCH_TEXT_BATCH", &[1, 32]),
+                    seq: env_list("CLIPSERVE_BENCH_TEXT_SEQ", &[16, 77]),
+                },
+            },
+            intra_op_threads: 1,
+        },
+        Variant {
             name: "bucketed_intra2",
             settings: bucketed,
             intra_op_threads: 2,
         },
     ]
+}
+
+fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
+    match std::env::var(name) {
+        Ok(v) => v.split(',').filter_map(|x| x.trim().parse().ok()).collect(),
+        Err(_) => default.to_vec(),
+    }
 }
 
 struct Args {

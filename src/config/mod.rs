@@ -189,7 +189,7 @@ impl Default for ModelSettings {
             offline: false,
             download_retries: 5,
             exif: ExifPolicy::Apply,
-            image_batch_buckets: vec![1, 8, 32],
+            image_batch_buckets: vec![1, 8],
             text_batch_buckets: Vec::new(),
             text_seq_buckets: vec![8, 16, 32, 77],
             intra_op_threads: 1,
@@ -202,7 +202,7 @@ impl Default for ModelSettings {
 impl Default for BatchingSettings {
     fn default() -> Self {
         BatchingSettings {
-            max_image_batch: 32,
+            max_image_batch: 8,
             max_text_batch: 32,
             max_batch_tokens: 32 * 77,
             linger_ms: 2,

@@ -140,13 +140,10 @@ pub struct TextEncoder {
 
 impl TextEncoder {
     /// Loads the textual graph and checks it takes `[N, S]` int32 or int64 ids, with a fixed S
-    /// (if any) long enough for `context_length` tokens.
-    pub fn load(
-        path: &Path,
-        buckets: &Buckets,
-        context_length: usize,
-        pad_id: u32,
-    ) -> Result<Self, GraphError> {
+    /// (if any) long enough for `context_length` tokens. Padding uses id 1 (XLM-RoBERTa's
+    /// `<pad>`) until [`TextEncoder::set_pad_id`] names the tokenizer's: the engine loads the
+    /// tokenizer after the towers, so that its ~250 MB do not add to the towers' load peaks.
+    pub fn load(path: &Path, buckets: &Buckets, context_length: usize) -> Result<Self, GraphError> {
         let graph = Graph::load(path, 2, buckets, context_length)?;
         let int_ids = [i32::datum_type(), i64::datum_type()].contains(&graph.input_type());
         if !int_ids {
@@ -168,9 +165,14 @@ impl TextEncoder {
         }
         Ok(TextEncoder {
             graph,
-            pad_id,
+            pad_id: 1,
             context_length,
         })
+    }
+
+    /// The id that fills the padding of shorter texts in a batch (masked out of the pooling).
+    pub fn set_pad_id(&mut self, pad_id: u32) {
+        self.pad_id = pad_id;
     }
 
     /// Width of the embeddings.

@@ -20,6 +20,7 @@ use std::time::Instant;
 use thiserror::Error;
 use tract_onnx::prelude::*;
 
+use super::onnx_file;
 use super::weights::{half_embedding_tables, matmul_kernels, WeightPool};
 
 /// A plan tract can run.
@@ -129,10 +130,9 @@ impl Graph {
             path: path.to_path_buf(),
             what,
         };
-        let model = tract_onnx::onnx()
-            .with_ignore_output_shapes(true)
-            .model_for_path(path)
-            .map_err(load_err)?;
+        let model =
+            onnx_file::model_for_path(&tract_onnx::onnx().with_ignore_output_shapes(true), path)
+                .map_err(load_err)?;
         if model.inputs.is_empty() || model.outputs.is_empty() {
             return Err(contract("the graph has no inputs or no outputs".into()));
         }

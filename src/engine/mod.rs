@@ -10,6 +10,7 @@ mod alloc;
 pub mod encoders;
 pub mod folder;
 pub mod graph;
+mod onnx_file;
 pub mod threads;
 pub mod weights;
 
@@ -73,14 +74,13 @@ impl Engine {
         let started = Instant::now();
         alloc::before_load();
         let folder = ModelFolder::open(root)?;
-        let tokenizer = TextTokenizer::from_file(folder.tokenizer_json(), folder.context_length)?;
-        // The text tower first: parsing its 1.1 GB file is the largest transient of the load,
-        // and it should not stack on top of the image tower's finished plans.
-        let text = TextEncoder::load(
+        // The text tower first: reading its 1.1 GB file is the largest transient of the load,
+        // and it should not stack on top of the image tower's finished plans. The tokenizer
+        // last, for the same reason.
+        let mut text = TextEncoder::load(
             &folder.textual_onnx(),
             &settings.text_buckets,
             folder.context_length,
-            tokenizer.pad_id(),
         )?;
         let (height, width) = folder.preprocess.size();
         let image = ImageEncoder::load(
@@ -89,6 +89,8 @@ impl Engine {
             height as usize,
             width as usize,
         )?;
+        let tokenizer = TextTokenizer::from_file(folder.tokenizer_json(), folder.context_length)?;
+        text.set_pad_id(tokenizer.pad_id());
         for (tower, dim) in [("visual", image.dim()), ("textual", text.dim())] {
             if dim != folder.embed_dim {
                 return Err(EngineError::Mismatch(format!(
