@@ -86,12 +86,14 @@ pub struct ModelSettings {
     pub text_batch_buckets: Vec<usize>,
     /// Sequence lengths that get shape-specialized text plans.
     pub text_seq_buckets: Vec<usize>,
-    /// Threads each matrix product may use inside one inference run (the image tower, and the
-    /// text tower unless `text_intra_op_threads` says otherwise).
+    /// Threads each matrix product may use inside one inference run, for the runs of a tower
+    /// whose own setting below is 0; with more than 1, all inference threads share one pool.
     pub intra_op_threads: usize,
-    /// The same for the text tower's runs; 0 means `intra_op_threads`. Text batches are small
-    /// and latency-bound, so they gain from a shared pool where image batches do not
-    /// (bench/RESULTS.md, rows 9 and 10).
+    /// Threads an image run may use when no other image run is in flight (a run that starts
+    /// beside another stays on its own thread); 0 means `intra_op_threads` (bench/RESULTS.md,
+    /// row 19).
+    pub image_intra_op_threads: usize,
+    /// The same for the text tower.
     pub text_intra_op_threads: usize,
     /// Recent text embeddings kept in memory, keyed by token ids (about 2 KB each); a repeated
     /// query is answered without running the text tower. 0 disables the cache.
@@ -193,6 +195,7 @@ impl Default for ModelSettings {
             text_batch_buckets: Vec::new(),
             text_seq_buckets: vec![8, 16, 32, 77],
             intra_op_threads: 1,
+            image_intra_op_threads: 2,
             text_intra_op_threads: 2,
             text_cache_entries: 10_000,
         }

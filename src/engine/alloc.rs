@@ -43,7 +43,7 @@ const STEADY_MMAP_THRESHOLD: libc::c_int = 32 << 20;
 
 /// Free memory at the top of a heap that glibc keeps for the next runs instead of trimming.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-const STEADY_TRIM_THRESHOLD: libc::c_int = 64 << 20;
+const STEADY_TRIM_THRESHOLD: libc::c_int = 16 << 20;
 
 /// Returns the free memory at the top of glibc's heaps to the OS, then lets inference reuse
 /// its activation buffers: with the load's 128 KB threshold every activation of a run was a

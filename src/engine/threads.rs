@@ -2,36 +2,64 @@
 //! softmax and normalization): process-wide, or for one tower.
 //!
 //! Inference threads (the batcher's workers) run whole batches; tract can further split each
-//! matrix product over a rayon pool. With `n > 1` every inference thread shares one pool of
-//! `n` threads, so a lone request gets all of them and concurrent batches share them rather
-//! than oversubscribing the cores. [`TowerPool`] gives one tower its own pool size, for the
-//! runs made inside [`TowerPool::run`] (tract reads a thread-local override first).
+//! matrix product over a rayon pool. Process-wide ([`set_intra_op_threads`], `n > 1`), every
+//! inference thread shares one pool of `n` threads. [`TowerPool`] gives one tower its own
+//! pool, used only by a run that has the tower to itself, for the runs made inside
+//! [`TowerPool::run`] (tract reads a thread-local override first).
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tract_linalg::multithread::{multithread_tract_scope, set_default_executor, Executor};
 
-/// One tower's intra-op pool: its runs use it instead of the process-wide setting.
+/// One tower's intra-op pool, for the run that has the tower to itself: a run that starts
+/// while no other run of the tower is in flight gets the pool's threads; a run that starts
+/// beside another stays on its own inference thread, so busy workers each keep a core instead
+/// of splitting both (tract scales about 1.6x from 1 to 2 threads on one run, two runs side by
+/// side do better). Measured in bench/RESULTS.md (row 19).
 #[derive(Clone, Debug)]
-pub struct TowerPool(Option<Executor>);
+pub struct TowerPool {
+    executor: Option<Executor>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts a run out when it ends, panics included.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 impl TowerPool {
     /// A pool of `n` threads; `0` keeps the process-wide setting, `1` runs on the calling
     /// thread.
     pub fn new(n: usize) -> TowerPool {
-        TowerPool(match n {
-            0 => None,
-            1 => Some(Executor::SingleThread),
-            n => Some(Executor::multithread_with_name(n, "tract-tower")),
-        })
+        TowerPool {
+            executor: match n {
+                0 => None,
+                1 => Some(Executor::SingleThread),
+                n => Some(Executor::multithread_with_name(n, "tract-tower")),
+            },
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        }
     }
 
-    /// Runs `f` (a tower's inference run) with this pool.
+    /// Runs `f` (a tower's inference run): on the pool if no other run of the tower is in
+    /// flight, else on the calling thread.
     pub fn run<R>(&self, f: impl FnOnce() -> R) -> R {
-        match &self.0 {
-            Some(executor) => multithread_tract_scope(executor.clone(), f),
-            None => f(),
-        }
+        let Some(executor) = &self.executor else {
+            return f();
+        };
+        let others = self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let _counted = InFlight(&self.in_flight);
+        let executor = if others == 0 {
+            executor.clone()
+        } else {
+            Executor::SingleThread
+        };
+        multithread_tract_scope(executor, f)
     }
 }
 
@@ -88,5 +116,22 @@ mod tests {
             outside
         );
         assert_eq!(threads(&current_tract_executor()), outside);
+    }
+
+    #[test]
+    fn a_run_beside_another_stays_on_its_own_thread() {
+        let pool = TowerPool::new(2);
+        let (inner, outer) = pool.run(|| {
+            let inner = pool.run(|| threads(&current_tract_executor()));
+            (inner, threads(&current_tract_executor()))
+        });
+        assert_eq!((outer, inner), (2, 1));
+        // Both runs are counted out: the next lone run gets the pool again.
+        assert_eq!(pool.run(|| threads(&current_tract_executor())), 2);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.run(|| panic!("a failing run"))
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(pool.run(|| threads(&current_tract_executor())), 2);
     }
 }

@@ -66,6 +66,8 @@ impl AppState {
         let linger = Duration::from_millis(b.linger_ms);
         let failure_cooldown = Duration::from_millis(b.failure_cooldown_ms);
         let image_engine = engine.clone();
+        let model = &self.0.settings.model;
+        let image_pool = crate::engine::TowerPool::new(model.image_intra_op_threads);
         let (images, _) = Batcher::start(
             "image",
             BatchPolicy {
@@ -78,13 +80,15 @@ impl AppState {
             },
             Arc::new(move |batch: &[PixelTensor]| {
                 let views: Vec<&[f32]> = batch.iter().map(|p| p.as_slice()).collect();
-                image_engine.image.embed(&views).map_err(|e| e.to_string())
+                image_pool
+                    .run(|| image_engine.image.embed(&views))
+                    .map_err(|e| e.to_string())
             }),
             observer.clone(),
             runtime.clone(),
         )?;
         let text_engine = engine.clone();
-        let text_pool = crate::engine::TowerPool::new(self.0.settings.model.text_intra_op_threads);
+        let text_pool = crate::engine::TowerPool::new(model.text_intra_op_threads);
         let (texts, _) = Batcher::start(
             "text",
             BatchPolicy {
