@@ -161,6 +161,7 @@ def targets(r):
     # when the run has that variant, else on one.
     bare_variant = next((v for v in ("bucketed_intra2", "bucketed") if v in tract), next(iter(tract), None))
     bare = (tract.get(bare_variant) or {}).get("image_b1", {}).get("median_s")
+    bare_p99 = (tract.get(bare_variant) or {}).get("image_b1", {}).get("p99_s")
     s = r["server"] or {}
     rows = []
 
@@ -178,7 +179,8 @@ def targets(r):
     c1 = (r["wrk"].get("image", {}).get(1) or {}).get("latency_ms", {}).get("p99")
     row("p99 of one image at concurrency 1",
         f"<= 1.3 x bare encoder, tract {bare_variant} batch 1 ({fmt(bare and 1300 * bare)} ms)",
-        f"{fmt(c1)} ms", c1 <= 1300 * bare if c1 and bare else None)
+        f"{fmt(c1)} ms (the bare encoder's own p99 over its timed runs: {fmt(bare_p99 and 1000 * bare_p99)} ms)",
+        c1 <= 1300 * bare if c1 and bare else None)
     row("RSS, both towers and all plans, steady", "<= 1500 MB", f"{s.get('rss_after_ready_mb', '–')} MB after ready, "
         f"{s.get('rss_after_load_mb', '–')} MB after load",
         s.get("rss_after_load_mb", 1e9) <= 1500 if s else None)

@@ -160,6 +160,14 @@ fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
+/// The `q` quantile of `xs` (nearest rank).
+fn percentile(xs: &[f64], q: f64) -> f64 {
+    let mut xs = xs.to_vec();
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((q * xs.len() as f64).ceil() as usize).clamp(1, xs.len());
+    xs[rank - 1]
+}
+
 /// Times `f` until `budget` has passed and `min_runs` are done (the caller has run it once
 /// already, for its output).
 fn time_runs(mut f: impl FnMut(), budget: Duration, min_runs: usize) -> Vec<f64> {
@@ -209,6 +217,7 @@ fn run_variant(model: &std::path::Path, v: &Variant, args: &Args) -> serde_json:
             (first, times)
         };
         let runs = times.len();
+        let p99 = percentile(&times, 0.99);
         let med = median(times);
         eprintln!(
             "tract {} {name}: {:.2} items/s ({runs} runs)",
@@ -221,6 +230,7 @@ fn run_variant(model: &std::path::Path, v: &Variant, args: &Args) -> serde_json:
                 "batch": batch,
                 "runs": runs,
                 "median_s": med,
+                "p99_s": p99,
                 "items_per_s": batch as f64 / med,
                 "embedding0": first[0].as_slice(),
             }),
