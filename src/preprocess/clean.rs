@@ -7,8 +7,9 @@
 //!
 //! Every table the Python consults (HTML5 entities, invalid numeric references, ftfy's
 //! ligature/width/control/quote sets, Python's whitespace and `\d`) is generated from the
-//! reference interpreter by `tools/gen_clean_tables.py` into `clean/tables.rs`, and
-//! `tests/text_tokenize.rs` checks the whole pipeline against Python outputs.
+//! reference interpreter by `tools/gen_clean_tables.py` into `clean/tables.rs` and
+//! `clean/entities.rs` (the HTML5 entities), and `tests/text_tokenize.rs` checks the whole
+//! pipeline against Python outputs.
 //!
 //! # What differs from the Python reference
 //!
@@ -29,6 +30,7 @@
 //!   Python's `html.unescape` raise `ValueError` (integer string conversion limit), so the
 //!   reference fails the request; here it decodes to U+FFFD like any out-of-range number.
 
+mod entities;
 mod ftfy;
 mod html;
 mod tables;

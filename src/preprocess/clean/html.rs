@@ -2,7 +2,8 @@
 //! `html.unescape` (applied twice by OpenCLIP's `basic_clean`) and ftfy's stricter
 //! `unescape_html` fixer (run inside `ftfy.fix_text`).
 
-use super::tables::{HTML5, INVALID_CHARREFS, INVALID_CODEPOINTS};
+use super::entities::HTML5;
+use super::tables::{INVALID_CHARREFS, INVALID_CODEPOINTS};
 
 /// Characters that end a named reference in Python's `_charref` regex: `[^\t\n\f <&#;]`.
 const NAME_STOP: [char; 8] = ['\t', '\n', '\u{c}', ' ', '<', '&', '#', ';'];
