@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{cosine, TestServer};
+use common::{cosine, embeddings, TestServer};
 use futures::future::join_all;
 use serde_json::{json, Value};
 
@@ -36,13 +36,9 @@ async fn embed(server: &TestServer, text: &str) -> (u16, Value) {
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
+/// The first embedding of an answer.
 fn first(body: &Value) -> Vec<f32> {
-    body["embeddings"][0]
-        .as_array()
-        .expect("an embedding")
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
+    embeddings(body).remove(0)
 }
 
 async fn ready(server: &TestServer) -> (u16, Value) {

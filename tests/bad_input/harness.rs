@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use futures::future::join_all;
 use serde_json::{json, Value};
 
+pub use crate::common::embeddings;
 use crate::common::{cosine, TestServer};
 
 /// Memory growth allowed across one case (generous: the other tests of this binary run in the
@@ -102,24 +103,6 @@ pub async fn send(req: reqwest::RequestBuilder) -> Answer {
         assert!(body["error"]["message"].is_string(), "no message: {body}");
     }
     Answer { status, kind, body }
-}
-
-/// The embeddings of a 200 answer.
-pub fn embeddings(body: &Value) -> Vec<Vec<f32>> {
-    body["embeddings"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|e| {
-                    e.as_array()
-                        .expect("an embedding is a list")
-                        .iter()
-                        .map(|x| x.as_f64().expect("a number") as f32)
-                        .collect()
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// A server, a client, and the embeddings good requests must keep getting.
