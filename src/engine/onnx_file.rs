@@ -41,7 +41,10 @@ pub fn model_for_path(onnx: &tract_onnx::Onnx, path: &Path) -> TractResult<Infer
     let path = path
         .canonicalize()
         .map_err(|e| TractError::msg(format!("Opening {path:?}: {e}")))?;
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+    // tract resolves external data from a UTF-8 directory and a UTF-8 file name.
+    let dir = path.parent().and_then(|d| d.to_str());
+    let name = path.file_name().and_then(|n| n.to_str());
+    let (Some(dir), Some(name)) = (dir, name) else {
         return onnx.model_for_path(&path);
     };
     let skeleton = match skeleton(&path, name) {
@@ -62,7 +65,7 @@ pub fn model_for_path(onnx: &tract_onnx::Onnx, path: &Path) -> TractResult<Infer
         model,
         unresolved_inputs,
         ..
-    } = onnx.parse(&proto, dir.to_str())?;
+    } = onnx.parse(&proto, Some(dir))?;
     if !unresolved_inputs.is_empty() {
         return Err(TractError::msg(format!(
             "Could not resolve inputs at top-level: {unresolved_inputs:?}"
