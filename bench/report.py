@@ -160,8 +160,8 @@ def targets(r):
     # The bare encoder as the server runs a lone image: on 2 threads (model.image_intra_op_threads)
     # when the run has that variant, else on one.
     bare_variant = next((v for v in ("bucketed_intra2", "bucketed") if v in tract), next(iter(tract), None))
-    bare = (tract.get(bare_variant) or {}).get("image_b1", {}).get("median_s")
-    bare_p99 = (tract.get(bare_variant) or {}).get("image_b1", {}).get("p99_s")
+    bare_b1 = (tract.get(bare_variant) or {}).get("image_b1", {})
+    bare, bare_p99 = bare_b1.get("median_s"), bare_b1.get("p99_s")
     s = r["server"] or {}
     rows = []
 

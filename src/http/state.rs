@@ -60,13 +60,13 @@ impl AppState {
     /// Starts the towers' inference threads on a loaded engine and becomes ready.
     pub fn set_model(&self, engine: Arc<Engine>) -> std::io::Result<()> {
         let b = &self.0.settings.batching;
+        let model = &self.0.settings.model;
         let runtime = tokio::runtime::Handle::current();
-        crate::engine::set_intra_op_threads(self.0.settings.model.intra_op_threads);
+        crate::engine::set_intra_op_threads(model.intra_op_threads);
         let observer = Arc::new(self.0.metrics.clone());
         let linger = Duration::from_millis(b.linger_ms);
         let failure_cooldown = Duration::from_millis(b.failure_cooldown_ms);
         let image_engine = engine.clone();
-        let model = &self.0.settings.model;
         let image_pool = crate::engine::TowerPool::new(model.image_intra_op_threads);
         let (images, _) = Batcher::start(
             "image",
@@ -114,7 +114,7 @@ impl AppState {
             images,
             texts,
             decode_permits: Arc::new(Semaphore::new(permits)),
-            text_cache: TextCache::new(self.0.settings.model.text_cache_entries),
+            text_cache: TextCache::new(model.text_cache_entries),
         };
         if self.0.serving.set(serving).is_err() {
             tracing::warn!("set_model called twice; keeping the first model");
