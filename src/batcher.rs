@@ -3,7 +3,8 @@
 //! ```text
 //! handler ──submit(items)──► [ bounded mpsc: one Job per item, each with its own oneshot ]
 //!                                   │ a free worker takes what is queued (up to max items /
-//!                                   │ token budget), lingering briefly for more under light load
+//!                                   │ token budget), lingering briefly for more under light load,
+//!                                   │ cut to a batch size the tower has a plan for (images)
 //!                                   ▼
 //!                            worker thread (std::thread): skips items whose caller left,
 //!                            runs the batch (panics caught), answers each oneshot
@@ -22,6 +23,7 @@
 //! one success clears it (an unready replica gets no traffic, so it could never see a success
 //! if the mark lasted until one).
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -60,13 +62,27 @@ pub struct QueueFull {
 }
 
 /// What a worker does with a batch: embeddings in the same order, or one error for the batch.
-pub type RunFn<I> = dyn Fn(&[I]) -> Result<Vec<Embedding>, String> + Send + Sync;
+pub type RunFn<I> = dyn Fn(&[I], RunContext) -> Result<Vec<Embedding>, String> + Send + Sync;
+
+/// What a run knows about the queue it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunContext {
+    /// Items still waiting in the queue once this batch was taken: another worker may start on
+    /// them at once, so a run should not count on having the cores to itself.
+    pub waiting: usize,
+}
 
 /// How batches are formed.
 #[derive(Debug, Clone)]
 pub struct BatchPolicy {
     /// Most items per batch.
     pub max_items: usize,
+    /// Batch sizes the tower runs without padding (the plans it has), ascending. When set, a
+    /// worker takes the largest of them the queue fills and leaves the rest queued for the next
+    /// free worker: with images, whose cost per item hardly falls with the batch, two workers
+    /// each running one image beat one worker padding five images to eight or running them in
+    /// turn. Empty: any size up to `max_items`.
+    pub run_sizes: Vec<usize>,
     /// Most "cost" per batch, counted as items x costliest item (tokens with padding, for
     /// text); `usize::MAX` for none.
     pub max_cost: usize,
@@ -108,8 +124,9 @@ struct Job<I> {
 
 struct Intake<I> {
     rx: mpsc::Receiver<Job<I>>,
-    /// An item taken from the queue that did not fit the last batch; it starts the next.
-    carried: Option<Job<I>>,
+    /// Items taken from the queue that the last batch left (over its cost budget, or beyond
+    /// the run size it was cut to), oldest first; they start the next batch.
+    carried: VecDeque<Job<I>>,
 }
 
 struct Shared {
@@ -173,7 +190,10 @@ impl<I: Send + 'static> Batcher<I> {
             observer,
             closed: AtomicBool::new(false),
         });
-        let intake = Arc::new(Mutex::new(Intake { rx, carried: None }));
+        let intake = Arc::new(Mutex::new(Intake {
+            rx,
+            carried: VecDeque::new(),
+        }));
         let mut handles = Vec::new();
         for n in 0..policy.workers {
             let worker = Worker {
@@ -340,21 +360,22 @@ impl<I: Send + 'static> Worker<I> {
 
     /// Runs batches until the queue is closed and empty.
     fn drain(&self) {
-        while let Some(batch) = self.next_batch() {
+        while let Some((batch, waiting)) = self.next_batch() {
             if Shared::take(&self.shared.inject_crashes) {
                 panic!("injected crash (Batcher::inject_crashes test hook)");
             }
-            self.process(batch);
+            self.process(batch, RunContext { waiting });
         }
     }
 
     /// Takes the next batch: blocks for a first item, then gathers what fits, lingering up to
-    /// `policy.linger` for more. None once the queue is closed and empty.
-    fn next_batch(&self) -> Option<Vec<Job<I>>> {
+    /// `policy.linger` for more, and cuts it to a run size if the policy has them. Returns the
+    /// batch and how many items are left waiting; None once the queue is closed and empty.
+    fn next_batch(&self) -> Option<(Vec<Job<I>>, usize)> {
         // A poisoned lock means another worker panicked outside catch_unwind while holding
         // it; the intake itself is still consistent (it is only moved in and out).
         let mut intake = self.intake.lock().unwrap_or_else(|p| p.into_inner());
-        let first = match intake.carried.take() {
+        let first = match intake.carried.pop_front() {
             Some(job) => job,
             None => intake.rx.blocking_recv()?,
         };
@@ -362,7 +383,11 @@ impl<I: Send + 'static> Worker<I> {
         let mut max_cost = batch[0].cost;
         let deadline = Instant::now() + self.policy.linger;
         while batch.len() < self.policy.max_items {
-            let next = match intake.rx.try_recv() {
+            let next = match intake
+                .carried
+                .pop_front()
+                .map_or_else(|| intake.rx.try_recv(), Ok)
+            {
                 Ok(job) => Some(job),
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
                 Err(mpsc::error::TryRecvError::Empty) => {
@@ -381,20 +406,26 @@ impl<I: Send + 'static> Worker<I> {
             let Some(job) = next else { break };
             let new_max = max_cost.max(job.cost);
             if new_max.saturating_mul(batch.len() + 1) > self.policy.max_cost {
-                intake.carried = Some(job);
+                intake.carried.push_front(job);
                 break;
             }
             max_cost = new_max;
             batch.push(job);
         }
+        let sizes = &self.policy.run_sizes;
+        if let Some(&size) = sizes.iter().rev().find(|&&size| size <= batch.len()) {
+            for job in batch.drain(size.max(1)..).rev() {
+                intake.carried.push_front(job);
+            }
+        }
         drop(intake);
         // A carried item still counts as waiting until a batch takes it.
         let depth = self.shared.depth.fetch_sub(batch.len(), Ordering::SeqCst) - batch.len();
         self.shared.observer.depth(self.shared.tower, depth);
-        Some(batch)
+        Some((batch, depth))
     }
 
-    fn process(&self, batch: Vec<Job<I>>) {
+    fn process(&self, batch: Vec<Job<I>>, context: RunContext) {
         let (live, gone): (Vec<_>, Vec<_>) = batch.into_iter().partition(|j| !j.reply.is_closed());
         if !gone.is_empty() {
             self.shared.observer.skipped(self.shared.tower, gone.len());
@@ -413,7 +444,7 @@ impl<I: Send + 'static> Worker<I> {
             if inject {
                 panic!("injected panic (Batcher::inject_panics test hook)");
             }
-            (self.run)(&items)
+            (self.run)(&items, context)
         }));
         let elapsed = started.elapsed();
         let results: Vec<Result<Embedding, InferError>> = match outcome {
@@ -459,5 +490,118 @@ impl<I: Send + 'static> Worker<I> {
             // The caller may have gone meanwhile; then nobody needs the answer.
             let _ = reply.send(result);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-worker batcher whose run records each batch (its items and context) and holds the
+    /// first batch until `release` fires, so a test can queue items behind it.
+    #[allow(clippy::type_complexity)]
+    fn recording(
+        run_sizes: Vec<usize>,
+        max_items: usize,
+        release: std::sync::mpsc::Receiver<()>,
+    ) -> (Batcher<u32>, Arc<Mutex<Vec<(Vec<u32>, RunContext)>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let release = Mutex::new(Some(release));
+        let run = move |items: &[u32], context: RunContext| {
+            if let Some(rx) = release.lock().unwrap().take() {
+                rx.recv().unwrap();
+            }
+            log.lock().unwrap().push((items.to_vec(), context));
+            // Item n's embedding points along axis n, so answers can be told apart.
+            Ok(items
+                .iter()
+                .map(|&n| {
+                    let mut row = vec![0.0; 16];
+                    row[n as usize] = 1.0;
+                    Embedding::new(row).unwrap()
+                })
+                .collect())
+        };
+        let policy = BatchPolicy {
+            max_items,
+            run_sizes,
+            max_cost: usize::MAX,
+            linger: Duration::ZERO,
+            workers: 1,
+            capacity: 64,
+            failure_cooldown: Duration::from_secs(1),
+        };
+        let runtime = tokio::runtime::Handle::current();
+        let (batcher, _) = Batcher::start(
+            "image",
+            policy,
+            Arc::new(run),
+            Arc::new(NoObserver),
+            runtime,
+        )
+        .unwrap();
+        (batcher, seen)
+    }
+
+    async fn answers(rxs: Vec<oneshot::Receiver<Result<Embedding, InferError>>>) -> Vec<usize> {
+        let mut out = Vec::new();
+        for rx in rxs {
+            let e = rx.await.unwrap().unwrap();
+            out.push(e.as_slice().iter().position(|&x| x > 0.5).unwrap());
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_are_cut_to_run_sizes_and_the_rest_waits_in_order() {
+        let (go, release) = std::sync::mpsc::channel();
+        let (batcher, seen) = recording(vec![1, 4], 4, release);
+        let first = batcher.submit(vec![(0, 1)]).unwrap();
+        // Wait until the worker holds item 0, then queue six more behind it.
+        while batcher.depth() > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let rest = batcher.submit((1..=6).map(|n| (n, 1)).collect()).unwrap();
+        go.send(()).unwrap();
+        assert_eq!(answers(first).await, vec![0]);
+        assert_eq!(answers(rest).await, vec![1, 2, 3, 4, 5, 6]);
+        let seen = seen.lock().unwrap().clone();
+        let batches: Vec<(Vec<u32>, usize)> = seen
+            .into_iter()
+            .map(|(items, c)| (items, c.waiting))
+            .collect();
+        // 6 queued: a run of 4 (2 left waiting), then 2 cut to a run of 1, then the last.
+        assert_eq!(
+            batches,
+            vec![
+                (vec![0], 0),
+                (vec![1, 2, 3, 4], 2),
+                (vec![5], 1),
+                (vec![6], 0)
+            ]
+        );
+        assert_eq!(batcher.depth(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_run_sizes_a_batch_takes_all_that_fits() {
+        let (go, release) = std::sync::mpsc::channel();
+        let (batcher, seen) = recording(Vec::new(), 4, release);
+        let first = batcher.submit(vec![(0, 1)]).unwrap();
+        while batcher.depth() > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let rest = batcher.submit((1..=6).map(|n| (n, 1)).collect()).unwrap();
+        go.send(()).unwrap();
+        assert_eq!(answers(first).await, vec![0]);
+        assert_eq!(answers(rest).await, vec![1, 2, 3, 4, 5, 6]);
+        let sizes: Vec<(usize, usize)> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(items, c)| (items.len(), c.waiting))
+            .collect();
+        assert_eq!(sizes, vec![(1, 0), (4, 2), (2, 0)]);
     }
 }

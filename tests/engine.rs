@@ -76,6 +76,14 @@ fn the_tokenizer_gives_the_reference_ids_for_the_reference_texts() {
 fn a_batch_gives_the_same_embeddings_as_each_item_alone() {
     for settings in [EngineSettings::default(), bucketed()] {
         let engine = load("models/tiny", &settings);
+        // Buckets that include 1 cover every image batch without a symbolic plan: the batcher
+        // then cuts image batches to these sizes.
+        let sizes = if settings.image_buckets.batch.is_empty() {
+            vec![]
+        } else {
+            vec![1, 2, 4]
+        };
+        assert_eq!(engine.image.graph().batch_sizes(), sizes);
         let texts = [
             "a photo of a cat",
             "猫",
@@ -142,6 +150,9 @@ fn the_static_immich_shaped_export_gives_the_same_embeddings() {
     let fixed = load("models/tiny-static", &bucketed());
     assert_eq!(fixed.text.graph().plan_shapes(), vec![(1, 77)]);
     assert_eq!(fixed.image.graph().plan_shapes(), vec![(1, 0)]);
+    // A fixed batch axis: every image run is of batch 1, and the batcher cuts batches to it.
+    assert_eq!(fixed.image.graph().batch_sizes(), vec![1]);
+    assert_eq!(dynamic.image.graph().batch_sizes(), Vec::<usize>::new());
     let texts = ["a photo of a cat", "写真", ""];
     let ids: Vec<_> = texts
         .iter()

@@ -318,6 +318,18 @@ impl Graph {
         self.fixed.keys().copied().collect()
     }
 
+    /// The batch sizes the plans run without padding, ascending, when every plan is of a fixed
+    /// batch size; empty when a plan runs any batch size.
+    pub fn batch_sizes(&self) -> Vec<usize> {
+        if self.symbolic.is_some() {
+            return Vec::new();
+        }
+        let mut sizes: Vec<usize> = self.fixed.keys().map(|(b, _)| *b).collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        sizes
+    }
+
     /// Splits `n` items of sequence length `s` into runs, in order. Each run names its plan and
     /// the padded batch size and length it must be given; the caller fills the padding.
     pub fn schedule(&self, n: usize, s: usize) -> Result<Vec<Run>, GraphError> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use super::error::ApiError;
-use crate::batcher::{BatchPolicy, Batcher};
+use crate::batcher::{BatchPolicy, Batcher, RunContext};
 use crate::cache::TextCache;
 use crate::config::Settings;
 use crate::engine::Engine;
@@ -72,16 +72,17 @@ impl AppState {
             "image",
             BatchPolicy {
                 max_items: b.max_image_batch,
+                run_sizes: engine.image.graph().batch_sizes(),
                 max_cost: usize::MAX,
                 linger,
                 workers: b.image_workers,
                 capacity: b.image_queue_capacity,
                 failure_cooldown,
             },
-            Arc::new(move |batch: &[PixelTensor]| {
+            Arc::new(move |batch: &[PixelTensor], context: RunContext| {
                 let views: Vec<&[f32]> = batch.iter().map(|p| p.as_slice()).collect();
                 image_pool
-                    .run(|| image_engine.image.embed(&views))
+                    .run(context.waiting, || image_engine.image.embed(&views))
                     .map_err(|e| e.to_string())
             }),
             observer.clone(),
@@ -93,16 +94,19 @@ impl AppState {
             "text",
             BatchPolicy {
                 max_items: b.max_text_batch,
+                // Texts go through the symbolic plan by default, and a text's cost per item
+                // falls steeply with the batch: take all that fits.
+                run_sizes: Vec::new(),
                 max_cost: b.max_batch_tokens,
                 linger,
                 workers: b.text_workers,
                 capacity: b.text_queue_capacity,
                 failure_cooldown,
             },
-            Arc::new(move |batch: &[TokenIds]| {
+            Arc::new(move |batch: &[TokenIds], context: RunContext| {
                 let views: Vec<&[u32]> = batch.iter().map(|t| t.as_slice()).collect();
                 text_pool
-                    .run(|| text_engine.text.embed(&views))
+                    .run(context.waiting, || text_engine.text.embed(&views))
                     .map_err(|e| e.to_string())
             }),
             observer,
