@@ -88,6 +88,10 @@ pub struct BatchPolicy {
     pub max_cost: usize,
     /// How long to wait for more items once one is in hand.
     pub linger: Duration,
+    /// Linger only while items are announced ([`Batcher::expect`]) and not yet queued: for a
+    /// tower whose requests announce themselves before a slow preprocessing step (images are
+    /// decoded first), a lone item then runs at once instead of waiting for nobody.
+    pub linger_only_when_expected: bool,
     /// Inference threads.
     pub workers: usize,
     /// Queue capacity in items.
@@ -132,6 +136,8 @@ struct Intake<I> {
 struct Shared {
     tower: &'static str,
     depth: AtomicUsize,
+    /// Items announced by [`Batcher::expect`] and not yet queued.
+    expected: AtomicUsize,
     consecutive_failures: AtomicUsize,
     /// When the last batch failed, in milliseconds since `epoch`.
     last_failure_ms: AtomicU64,
@@ -179,6 +185,7 @@ impl<I: Send + 'static> Batcher<I> {
         let shared = Arc::new(Shared {
             tower,
             depth: AtomicUsize::new(0),
+            expected: AtomicUsize::new(0),
             consecutive_failures: AtomicUsize::new(0),
             last_failure_ms: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -248,6 +255,18 @@ impl<I: Send + 'static> Batcher<I> {
         Ok(receivers)
     }
 
+    /// Announces `n` items that are on their way (being preprocessed) until the returned
+    /// guard is dropped, which the caller does just before [`Batcher::submit`] (or on failure).
+    /// A worker holding fewer items than a full batch lingers for them when the policy says
+    /// `linger_only_when_expected`.
+    pub fn expect(&self, n: usize) -> Expected {
+        self.shared.expected.fetch_add(n, Ordering::SeqCst);
+        Expected {
+            shared: self.shared.clone(),
+            n,
+        }
+    }
+
     /// Items waiting in the queue (not yet taken by a worker).
     pub fn depth(&self) -> usize {
         self.shared.depth.load(Ordering::SeqCst)
@@ -297,6 +316,18 @@ impl<I: Send + 'static> Batcher<I> {
     /// and the tower keeps serving.
     pub fn inject_crashes(&self, n: usize) {
         self.shared.inject_crashes.store(n, Ordering::SeqCst);
+    }
+}
+
+/// Items announced to a tower by [`Batcher::expect`], counted out when dropped.
+pub struct Expected {
+    shared: Arc<Shared>,
+    n: usize,
+}
+
+impl Drop for Expected {
+    fn drop(&mut self) {
+        self.shared.expected.fetch_sub(self.n, Ordering::SeqCst);
     }
 }
 
@@ -391,7 +422,9 @@ impl<I: Send + 'static> Worker<I> {
                 Ok(job) => Some(job),
                 Err(mpsc::error::TryRecvError::Disconnected) => None,
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    if self.policy.linger.is_zero() || Instant::now() >= deadline {
+                    let nobody_coming = self.policy.linger_only_when_expected
+                        && self.shared.expected.load(Ordering::SeqCst) == 0;
+                    if nobody_coming || self.policy.linger.is_zero() || Instant::now() >= deadline {
                         None
                     } else {
                         let wait = tokio::time::Instant::from_std(deadline);
@@ -501,8 +534,7 @@ mod tests {
     /// first batch until `release` fires, so a test can queue items behind it.
     #[allow(clippy::type_complexity)]
     fn recording(
-        run_sizes: Vec<usize>,
-        max_items: usize,
+        policy: BatchPolicy,
         release: std::sync::mpsc::Receiver<()>,
     ) -> (Batcher<u32>, Arc<Mutex<Vec<(Vec<u32>, RunContext)>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -523,15 +555,6 @@ mod tests {
                 })
                 .collect())
         };
-        let policy = BatchPolicy {
-            max_items,
-            run_sizes,
-            max_cost: usize::MAX,
-            linger: Duration::ZERO,
-            workers: 1,
-            capacity: 64,
-            failure_cooldown: Duration::from_secs(1),
-        };
         let runtime = tokio::runtime::Handle::current();
         let (batcher, _) = Batcher::start(
             "image",
@@ -542,6 +565,19 @@ mod tests {
         )
         .unwrap();
         (batcher, seen)
+    }
+
+    fn policy(run_sizes: Vec<usize>, max_items: usize) -> BatchPolicy {
+        BatchPolicy {
+            max_items,
+            run_sizes,
+            max_cost: usize::MAX,
+            linger: Duration::ZERO,
+            linger_only_when_expected: false,
+            workers: 1,
+            capacity: 64,
+            failure_cooldown: Duration::from_secs(1),
+        }
     }
 
     async fn answers(rxs: Vec<oneshot::Receiver<Result<Embedding, InferError>>>) -> Vec<usize> {
@@ -556,7 +592,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batches_are_cut_to_run_sizes_and_the_rest_waits_in_order() {
         let (go, release) = std::sync::mpsc::channel();
-        let (batcher, seen) = recording(vec![1, 4], 4, release);
+        let (batcher, seen) = recording(policy(vec![1, 4], 4), release);
         let first = batcher.submit(vec![(0, 1)]).unwrap();
         // Wait until the worker holds item 0, then queue six more behind it.
         while batcher.depth() > 0 {
@@ -587,7 +623,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn without_run_sizes_a_batch_takes_all_that_fits() {
         let (go, release) = std::sync::mpsc::channel();
-        let (batcher, seen) = recording(Vec::new(), 4, release);
+        let (batcher, seen) = recording(policy(Vec::new(), 4), release);
         let first = batcher.submit(vec![(0, 1)]).unwrap();
         while batcher.depth() > 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -603,5 +639,53 @@ mod tests {
             .map(|(items, c)| (items.len(), c.waiting))
             .collect();
         assert_eq!(sizes, vec![(1, 0), (4, 2), (2, 0)]);
+    }
+
+    /// A policy that lingers for a minute, but only for announced items.
+    fn lingering_for_expected() -> BatchPolicy {
+        BatchPolicy {
+            linger: Duration::from_secs(60),
+            linger_only_when_expected: true,
+            ..policy(Vec::new(), 2)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_item_with_nothing_announced_runs_without_lingering() {
+        let (go, release) = std::sync::mpsc::channel();
+        go.send(()).unwrap();
+        let (batcher, seen) = recording(lingering_for_expected(), release);
+        let rx = batcher.submit(vec![(3, 1)]).unwrap();
+        // Lingering would hold it for a minute; the bound only keeps a broken build from hanging.
+        let answer = tokio::time::timeout(Duration::from_secs(30), answers(rx)).await;
+        assert_eq!(answer.expect("the item ran without lingering"), vec![3]);
+        assert_eq!(seen.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_lingers_for_announced_items() {
+        let (go, release) = std::sync::mpsc::channel();
+        go.send(()).unwrap();
+        let (batcher, seen) = recording(lingering_for_expected(), release);
+        let expected = batcher.expect(1);
+        let first = batcher.submit(vec![(1, 1)]).unwrap();
+        // The worker takes item 1 and waits for the announced one (the queue's depth counts
+        // item 1 until the batch is formed, so it cannot tell when the worker has it).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "ran before the announced item came"
+        );
+        drop(expected);
+        let second = batcher.submit(vec![(2, 1)]).unwrap();
+        assert_eq!(answers(first).await, vec![1]);
+        assert_eq!(answers(second).await, vec![2]);
+        let batches: Vec<Vec<u32>> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(b, _)| b.clone())
+            .collect();
+        assert_eq!(batches, vec![vec![1, 2]]);
     }
 }

@@ -170,6 +170,8 @@ fn gauge(metrics: &str, series: &str) -> Option<f64> {
 async fn sigterm_mid_burst_answers_every_accepted_request_refuses_the_rest_and_exits_zero() {
     let mut server = Server::spawn(&[
         ("CLIPSERVE_BATCHING_LINGER_MS", LINGER_MS),
+        // Images too wait out the linger once decoded, so the burst stays queued.
+        ("CLIPSERVE_BATCHING_IMAGE_LINGER_WHILE_DECODING", "false"),
         ("CLIPSERVE_BATCHING_MAX_IMAGE_BATCH", "64"),
         ("CLIPSERVE_BATCHING_MAX_TEXT_BATCH", "64"),
         ("CLIPSERVE_BATCHING_IMAGE_WORKERS", "1"),

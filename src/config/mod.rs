@@ -113,6 +113,9 @@ pub struct BatchingSettings {
     /// How long a worker may wait for more items once it has one (like Triton's max queue
     /// delay): 0 runs whatever is queued at once.
     pub linger_ms: u64,
+    /// An image worker lingers only while other images are being decoded (announced and not
+    /// yet queued): a lone image runs at once. False: it lingers the full `linger_ms`.
+    pub image_linger_while_decoding: bool,
     /// Images that may wait in the queue; beyond it requests get 503 with Retry-After.
     pub image_queue_capacity: usize,
     /// Texts that may wait in the queue; beyond it requests get 503 with Retry-After.
@@ -209,6 +212,7 @@ impl Default for BatchingSettings {
             max_text_batch: 32,
             max_batch_tokens: 32 * 77,
             linger_ms: 2,
+            image_linger_while_decoding: true,
             image_queue_capacity: 256,
             text_queue_capacity: 2048,
             image_workers: 2,

@@ -138,7 +138,10 @@ pub async fn embed_images(
     serving: &Serving,
     images: Vec<Bytes>,
 ) -> Result<Vec<Embedding>, ApiError> {
+    // A worker with a lone image lingers only while others are being decoded.
+    let expected = serving.images.expect(images.len());
     let tensors = preprocess_images(state, serving, images).await?;
+    drop(expected);
     run_on(
         state,
         &serving.images,

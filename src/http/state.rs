@@ -75,6 +75,7 @@ impl AppState {
                 run_sizes: engine.image.graph().batch_sizes(),
                 max_cost: usize::MAX,
                 linger,
+                linger_only_when_expected: b.image_linger_while_decoding,
                 workers: b.image_workers,
                 capacity: b.image_queue_capacity,
                 failure_cooldown,
@@ -99,6 +100,8 @@ impl AppState {
                 run_sizes: Vec::new(),
                 max_cost: b.max_batch_tokens,
                 linger,
+                // Texts are tokenized inline in microseconds; they are not announced.
+                linger_only_when_expected: false,
                 workers: b.text_workers,
                 capacity: b.text_queue_capacity,
                 failure_cooldown,
