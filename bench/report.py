@@ -63,6 +63,15 @@ def collect(out: Path):
     return r
 
 
+def rss_under_load_mb(r):
+    """Highest RSS sampled from 3 s after ready (the 'after ready' sample) to the end."""
+    s = r["server"]
+    if not s or not r["rss"]:
+        return None
+    after = [kb for t, kb, _ in r["rss"] if t >= s["ready_ms"] + 3000]
+    return max(after) // 1024 if after else None
+
+
 def encoder_rows(r):
     """items/s per workload for each runtime and tract variant."""
     cols = []
@@ -134,10 +143,11 @@ def tables(r):
     if s:
         lines.append("**Server process** (RSS from /proc/<pid>/status)")
         lines.append("")
-        lines.append("| start to ready | RSS after ready | peak during start-up | RSS after the load test | peak overall |")
-        lines.append("|---|---|---|---|---|")
+        lines.append("| start to ready | RSS after ready | peak during start-up | RSS under load (max) "
+                     "| RSS after the load test | peak overall |")
+        lines.append("|---|---|---|---|---|---|")
         lines.append(f"| {s['ready_ms'] / 1000:.1f} s | {s['rss_after_ready_mb']} MB | {s['startup_peak_mb']} MB | "
-                     f"{s['rss_after_load_mb']} MB | {s['peak_mb']} MB |")
+                     f"{fmt(rss_under_load_mb(r), 0)} MB | {s['rss_after_load_mb']} MB | {s['peak_mb']} MB |")
         lines.append("")
         for rt in ("ort", "torch"):
             b = r[rt]
@@ -182,7 +192,8 @@ def targets(r):
         f"{fmt(c1)} ms (the bare encoder's own p99 over its timed runs: {fmt(bare_p99 and 1000 * bare_p99)} ms)",
         c1 <= 1300 * bare if c1 and bare else None)
     row("RSS, both towers and all plans, steady", "<= 1500 MB", f"{s.get('rss_after_ready_mb', '–')} MB after ready, "
-        f"{s.get('rss_after_load_mb', '–')} MB after load",
+        f"{s.get('rss_after_load_mb', '–')} MB after load (at most {fmt(rss_under_load_mb(r), 0)} MB under load, "
+        "buffers of the runs in flight)",
         s.get("rss_after_load_mb", 1e9) <= 1500 if s else None)
     row("peak RSS during start-up", "<= 2000 MB", f"{s.get('startup_peak_mb', '–')} MB",
         s.get("startup_peak_mb", 1e9) <= 2000 if s else None)

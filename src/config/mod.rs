@@ -116,6 +116,9 @@ pub struct BatchingSettings {
     /// An image worker lingers only while other images are being decoded (announced and not
     /// yet queued): a lone image runs at once. False: it lingers the full `linger_ms`.
     pub image_linger_while_decoding: bool,
+    /// Once both towers have been idle this long after some work, the memory the allocator
+    /// holds free goes back to the OS (glibc's `malloc_trim`); 0: never.
+    pub idle_release_ms: u64,
     /// Images that may wait in the queue; beyond it requests get 503 with Retry-After.
     pub image_queue_capacity: usize,
     /// Texts that may wait in the queue; beyond it requests get 503 with Retry-After.
@@ -213,6 +216,7 @@ impl Default for BatchingSettings {
             max_batch_tokens: 32 * 77,
             linger_ms: 2,
             image_linger_while_decoding: true,
+            idle_release_ms: 1000,
             image_queue_capacity: 256,
             text_queue_capacity: 2048,
             image_workers: 2,

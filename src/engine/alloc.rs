@@ -10,7 +10,11 @@
 //! cost a third of the image tower's throughput (batch 8, one thread: 6.1 -> 9.0 images/s once
 //! buffers are reused; text 16 tokens x 32: 22 -> 31 texts/s).
 //!
-//! The only unsafe code of the crate: two calls into glibc, which take plain integers and have
+//! Under load the heaps also keep the buffers of the runs in flight, and after it they hold
+//! them free (about 150 MB on the full-size model after `bench/run.sh`'s load test): the
+//! server calls [`release_free_memory`] once both towers have been idle for a while.
+//!
+//! The only unsafe code of the crate: calls into glibc, which take plain integers and have
 //! no preconditions. Other allocators and platforms get no-ops.
 
 /// Allocations from this size up get their own mapping, returned to the OS when freed.
@@ -44,6 +48,17 @@ const STEADY_MMAP_THRESHOLD: libc::c_int = 32 << 20;
 /// Free memory at the top of a heap that glibc keeps for the next runs instead of trimming.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const STEADY_TRIM_THRESHOLD: libc::c_int = 16 << 20;
+
+/// Returns the memory glibc holds free, in every arena and not only at the top of a heap, to
+/// the OS. It walks the arenas under their locks; meant for when the towers are idle.
+#[allow(unsafe_code)]
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: as in `after_load`: malloc_trim only releases memory the allocator holds free.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 /// Returns the free memory at the top of glibc's heaps to the OS, then lets inference reuse
 /// its activation buffers: with the load's 128 KB threshold every activation of a run was a

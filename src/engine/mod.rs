@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use thiserror::Error;
 
+pub use alloc::release_free_memory;
 pub use encoders::{EncodeError, ImageEncoder, TextEncoder};
 pub use folder::{FolderError, ModelFolder};
 pub use graph::{Buckets, GraphError};

@@ -115,6 +115,11 @@ impl AppState {
             observer,
             runtime,
         )?;
+        crate::batcher::spawn_idle_release(
+            vec![images.watch(), texts.watch()],
+            Duration::from_millis(b.idle_release_ms),
+            crate::engine::release_free_memory,
+        );
         let permits = std::thread::available_parallelism().map_or(2, |n| n.get());
         let serving = Serving {
             engine,

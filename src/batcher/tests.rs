@@ -1,0 +1,208 @@
+//! The batcher on its own: batch formation (run sizes, lingering for announced items) with a
+//! recording run function.
+
+use super::*;
+
+/// A one-worker batcher whose run records each batch (its items and context) and holds the
+/// first batch until `release` fires, so a test can queue items behind it.
+#[allow(clippy::type_complexity)]
+fn recording(
+    policy: BatchPolicy,
+    release: std::sync::mpsc::Receiver<()>,
+) -> (Batcher<u32>, Arc<Mutex<Vec<(Vec<u32>, RunContext)>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let release = Mutex::new(Some(release));
+    let run = move |items: &[u32], context: RunContext| {
+        if let Some(rx) = release.lock().unwrap().take() {
+            rx.recv().unwrap();
+        }
+        log.lock().unwrap().push((items.to_vec(), context));
+        // Item n's embedding points along axis n, so answers can be told apart.
+        Ok(items
+            .iter()
+            .map(|&n| {
+                let mut row = vec![0.0; 16];
+                row[n as usize] = 1.0;
+                Embedding::new(row).unwrap()
+            })
+            .collect())
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let (batcher, _) = Batcher::start(
+        "image",
+        policy,
+        Arc::new(run),
+        Arc::new(NoObserver),
+        runtime,
+    )
+    .unwrap();
+    (batcher, seen)
+}
+
+fn policy(run_sizes: Vec<usize>, max_items: usize) -> BatchPolicy {
+    BatchPolicy {
+        max_items,
+        run_sizes,
+        max_cost: usize::MAX,
+        linger: Duration::ZERO,
+        linger_only_when_expected: false,
+        workers: 1,
+        capacity: 64,
+        failure_cooldown: Duration::from_secs(1),
+    }
+}
+
+async fn answers(rxs: Vec<oneshot::Receiver<Result<Embedding, InferError>>>) -> Vec<usize> {
+    let mut out = Vec::new();
+    for rx in rxs {
+        let e = rx.await.unwrap().unwrap();
+        out.push(e.as_slice().iter().position(|&x| x > 0.5).unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_cut_to_run_sizes_and_the_rest_waits_in_order() {
+    let (go, release) = std::sync::mpsc::channel();
+    let (batcher, seen) = recording(policy(vec![1, 4], 4), release);
+    let first = batcher.submit(vec![(0, 1)]).unwrap();
+    // Wait until the worker holds item 0, then queue six more behind it.
+    while batcher.depth() > 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let rest = batcher.submit((1..=6).map(|n| (n, 1)).collect()).unwrap();
+    go.send(()).unwrap();
+    assert_eq!(answers(first).await, vec![0]);
+    assert_eq!(answers(rest).await, vec![1, 2, 3, 4, 5, 6]);
+    let seen = seen.lock().unwrap().clone();
+    let batches: Vec<(Vec<u32>, usize)> = seen
+        .into_iter()
+        .map(|(items, c)| (items, c.waiting))
+        .collect();
+    // 6 queued: a run of 4 (2 left waiting), then 2 cut to a run of 1, then the last.
+    assert_eq!(
+        batches,
+        vec![
+            (vec![0], 0),
+            (vec![1, 2, 3, 4], 2),
+            (vec![5], 1),
+            (vec![6], 0)
+        ]
+    );
+    assert_eq!(batcher.depth(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_run_sizes_a_batch_takes_all_that_fits() {
+    let (go, release) = std::sync::mpsc::channel();
+    let (batcher, seen) = recording(policy(Vec::new(), 4), release);
+    let first = batcher.submit(vec![(0, 1)]).unwrap();
+    while batcher.depth() > 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let rest = batcher.submit((1..=6).map(|n| (n, 1)).collect()).unwrap();
+    go.send(()).unwrap();
+    assert_eq!(answers(first).await, vec![0]);
+    assert_eq!(answers(rest).await, vec![1, 2, 3, 4, 5, 6]);
+    let sizes: Vec<(usize, usize)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(items, c)| (items.len(), c.waiting))
+        .collect();
+    assert_eq!(sizes, vec![(1, 0), (4, 2), (2, 0)]);
+}
+
+/// A policy that lingers for a minute, but only for announced items.
+fn lingering_for_expected() -> BatchPolicy {
+    BatchPolicy {
+        linger: Duration::from_secs(60),
+        linger_only_when_expected: true,
+        ..policy(Vec::new(), 2)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_item_with_nothing_announced_runs_without_lingering() {
+    let (go, release) = std::sync::mpsc::channel();
+    go.send(()).unwrap();
+    let (batcher, seen) = recording(lingering_for_expected(), release);
+    let rx = batcher.submit(vec![(3, 1)]).unwrap();
+    // Lingering would hold it for a minute; the bound only keeps a broken build from hanging.
+    let answer = tokio::time::timeout(Duration::from_secs(30), answers(rx)).await;
+    assert_eq!(answer.expect("the item ran without lingering"), vec![3]);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_lingers_for_announced_items() {
+    let (go, release) = std::sync::mpsc::channel();
+    go.send(()).unwrap();
+    let (batcher, seen) = recording(lingering_for_expected(), release);
+    let expected = batcher.expect(1);
+    let first = batcher.submit(vec![(1, 1)]).unwrap();
+    // The worker takes item 1 and waits for the announced one (the queue's depth counts
+    // item 1 until the batch is formed, so it cannot tell when the worker has it).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "ran before the announced item came"
+    );
+    drop(expected);
+    let second = batcher.submit(vec![(2, 1)]).unwrap();
+    assert_eq!(answers(first).await, vec![1]);
+    assert_eq!(answers(second).await, vec![2]);
+    let batches: Vec<Vec<u32>> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(b, _)| b.clone())
+        .collect();
+    assert_eq!(batches, vec![vec![1, 2]]);
+}
+
+#[test]
+fn memory_is_released_once_per_quiet_spell_after_work() {
+    let mut r = IdleRelease::default();
+    // Nothing ran yet: nothing to release.
+    assert!(!r.tick(0, true));
+    assert!(!r.tick(0, true));
+    // Work during a tick, then idle: released on the first whole quiet tick only.
+    assert!(!r.tick(5, true));
+    assert!(r.tick(5, true));
+    assert!(!r.tick(5, true));
+    // Busy (a batch running, none finished this tick): not released.
+    assert!(!r.tick(5, false));
+    assert!(!r.tick(7, false));
+    // Quiet again after more work: released once more.
+    assert!(r.tick(7, true));
+    assert!(!r.tick(7, true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_sees_runs_and_does_not_keep_the_queue_open() {
+    let (go, release) = std::sync::mpsc::channel();
+    go.send(()).unwrap();
+    let (batcher, _) = recording(policy(Vec::new(), 4), release);
+    let watch = batcher.watch();
+    assert!(watch.idle());
+    assert_eq!(
+        answers(batcher.submit(vec![(1, 1), (2, 1)]).unwrap()).await,
+        vec![1, 2]
+    );
+    assert_eq!(watch.batches_run(), 1);
+    assert!(watch.idle());
+    assert!(!watch.closed());
+    drop(batcher);
+    for _ in 0..3000 {
+        if watch.closed() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        watch.closed(),
+        "the workers outlived the last Batcher handle"
+    );
+}
