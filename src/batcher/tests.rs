@@ -206,3 +206,42 @@ async fn a_watch_sees_runs_and_does_not_keep_the_queue_open() {
         "the workers outlived the last Batcher handle"
     );
 }
+
+static RELEASES: AtomicUsize = AtomicUsize::new(0);
+
+fn count_release() {
+    RELEASES.fetch_add(1, Ordering::SeqCst);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_is_released_after_work_once_the_towers_go_idle() {
+    let (go, release) = std::sync::mpsc::channel();
+    go.send(()).unwrap();
+    let (batcher, _) = recording(policy(Vec::new(), 4), release);
+    spawn_idle_release(
+        vec![batcher.watch()],
+        Duration::from_millis(10),
+        count_release,
+    );
+    // Idle from the start, nothing run: no release.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(RELEASES.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        answers(batcher.submit(vec![(1, 1)]).unwrap()).await,
+        vec![1]
+    );
+    for _ in 0..3000 {
+        if RELEASES.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        RELEASES.load(Ordering::SeqCst),
+        1,
+        "no release after the work"
+    );
+    // Still idle: not released again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(RELEASES.load(Ordering::SeqCst), 1);
+}
