@@ -324,10 +324,14 @@ impl Graph {
         if self.symbolic.is_some() {
             return Vec::new();
         }
-        let mut sizes: Vec<usize> = self.fixed.keys().map(|(b, _)| *b).collect();
-        sizes.sort_unstable();
-        sizes.dedup();
-        sizes
+        self.fixed_batches()
+    }
+
+    /// The batch sizes of the fixed plans, ascending (the map is ordered by batch, then length).
+    fn fixed_batches(&self) -> Vec<usize> {
+        let mut batches: Vec<usize> = self.fixed.keys().map(|(b, _)| *b).collect();
+        batches.dedup();
+        batches
     }
 
     /// Splits `n` items of sequence length `s` into runs, in order. Each run names its plan and
@@ -353,8 +357,7 @@ impl Graph {
     }
 
     fn next_run(&self, left: usize, s: usize) -> Result<Run, GraphError> {
-        let mut batches: Vec<usize> = self.fixed.keys().map(|(b, _)| *b).collect();
-        batches.dedup();
+        let batches = self.fixed_batches();
         let with_seq = |b: usize| self.seq_bucket(b, s).map(|ps| (b, ps));
         // Pad up to a bucket when at most a quarter of it would be padding, else take the
         // largest bucket that fills completely.
