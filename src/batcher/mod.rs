@@ -69,12 +69,21 @@ pub struct QueueFull {
 /// What a worker does with a batch: embeddings in the same order, or one error for the batch.
 pub type RunFn<I> = dyn Fn(&[I], RunContext) -> Result<Vec<Embedding>, String> + Send + Sync;
 
-/// What a run knows about the queue it came from.
+/// What a run knows about its tower when it starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunContext {
     /// Items still waiting in the queue once this batch was taken: another worker may start on
     /// them at once, so a run should not count on having the cores to itself.
     pub waiting: usize,
+    /// Other batches of the tower running as this one starts.
+    pub beside: usize,
+}
+
+impl RunContext {
+    /// True when the run has the tower to itself: no other batch running, none waiting.
+    pub fn alone(&self) -> bool {
+        self.waiting == 0 && self.beside == 0
+    }
 }
 
 /// How batches are formed.

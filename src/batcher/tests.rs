@@ -3,18 +3,19 @@
 
 use super::*;
 
-/// A one-worker batcher whose run records each batch (its items and context) and holds the
-/// first batch until `release` fires, so a test can queue items behind it.
-#[allow(clippy::type_complexity)]
-fn recording(
-    policy: BatchPolicy,
-    release: std::sync::mpsc::Receiver<()>,
-) -> (Batcher<u32>, Arc<Mutex<Vec<(Vec<u32>, RunContext)>>>) {
+/// Each batch a recording run saw: its items and its context.
+type Seen = Arc<Mutex<Vec<(Vec<u32>, RunContext)>>>;
+
+/// A batcher whose run records each batch (its items and context) and holds the first batch
+/// until `release` fires, so a test can queue items behind it.
+fn recording(policy: BatchPolicy, release: std::sync::mpsc::Receiver<()>) -> (Batcher<u32>, Seen) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
     let release = Mutex::new(Some(release));
     let run = move |items: &[u32], context: RunContext| {
-        if let Some(rx) = release.lock().unwrap().take() {
+        // Taken out first: the lock is not held while waiting, so other workers run.
+        let held = release.lock().unwrap().take();
+        if let Some(rx) = held {
             rx.recv().unwrap();
         }
         log.lock().unwrap().push((items.to_vec(), context));
@@ -40,6 +41,24 @@ fn recording(
     (batcher, seen)
 }
 
+/// [`recording`] without holding anything.
+fn unheld(policy: BatchPolicy) -> (Batcher<u32>, Seen) {
+    let (go, release) = std::sync::mpsc::channel();
+    go.send(()).unwrap();
+    recording(policy, release)
+}
+
+/// Waits (at most 30 s, to keep a broken build from hanging) until `done` holds.
+async fn eventually(done: impl Fn() -> bool) {
+    for _ in 0..3000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A one-worker policy that runs at once.
 fn policy(run_sizes: Vec<usize>, max_items: usize) -> BatchPolicy {
     BatchPolicy {
         max_items,
@@ -62,12 +81,12 @@ async fn answers(rxs: Vec<oneshot::Receiver<Result<Embedding, InferError>>>) -> 
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batches_are_cut_to_run_sizes_and_the_rest_waits_in_order() {
+/// Queues item 0, waits until the worker holds it, queues items 1 to 6 behind it, lets the
+/// worker go, checks every answer and returns the batches the worker ran.
+async fn six_behind_one(policy: BatchPolicy) -> Vec<(Vec<u32>, RunContext)> {
     let (go, release) = std::sync::mpsc::channel();
-    let (batcher, seen) = recording(policy(vec![1, 4], 4), release);
+    let (batcher, seen) = recording(policy, release);
     let first = batcher.submit(vec![(0, 1)]).unwrap();
-    // Wait until the worker holds item 0, then queue six more behind it.
     while batcher.depth() > 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -75,8 +94,15 @@ async fn batches_are_cut_to_run_sizes_and_the_rest_waits_in_order() {
     go.send(()).unwrap();
     assert_eq!(answers(first).await, vec![0]);
     assert_eq!(answers(rest).await, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(batcher.depth(), 0);
     let seen = seen.lock().unwrap().clone();
-    let batches: Vec<(Vec<u32>, usize)> = seen
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_cut_to_run_sizes_and_the_rest_waits_in_order() {
+    let batches: Vec<(Vec<u32>, usize)> = six_behind_one(policy(vec![1, 4], 4))
+        .await
         .into_iter()
         .map(|(items, c)| (items, c.waiting))
         .collect();
@@ -90,28 +116,69 @@ async fn batches_are_cut_to_run_sizes_and_the_rest_waits_in_order() {
             (vec![6], 0)
         ]
     );
-    assert_eq!(batcher.depth(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_run_sizes_a_batch_takes_all_that_fits() {
-    let (go, release) = std::sync::mpsc::channel();
-    let (batcher, seen) = recording(policy(Vec::new(), 4), release);
-    let first = batcher.submit(vec![(0, 1)]).unwrap();
-    while batcher.depth() > 0 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let rest = batcher.submit((1..=6).map(|n| (n, 1)).collect()).unwrap();
-    go.send(()).unwrap();
-    assert_eq!(answers(first).await, vec![0]);
-    assert_eq!(answers(rest).await, vec![1, 2, 3, 4, 5, 6]);
-    let sizes: Vec<(usize, usize)> = seen
-        .lock()
-        .unwrap()
+    let sizes: Vec<(usize, usize)> = six_behind_one(policy(Vec::new(), 4))
+        .await
         .iter()
         .map(|(items, c)| (items.len(), c.waiting))
         .collect();
     assert_eq!(sizes, vec![(1, 0), (4, 2), (2, 0)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_is_alone_only_with_no_other_batch_running_and_none_waiting() {
+    let two_workers = BatchPolicy {
+        workers: 2,
+        ..policy(Vec::new(), 4)
+    };
+    let (go, release) = std::sync::mpsc::channel();
+    let (batcher, seen) = recording(two_workers, release);
+    let watch = batcher.watch();
+    // Item 0 is held in its run; item 1 runs on the other worker beside it.
+    let first = batcher.submit(vec![(0, 1)]).unwrap();
+    eventually(|| batcher.depth() == 0 && !watch.idle()).await;
+    let beside = batcher.submit(vec![(1, 1)]).unwrap();
+    assert_eq!(answers(beside).await, vec![1]);
+    go.send(()).unwrap();
+    assert_eq!(answers(first).await, vec![0]);
+    // Both counted out: the next run is alone again, and so is the one after a panicking run.
+    assert_eq!(
+        answers(batcher.submit(vec![(2, 1)]).unwrap()).await,
+        vec![2]
+    );
+    batcher.inject_panics(1);
+    let failed = batcher.submit(vec![(3, 1)]).unwrap();
+    assert_eq!(
+        failed.into_iter().next().unwrap().await.unwrap(),
+        Err(InferError::Panicked)
+    );
+    assert_eq!(
+        answers(batcher.submit(vec![(4, 1)]).unwrap()).await,
+        vec![4]
+    );
+    let contexts: Vec<(Vec<u32>, usize, bool)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(items, c)| (items.clone(), c.beside, c.alone()))
+        .collect();
+    assert_eq!(
+        contexts,
+        vec![
+            (vec![1], 1, false),
+            (vec![0], 0, true),
+            (vec![2], 0, true),
+            (vec![4], 0, true)
+        ]
+    );
+    assert!(!RunContext {
+        waiting: 3,
+        beside: 0
+    }
+    .alone());
 }
 
 /// A policy that lingers for a minute, but only for announced items.
@@ -125,9 +192,7 @@ fn lingering_for_expected() -> BatchPolicy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_item_with_nothing_announced_runs_without_lingering() {
-    let (go, release) = std::sync::mpsc::channel();
-    go.send(()).unwrap();
-    let (batcher, seen) = recording(lingering_for_expected(), release);
+    let (batcher, seen) = unheld(lingering_for_expected());
     let rx = batcher.submit(vec![(3, 1)]).unwrap();
     // Lingering would hold it for a minute; the bound only keeps a broken build from hanging.
     let answer = tokio::time::timeout(Duration::from_secs(30), answers(rx)).await;
@@ -137,9 +202,7 @@ async fn a_lone_item_with_nothing_announced_runs_without_lingering() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_lingers_for_announced_items() {
-    let (go, release) = std::sync::mpsc::channel();
-    go.send(()).unwrap();
-    let (batcher, seen) = recording(lingering_for_expected(), release);
+    let (batcher, seen) = unheld(lingering_for_expected());
     let expected = batcher.expect(1);
     let first = batcher.submit(vec![(1, 1)]).unwrap();
     // The worker takes item 1 and waits for the announced one (the queue's depth counts
@@ -182,9 +245,7 @@ fn memory_is_released_once_per_quiet_spell_after_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_sees_runs_and_does_not_keep_the_queue_open() {
-    let (go, release) = std::sync::mpsc::channel();
-    go.send(()).unwrap();
-    let (batcher, _) = recording(policy(Vec::new(), 4), release);
+    let (batcher, _) = unheld(policy(Vec::new(), 4));
     let watch = batcher.watch();
     assert!(watch.idle());
     assert_eq!(
@@ -195,12 +256,7 @@ async fn a_watch_sees_runs_and_does_not_keep_the_queue_open() {
     assert!(watch.idle());
     assert!(!watch.closed());
     drop(batcher);
-    for _ in 0..3000 {
-        if watch.closed() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(|| watch.closed()).await;
     assert!(
         watch.closed(),
         "the workers outlived the last Batcher handle"
@@ -215,9 +271,7 @@ fn count_release() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_is_released_after_work_once_the_towers_go_idle() {
-    let (go, release) = std::sync::mpsc::channel();
-    go.send(()).unwrap();
-    let (batcher, _) = recording(policy(Vec::new(), 4), release);
+    let (batcher, _) = unheld(policy(Vec::new(), 4));
     spawn_idle_release(
         vec![batcher.watch()],
         Duration::from_millis(10),
@@ -230,12 +284,7 @@ async fn memory_is_released_after_work_once_the_towers_go_idle() {
         answers(batcher.submit(vec![(1, 1)]).unwrap()).await,
         vec![1]
     );
-    for _ in 0..3000 {
-        if RELEASES.load(Ordering::SeqCst) > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(|| RELEASES.load(Ordering::SeqCst) > 0).await;
     assert_eq!(
         RELEASES.load(Ordering::SeqCst),
         1,

@@ -52,7 +52,7 @@ impl<I: Send + 'static> Worker<I> {
             if Shared::take(&self.shared.inject_crashes) {
                 panic!("injected crash (Batcher::inject_crashes test hook)");
             }
-            self.process(batch, RunContext { waiting });
+            self.process(batch, waiting);
         }
     }
 
@@ -115,7 +115,7 @@ impl<I: Send + 'static> Worker<I> {
         Some((batch, depth))
     }
 
-    fn process(&self, batch: Vec<Job<I>>, context: RunContext) {
+    fn process(&self, batch: Vec<Job<I>>, waiting: usize) {
         let (live, gone): (Vec<_>, Vec<_>) = batch.into_iter().partition(|j| !j.reply.is_closed());
         if !gone.is_empty() {
             self.shared.observer.skipped(self.shared.tower, gone.len());
@@ -129,7 +129,8 @@ impl<I: Send + 'static> Worker<I> {
             .unzip();
         let cost = rest.iter().map(|(c, _)| *c).max().unwrap_or(0) * items.len();
         let started = Instant::now();
-        self.shared.running.fetch_add(1, Ordering::SeqCst);
+        let beside = self.shared.running.fetch_add(1, Ordering::SeqCst);
+        let context = RunContext { waiting, beside };
         let inject = Shared::take(&self.shared.inject_panics);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             if inject {

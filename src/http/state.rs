@@ -83,7 +83,7 @@ impl AppState {
             Arc::new(move |batch: &[PixelTensor], context: RunContext| {
                 let views: Vec<&[f32]> = batch.iter().map(|p| p.as_slice()).collect();
                 image_pool
-                    .run(context.waiting, || image_engine.image.embed(&views))
+                    .run(context.alone(), || image_engine.image.embed(&views))
                     .map_err(|e| e.to_string())
             }),
             observer.clone(),
@@ -109,7 +109,7 @@ impl AppState {
             Arc::new(move |batch: &[TokenIds], context: RunContext| {
                 let views: Vec<&[u32]> = batch.iter().map(|t| t.as_slice()).collect();
                 text_pool
-                    .run(context.waiting, || text_engine.text.embed(&views))
+                    .run(context.alone(), || text_engine.text.embed(&views))
                     .map_err(|e| e.to_string())
             }),
             observer,
