@@ -3,13 +3,9 @@
 
 mod common;
 
-use common::{b64, cosine, embeddings, photo, TestServer};
+use common::{b64, cosine, embeddings, first_embedding, photo, TestServer};
 use futures::future::join_all;
 use serde_json::{json, Value};
-
-fn first_embedding(body: &Value) -> Vec<f32> {
-    embeddings(body).swap_remove(0)
-}
 
 /// Reads one sample of a metric from the Prometheus text.
 fn metric(text: &str, series: &str) -> f64 {

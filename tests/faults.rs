@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{cosine, embeddings, TestServer};
+use common::{cosine, first_embedding, TestServer};
 use futures::future::join_all;
 use serde_json::{json, Value};
 
@@ -34,11 +34,6 @@ async fn embed(server: &TestServer, text: &str) -> (u16, Value) {
         .await
         .unwrap();
     (r.status().as_u16(), r.json().await.unwrap())
-}
-
-/// The first embedding of an answer.
-fn first(body: &Value) -> Vec<f32> {
-    embeddings(body).remove(0)
 }
 
 async fn ready(server: &TestServer) -> (u16, Value) {
@@ -77,7 +72,7 @@ async fn a_panic_inside_a_batch_fails_only_that_batch_and_the_worker_goes_on() {
     let server = start().await;
     let serving = server.state.serving_for_accepted().expect("loaded");
     let (_, expected) = embed(&server, "a photo of a cat").await;
-    let expected = first(&expected);
+    let expected = first_embedding(&expected);
 
     serving.texts.inject_panics(1);
     let (status, body) = embed(&server, "a photo of a cat").await;
@@ -85,7 +80,7 @@ async fn a_panic_inside_a_batch_fails_only_that_batch_and_the_worker_goes_on() {
     // The same worker serves the next request, with the right answer, and stays ready.
     let (status, body) = embed(&server, "a photo of a cat").await;
     assert_eq!(status, 200, "{body}");
-    assert!(cosine(&first(&body), &expected) > 0.99999);
+    assert!(cosine(&first_embedding(&body), &expected) > 0.99999);
     assert_eq!(ready(&server).await.0, 200);
     assert_eq!(serving.texts.live_workers(), 1);
 
@@ -94,7 +89,7 @@ async fn a_panic_inside_a_batch_fails_only_that_batch_and_the_worker_goes_on() {
     let texts: Vec<String> = (0..12).map(|i| format!("caption number {i}")).collect();
     let mut alone = Vec::new();
     for t in &texts {
-        alone.push(first(&embed(&server, t).await.1));
+        alone.push(first_embedding(&embed(&server, t).await.1));
     }
     serving.texts.inject_panics(1);
     let answers = join_all(texts.iter().map(|t| embed(&server, t))).await;
@@ -102,7 +97,10 @@ async fn a_panic_inside_a_batch_fails_only_that_batch_and_the_worker_goes_on() {
     assert!(failed >= 1 && failed < texts.len(), "{failed} of 12 failed");
     for (i, (status, body)) in answers.iter().enumerate() {
         if *status == 200 {
-            assert!(cosine(&first(body), &alone[i]) > 0.99999, "request {i}");
+            assert!(
+                cosine(&first_embedding(body), &alone[i]) > 0.99999,
+                "request {i}"
+            );
         } else {
             assert_opaque_500(*status, body);
         }

@@ -149,6 +149,11 @@ pub fn embeddings(body: &serde_json::Value) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// The first embedding of a clipserve answer.
+pub fn first_embedding(body: &serde_json::Value) -> Vec<f32> {
+    embeddings(body).swap_remove(0)
+}
+
 /// Standard base64 of bytes.
 pub fn b64(bytes: &[u8]) -> String {
     use base64::Engine as _;
