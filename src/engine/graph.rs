@@ -20,6 +20,7 @@ use std::time::Instant;
 use thiserror::Error;
 use tract_onnx::prelude::*;
 
+use super::narrow::{declutter_keeping_axes, narrow_scalar_gathers};
 use super::onnx_file;
 use super::weights::{half_embedding_tables, matmul_kernels, WeightPool};
 
@@ -98,6 +99,8 @@ pub struct Graph {
     symbolic: Option<Plan>,
     /// Bytes of distinct constants across the plans.
     weight_bytes: usize,
+    /// Scalar-index gathers made slices, so that only the rows they read are computed.
+    narrowed: usize,
 }
 
 impl std::fmt::Debug for Graph {
@@ -110,6 +113,32 @@ impl std::fmt::Debug for Graph {
             .field("fixed_plans", &self.fixed.keys().collect::<Vec<_>>())
             .field("symbolic_plan", &self.symbolic.is_some())
             .finish()
+    }
+}
+
+/// `typed` with its scalar-index gathers made slices and decluttered again, so that rows the
+/// output never reads are not computed (see `narrow.rs`). Should that fail on some export, the
+/// model is kept as it was: the rewrite saves time, it is never needed for a right answer.
+fn narrowed(typed: TypedModel, path: &Path) -> (TypedModel, usize) {
+    let mut model = typed.clone();
+    let rewritten = narrow_scalar_gathers(&mut model).and_then(|n| {
+        declutter_keeping_axes(&mut model)?;
+        Ok((n, model))
+    });
+    match rewritten {
+        Ok((0, _)) => (typed, 0),
+        Ok((rewritten, model)) => {
+            tracing::debug!(graph = %path.display(), rewritten, "scalar gathers made slices");
+            (model, rewritten)
+        }
+        Err(e) => {
+            tracing::warn!(
+                graph = %path.display(),
+                error = %format!("{e:#}"),
+                "could not narrow the graph to the rows its output reads; running it whole"
+            );
+            (typed, 0)
+        }
     }
 }
 
@@ -144,6 +173,7 @@ impl Graph {
             .into_typed()
             .and_then(|m| m.into_decluttered())
             .map_err(load_err)?;
+        let (typed, narrowed) = narrowed(typed, path);
 
         let input = typed.input_fact(0).map_err(load_err)?;
         let input_type = input.datum_type;
@@ -194,6 +224,7 @@ impl Graph {
             fixed: BTreeMap::new(),
             symbolic: None,
             weight_bytes: 0,
+            narrowed,
         };
         graph.build_plans(typed, buckets, seq_cap)?;
         Ok(graph)
@@ -229,7 +260,11 @@ impl Graph {
         let mut pool = WeightPool::default();
         let path = self.path.clone();
         let mut build = |model: TypedModel, shape: (usize, usize)| -> TractResult<Plan> {
-            let mut optimized = model.into_optimized()?;
+            // Binding symbols lets declutter fold more, but the axes were laid out once, on
+            // the symbolic model (see `narrow.rs`).
+            let mut optimized = model;
+            declutter_keeping_axes(&mut optimized)?;
+            optimized.optimize()?;
             let added = pool.share(&mut optimized)?;
             tracing::debug!(
                 graph = %path.display(),
@@ -282,6 +317,12 @@ impl Graph {
             "plans built"
         );
         Ok(())
+    }
+
+    /// How many gathers of one row were made slices, so that the ops above them compute only
+    /// that row (1 for an OpenCLIP image tower: its class token; see `narrow.rs`).
+    pub fn narrowed(&self) -> usize {
+        self.narrowed
     }
 
     /// Bytes of constants (weights, packed for their kernels) the plans hold, each counted once.

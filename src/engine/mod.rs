@@ -10,6 +10,7 @@ mod alloc;
 pub mod encoders;
 pub mod folder;
 pub mod graph;
+mod narrow;
 mod onnx_file;
 pub mod threads;
 pub mod weights;
