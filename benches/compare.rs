@@ -95,6 +95,19 @@ fn variants() -> Vec<Variant> {
             intra_op_threads: 1,
         },
         Variant {
+            // Image plans of concrete batch sizes, from CLIPSERVE_BENCH_IMAGE_BATCH (a comma
+            // list): batch 32 then runs as one plan, not four runs of 8.
+            name: "image_fixed",
+            settings: EngineSettings {
+                image_buckets: Buckets {
+                    batch: env_list("CLIPSERVE_BENCH_IMAGE_BATCH", &[1, 8, 32]),
+                    seq: Vec::new(),
+                },
+                text_buckets: bucketed.text_buckets.clone(),
+            },
+            intra_op_threads: 1,
+        },
+        Variant {
             name: "bucketed_intra2",
             settings: bucketed,
             intra_op_threads: 2,
