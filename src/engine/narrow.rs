@@ -2,8 +2,9 @@
 //!
 //! The image tower pools its output from one token: after the last block, `ln_post`, and then
 //! `x[:, 0]` (the class token), exported as a `Gather` of a constant scalar index. Everything
-//! the last block does per token (its MLP, its layer norms, the residual sums) is then computed
-//! for 50 tokens and 49 of them are thrown away: about a twelfth of the tower's multiply-adds.
+//! the last block does per token after its attention (the output projection, the MLP, the
+//! layer norms, the residual sums) is then computed for 50 tokens and 49 of them are thrown
+//! away: 6 % of the tower's multiply-adds (4.44 GMAC per image for ViT-B/32, 4.17 narrowed).
 //!
 //! tract's decluttering already pushes a `Slice` up through the ops that work token by token
 //! (`PushSliceUp`), but it rewrites a `Gather` into a `Slice` only for a one-element index
