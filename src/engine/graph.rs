@@ -1,7 +1,9 @@
 //! One tower's ONNX graph in tract: its input facts (which axes are fixed, which symbolic) and
 //! the runnable plans built from it.
 //!
-//! The file is parsed once, typed and decluttered once. From that model:
+//! The file is parsed once, typed and decluttered once, and a gather of one row (the image
+//! tower's class token) becomes a slice, so that the ops above it compute only that row (see
+//! `narrow.rs`). From that model:
 //! - a graph with fixed shapes (immich's static export) gets one plan, and every run uses it;
 //! - a graph with symbolic batch (and sequence) axes gets one plan per configured bucket, made by
 //!   binding the symbols to concrete values and optimizing (tract picks faster kernels for
