@@ -124,7 +124,9 @@ impl std::fmt::Debug for Graph {
 fn narrowed(typed: TypedModel, path: &Path) -> (TypedModel, usize) {
     let mut model = typed.clone();
     let rewritten = narrow_scalar_gathers(&mut model).and_then(|n| {
-        declutter_keeping_axes(&mut model)?;
+        if n > 0 {
+            declutter_keeping_axes(&mut model)?;
+        }
         Ok((n, model))
     });
     match rewritten {
