@@ -1,7 +1,8 @@
 // Register tiles for the image tower's f32 products, in C, on one core: which MR x NR tile (the
 // output block a kernel keeps in registers) gets closest to the FMA peak (bench/fma_peak.c) on
 // the tower's shapes at image batch 8 (400 tokens). A and B are packed as tract packs them
-// (k-major panels of MR rows and NR columns), and tiles run in tract's order.
+// (k-major panels of MR rows and NR columns); tiles run a block of B panels at a time, each
+// block against every A panel in turn.
 //
 //   gcc -O3 -march=x86-64-v4 -mtune=znver3 -mprefer-vector-width=512 bench/tiles.c -o /tmp/tiles && /tmp/tiles
 //
