@@ -169,7 +169,11 @@ def targets(r):
     tract = {v["variant"]: v["workloads"] for v in (r["tract"] or {}).get("variants", [])}
     # The bare encoder as the server runs a lone image: on 2 threads (model.image_intra_op_threads)
     # when the run has that variant, else on one.
-    bare_variant = next((v for v in ("bucketed_intra2", "bucketed") if v in tract), next(iter(tract), None))
+    # A server run with bf16 image products (CLIPSERVE_MODEL_IMAGE_PRECISION=bf16) is held to
+    # the bare bf16 encoder.
+    bf16 = "IMAGE_PRECISION=bf16" in (r["meta"].get("server_env") or "")
+    wanted = ("bucketed_bf16_intra2", "bucketed_bf16") if bf16 else ("bucketed_intra2", "bucketed")
+    bare_variant = next((v for v in wanted if v in tract), next(iter(tract), None))
     bare_b1 = (tract.get(bare_variant) or {}).get("image_b1", {})
     bare, bare_p99 = bare_b1.get("median_s"), bare_b1.get("p99_s")
     s = r["server"] or {}

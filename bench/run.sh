@@ -151,7 +151,7 @@ fi
 if [[ " $PHASES " == *" engines "* ]]; then
   log "tract encoders (benches/compare.rs)"
   (cd "$REPO" && CLIPSERVE_BENCH_MODEL="$MODEL" cargo bench --quiet --bench compare -- \
-    --variants "${BENCH_VARIANTS:-bucketed,symbolic,bucketed_intra2}" --budget "$BUDGET" --json "$OUT/tract.json")
+    --variants "${BENCH_VARIANTS:-bucketed,symbolic,bucketed_intra2,bucketed_bf16,bucketed_bf16_intra2}" --budget "$BUDGET" --json "$OUT/tract.json")
 fi
 if [[ " $PHASES " == *" baselines "* ]]; then
   for rt in ort torch; do

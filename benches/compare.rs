@@ -69,6 +69,7 @@ fn variants() -> Vec<Variant> {
             batch: defaults.text_batch_buckets.clone(),
             seq: defaults.text_seq_buckets.clone(),
         },
+        image_precision: Default::default(),
     };
     vec![
         Variant {
@@ -91,6 +92,7 @@ fn variants() -> Vec<Variant> {
                     batch: env_list("CLIPSERVE_BENCH_TEXT_BATCH", &[1, 32]),
                     seq: env_list("CLIPSERVE_BENCH_TEXT_SEQ", &[16, 77]),
                 },
+                image_precision: Default::default(),
             },
             intra_op_threads: 1,
         },
@@ -104,12 +106,31 @@ fn variants() -> Vec<Variant> {
                     seq: Vec::new(),
                 },
                 text_buckets: bucketed.text_buckets.clone(),
+                image_precision: Default::default(),
+            },
+            intra_op_threads: 1,
+        },
+        Variant {
+            // The image tower's products in bf16 (`model.image_precision = "bf16"`), where
+            // the CPU has AVX512-BF16.
+            name: "bucketed_bf16",
+            settings: EngineSettings {
+                image_precision: clipserve::engine::Precision::Bf16,
+                ..bucketed.clone()
             },
             intra_op_threads: 1,
         },
         Variant {
             name: "bucketed_intra2",
-            settings: bucketed,
+            settings: bucketed.clone(),
+            intra_op_threads: 2,
+        },
+        Variant {
+            name: "bucketed_bf16_intra2",
+            settings: EngineSettings {
+                image_precision: clipserve::engine::Precision::Bf16,
+                ..bucketed
+            },
             intra_op_threads: 2,
         },
     ]

@@ -104,6 +104,7 @@ fn encoders(c: &mut Criterion) {
             batch: defaults.text_batch_buckets.clone(),
             seq: defaults.text_seq_buckets.clone(),
         },
+        image_precision: Default::default(),
     };
     let engine = Engine::load(&model, &settings).unwrap();
     let pixels: Vec<f32> = (0..3 * 224 * 224)

@@ -1,7 +1,8 @@
 //! Compares the Rust engine against the PyTorch OpenCLIP reference for one model folder:
 //!
 //! ```text
-//! cargo run --release --example parity -- --model DIR --reference DIR/reference [--photos DIR]
+//! cargo run --release --example parity -- --model DIR --reference DIR/reference [--photos DIR] \
+//!     [--image-precision f32|bf16]
 //! ```
 //!
 //! Prints the cosine of every text and image embedding with PyTorch's, and exits non-zero if
@@ -12,7 +13,7 @@ mod parity;
 
 use std::path::PathBuf;
 
-use clipserve::engine::{Engine, EngineSettings};
+use clipserve::engine::{Engine, EngineSettings, Precision};
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -30,7 +31,16 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/photos"));
     let started = std::time::Instant::now();
-    let engine = Engine::load(&model, &EngineSettings::default()).expect("model loads");
+    let image_precision = match arg("--image-precision").as_deref() {
+        None | Some("f32") => Precision::F32,
+        Some("bf16") => Precision::Bf16,
+        Some(other) => panic!("--image-precision {other}: f32 or bf16"),
+    };
+    let settings = EngineSettings {
+        image_precision,
+        ..EngineSettings::default()
+    };
+    let engine = Engine::load(&model, &settings).expect("model loads");
     eprintln!(
         "loaded {} in {:.1} s",
         model.display(),

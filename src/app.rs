@@ -28,6 +28,7 @@ pub fn engine_settings(settings: &Settings) -> EngineSettings {
             batch: settings.model.text_batch_buckets.clone(),
             seq: settings.model.text_seq_buckets.clone(),
         },
+        image_precision: settings.model.image_precision,
     }
 }
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use clipserve::engine::{Buckets, Engine, EngineSettings};
+use clipserve::engine::{Buckets, Engine, EngineSettings, Precision};
 use common::{cosine, fixture, parity};
 
 fn load(model: &str, settings: &EngineSettings) -> Engine {
@@ -22,6 +22,7 @@ fn bucketed() -> EngineSettings {
             batch: vec![1, 2, 4],
             seq: vec![8, 16, 77],
         },
+        image_precision: Default::default(),
     }
 }
 
@@ -54,6 +55,39 @@ fn embeddings_match_pytorch_for_texts_and_images() {
             report.images.len()
         );
     }
+}
+
+/// `model.image_precision = "bf16"` (opt-in): where the CPU has AVX512-BF16, the image tower's
+/// products by its weight matrices run in bf16, and the embeddings must still meet the image
+/// parity tolerance against PyTorch's f32 ones; elsewhere the tower stays f32.
+#[test]
+fn bf16_image_products_stay_within_the_parity_tolerance() {
+    let reference = parity::load_reference(&fixture("reference/tiny"));
+    let settings = EngineSettings {
+        image_precision: Precision::Bf16,
+        ..bucketed()
+    };
+    let engine = load("models/tiny", &settings);
+    let rewritten = engine.image.graph().bf16_products();
+    if clipserve::engine::bf16::supported() {
+        // Per block: the attention's input and output projections and the MLP's two layers;
+        // plus the final projection.
+        let blocks = 2;
+        assert_eq!(rewritten, 4 * blocks + 1);
+    } else {
+        eprintln!("no AVX512-BF16 on this CPU: the image tower stays f32");
+        assert_eq!(rewritten, 0);
+    }
+    assert_eq!(engine.text.graph().bf16_products(), 0);
+    let report = parity::run(&engine, &reference, &fixture("photos"));
+    report.print();
+    assert!(
+        report.min_image_cosine() >= 0.9999,
+        "images: {}",
+        report.min_image_cosine()
+    );
+    assert!(report.min_text_cosine() >= 0.99999);
+    assert!(report.images.len() >= 20);
 }
 
 #[test]

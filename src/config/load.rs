@@ -365,6 +365,16 @@ mod tests {
         assert!(e.to_string().contains("unknown section"), "{e}");
         let e = load(&[], &[("log.format", "xml")]).unwrap_err();
         assert!(e.to_string().contains("xml"), "{e}");
+        let e = load(&[], &[("model.image_precision", "fp8")]).unwrap_err();
+        assert!(e.to_string().contains("fp8"), "{e}");
+    }
+
+    #[test]
+    fn bf16_image_products_are_chosen_by_name_from_a_file_or_the_environment() {
+        let env = load(&[("CLIPSERVE_MODEL_IMAGE_PRECISION", "bf16")], &[]).unwrap();
+        assert_eq!(env.model.image_precision, crate::engine::Precision::Bf16);
+        let set = load(&[], &[("model.image_precision", "f32")]).unwrap();
+        assert_eq!(set.model.image_precision, crate::engine::Precision::F32);
     }
 
     #[test]

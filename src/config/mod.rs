@@ -95,6 +95,10 @@ pub struct ModelSettings {
     pub image_intra_op_threads: usize,
     /// The same for the text tower.
     pub text_intra_op_threads: usize,
+    /// The image tower's products by its weight matrices: `f32` (the default, matching the
+    /// PyTorch reference) or `bf16` (bf16 inputs, f32 sums; about 1.7x the images per second on
+    /// CPUs with AVX512-BF16, f32 elsewhere; lossy, see bench/RESULTS.md row 29).
+    pub image_precision: crate::engine::Precision,
     /// Recent text embeddings kept in memory, keyed by token ids (about 2 KB each); a repeated
     /// query is answered without running the text tower. 0 disables the cache.
     pub text_cache_entries: usize,
@@ -203,6 +207,7 @@ impl Default for ModelSettings {
             intra_op_threads: 1,
             image_intra_op_threads: 2,
             text_intra_op_threads: 2,
+            image_precision: crate::engine::Precision::F32,
             text_cache_entries: 10_000,
         }
     }

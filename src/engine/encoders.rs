@@ -7,7 +7,7 @@ use std::path::Path;
 use thiserror::Error;
 use tract_onnx::prelude::*;
 
-use super::graph::{Axis, Buckets, Graph, GraphError};
+use super::graph::{Axis, Buckets, Graph, GraphError, Precision};
 use crate::embedding::{Embedding, EmbeddingError};
 
 /// Why a batch could not be embedded.
@@ -62,8 +62,9 @@ impl ImageEncoder {
         buckets: &Buckets,
         height: usize,
         width: usize,
+        precision: Precision,
     ) -> Result<Self, GraphError> {
-        let graph = Graph::load(path, 4, buckets, 0)?;
+        let graph = Graph::load(path, 4, buckets, 0, precision)?;
         let expected = [3, height, width];
         let shape = graph.input_shape();
         let fits = shape[1..]
@@ -144,7 +145,7 @@ impl TextEncoder {
     /// `<pad>`) until [`TextEncoder::set_pad_id`] names the tokenizer's: the engine loads the
     /// tokenizer after the towers, so that its ~250 MB do not add to the towers' load peaks.
     pub fn load(path: &Path, buckets: &Buckets, context_length: usize) -> Result<Self, GraphError> {
-        let graph = Graph::load(path, 2, buckets, context_length)?;
+        let graph = Graph::load(path, 2, buckets, context_length, Precision::F32)?;
         let int_ids = [i32::datum_type(), i64::datum_type()].contains(&graph.input_type());
         if !int_ids {
             return Err(GraphError::Contract {

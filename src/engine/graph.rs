@@ -89,6 +89,18 @@ pub struct Buckets {
     pub seq: Vec<usize>,
 }
 
+/// The arithmetic of a graph's products by its weight matrices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 throughout, as exported: the embeddings match PyTorch's (the parity tests).
+    #[default]
+    F32,
+    /// Products by weight matrices with bf16 inputs and f32 sums, where the CPU has
+    /// AVX512-BF16 (`bf16.rs`); elsewhere the graph stays f32, with a warning. Lossy.
+    Bf16,
+}
+
 /// A loaded tower graph with its plans.
 pub struct Graph {
     path: PathBuf,
@@ -103,6 +115,8 @@ pub struct Graph {
     weight_bytes: usize,
     /// Scalar-index gathers made slices, so that only the rows they read are computed.
     narrowed: usize,
+    /// Products rewritten to bf16 (`Precision::Bf16`).
+    bf16: usize,
 }
 
 impl std::fmt::Debug for Graph {
@@ -154,6 +168,7 @@ impl Graph {
         rank: usize,
         buckets: &Buckets,
         seq_cap: usize,
+        precision: Precision,
     ) -> Result<Graph, GraphError> {
         let load_err = |e: TractError| GraphError::Load {
             path: path.to_path_buf(),
@@ -177,7 +192,21 @@ impl Graph {
             .into_typed()
             .and_then(|m| m.into_decluttered())
             .map_err(load_err)?;
-        let (typed, narrowed) = narrowed(typed, path);
+        let (mut typed, narrowed) = narrowed(typed, path);
+        let bf16 = match precision {
+            Precision::F32 => 0,
+            Precision::Bf16 if !super::bf16::supported() => {
+                tracing::warn!(
+                    graph = %path.display(),
+                    "bf16 products asked for, but this CPU has no AVX512-BF16: running f32"
+                );
+                0
+            }
+            Precision::Bf16 => super::bf16::rewrite(&mut typed).map_err(load_err)?,
+        };
+        if bf16 > 0 {
+            tracing::info!(graph = %path.display(), products = bf16, "bf16 products");
+        }
 
         let input = typed.input_fact(0).map_err(load_err)?;
         let input_type = input.datum_type;
@@ -229,6 +258,7 @@ impl Graph {
             symbolic: None,
             weight_bytes: 0,
             narrowed,
+            bf16,
         };
         graph.build_plans(typed, buckets, seq_cap)?;
         Ok(graph)
@@ -327,6 +357,11 @@ impl Graph {
     /// that row (1 for an OpenCLIP image tower: its class token; see `narrow.rs`).
     pub fn narrowed(&self) -> usize {
         self.narrowed
+    }
+
+    /// How many products by weight matrices run in bf16.
+    pub fn bf16_products(&self) -> usize {
+        self.bf16
     }
 
     /// Bytes of constants (weights, packed for their kernels) the plans hold, each counted once.

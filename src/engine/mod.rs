@@ -7,6 +7,7 @@
 //! through an `Arc`.
 
 mod alloc;
+pub mod bf16;
 pub mod encoders;
 pub mod folder;
 pub mod graph;
@@ -23,7 +24,7 @@ use thiserror::Error;
 pub use alloc::release_free_memory;
 pub use encoders::{EncodeError, ImageEncoder, TextEncoder};
 pub use folder::{FolderError, ModelFolder};
-pub use graph::{Buckets, GraphError};
+pub use graph::{Buckets, GraphError, Precision};
 pub use threads::{intra_op_threads, set_intra_op_threads, TowerPool};
 
 use crate::preprocess::text::{TextError, TextTokenizer};
@@ -35,6 +36,8 @@ pub struct EngineSettings {
     pub image_buckets: Buckets,
     /// Shapes that get a specialized plan in the text tower (batch sizes x sequence lengths).
     pub text_buckets: Buckets,
+    /// The image tower's products by its weights: f32, or bf16 where the CPU has it.
+    pub image_precision: Precision,
 }
 
 /// A model that could not be loaded.
@@ -90,6 +93,7 @@ impl Engine {
             &settings.image_buckets,
             height as usize,
             width as usize,
+            settings.image_precision,
         )?;
         let tokenizer = TextTokenizer::from_file(folder.tokenizer_json(), folder.context_length)?;
         text.set_pad_id(tokenizer.pad_id());
