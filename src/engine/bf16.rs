@@ -39,8 +39,8 @@ const MR: usize = 32;
 /// Activation rows per tile.
 const NR: usize = 5;
 
-/// Weights `[K, N]` rounded to bf16, in panels of `MR` output features: for each pair of `k`,
-/// one u32 per feature holding `w[2p][n]` (low half) and `w[2p + 1][n]` (high half), which is
+/// Weights `[K, N]` rounded to bf16, in panels of `MR` output features: for each pair `q` of `k`,
+/// one u32 per feature holding `w[2q][n]` (low half) and `w[2q + 1][n]` (high half), which is
 /// the operand layout of `vdpbf16ps`.
 #[derive(Debug)]
 struct PackedWeights {

@@ -3,7 +3,8 @@
 //!
 //! The file is parsed once, typed and decluttered once, and a gather of one row (the image
 //! tower's class token) becomes a slice, so that the ops above it compute only that row (see
-//! `narrow.rs`). From that model:
+//! `narrow.rs`). With [`Precision::Bf16`], the products by weight matrices then become bf16 ops
+//! of our own (see `bf16.rs`). From that model:
 //! - a graph with fixed shapes (immich's static export) gets one plan, and every run uses it;
 //! - a graph with symbolic batch (and sequence) axes gets one plan per configured bucket, made by
 //!   binding the symbols to concrete values and optimizing (tract picks faster kernels for
