@@ -74,6 +74,9 @@ fn bf16_image_products_stay_within_the_parity_tolerance() {
         // plus the final projection.
         let blocks = 2;
         assert_eq!(rewritten, 4 * blocks + 1);
+        // The bf16 weights are counted once, at half the f32 size of what they replace.
+        let f32_engine = load("models/tiny", &bucketed());
+        assert!(engine.image.graph().weight_bytes() < f32_engine.image.graph().weight_bytes());
     } else {
         eprintln!("no AVX512-BF16 on this CPU: the image tower stays f32");
         assert_eq!(rewritten, 0);

@@ -213,6 +213,19 @@ impl TypedOp for Bf16MatMul {
     as_op!();
 }
 
+/// Bytes of bf16 weights the [`Bf16MatMul`] ops of `model` hold, each copy counted once (the
+/// plans built from `model` share them).
+pub fn weight_bytes(model: &TypedModel) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    model
+        .nodes()
+        .iter()
+        .filter_map(|n| n.op_as::<Bf16MatMul>())
+        .filter(|op| seen.insert(Arc::as_ptr(&op.weights)))
+        .map(|op| op.weights.data.len() * std::mem::size_of::<u32>())
+        .sum()
+}
+
 /// Replaces every f32 product of an activation by a constant matrix that fits the
 /// [`Bf16MatMul`] layout; returns how many. Products it cannot express stay f32.
 pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {

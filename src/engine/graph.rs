@@ -277,6 +277,8 @@ impl Graph {
         };
         let started = Instant::now();
         let halved = half_embedding_tables(&mut typed).map_err(load_err)?;
+        // Held by the bf16 ops themselves, outside tract's constants, shared by every plan.
+        let bf16_bytes = super::bf16::weight_bytes(&typed);
         let batch_axis = self.input_shape[0].clone();
         let seq_axis = if self.is_text() {
             Some(self.input_shape[1].clone())
@@ -341,11 +343,12 @@ impl Graph {
         if self.fixed.is_empty() || !(batches_covered && seqs_covered) {
             self.symbolic = Some(build(typed, (0, 0)).map_err(load_err)?);
         }
-        self.weight_bytes = pool.held;
+        self.weight_bytes = pool.held + bf16_bytes;
         tracing::info!(
             graph = %self.path.display(),
             plans = self.fixed.len() + usize::from(self.symbolic.is_some()),
             weights_mb = pool.held >> 20,
+            bf16_weights_mb = bf16_bytes >> 20,
             shared_mb = pool.deduplicated >> 20,
             f16_table_saved_mb = halved >> 20,
             elapsed_ms = started.elapsed().as_millis() as u64,
