@@ -4,7 +4,7 @@
 //! The file is parsed once, typed and decluttered once, and a gather of one row (the image
 //! tower's class token) becomes a slice, so that the ops above it compute only that row (see
 //! `narrow.rs`). With [`Precision::Bf16`], the products by weight matrices then become bf16 ops
-//! of our own (see `bf16.rs`). From that model:
+//! of our own (see `bf16/`). From that model:
 //! - a graph with fixed shapes (immich's static export) gets one plan, and every run uses it;
 //! - a graph with symbolic batch (and sequence) axes gets one plan per configured bucket, made by
 //!   binding the symbols to concrete values and optimizing (tract picks faster kernels for
@@ -98,7 +98,7 @@ pub enum Precision {
     #[default]
     F32,
     /// Products by weight matrices with bf16 inputs and f32 sums, where the CPU has
-    /// AVX512-BF16 (`bf16.rs`); elsewhere the graph stays f32, with a warning. Lossy.
+    /// AVX512-BF16 (`bf16/`); elsewhere the graph stays f32, with a warning. Lossy.
     Bf16,
 }
 

@@ -1,0 +1,261 @@
+//! The bf16 matrix product behind [`super::Bf16MatMul`]: weights packed once in the operand
+//! layout of AVX512-BF16's `vdpbf16ps`, activations rounded per run, 32 x 5 tiles with f32 sums,
+//! rows split over the tower pool.
+#![allow(unsafe_code)]
+
+/// Output features per weight panel: two 16-lane accumulators.
+const MR: usize = 32;
+/// Activation rows per tile.
+const NR: usize = 5;
+
+/// Weights `[K, N]` rounded to bf16, in panels of `MR` output features: for each pair `q` of `k`,
+/// one u32 per feature holding `w[2q][n]` (low half) and `w[2q + 1][n]` (high half), which is
+/// the operand layout of `vdpbf16ps`.
+#[derive(Debug)]
+pub(super) struct PackedWeights {
+    pub(super) k: usize,
+    pub(super) n: usize,
+    /// `ceil(k / 2)`.
+    kp: usize,
+    pub(super) data: Vec<u32>,
+}
+
+impl PackedWeights {
+    /// `w(k, n)` reads the f32 weight of input `k`, output `n`.
+    pub(super) fn pack(k: usize, n: usize, w: impl Fn(usize, usize) -> f32) -> PackedWeights {
+        let kp = k.div_ceil(2);
+        let panels = n.div_ceil(MR);
+        let mut data = vec![0u32; panels * kp * MR];
+        let get = |k_ix: usize, n_ix: usize| {
+            if k_ix < k && n_ix < n {
+                u32::from(bf16_bits(w(k_ix, n_ix)))
+            } else {
+                0
+            }
+        };
+        for p in 0..panels {
+            for q in 0..kp {
+                for r in 0..MR {
+                    let n_ix = p * MR + r;
+                    data[(p * kp + q) * MR + r] = get(2 * q, n_ix) | (get(2 * q + 1, n_ix) << 16);
+                }
+            }
+        }
+        PackedWeights { k, n, kp, data }
+    }
+
+    fn panel(&self, p: usize) -> &[u32] {
+        &self.data[p * self.kp * MR..(p + 1) * self.kp * MR]
+    }
+
+    fn panels(&self) -> usize {
+        self.n.div_ceil(MR)
+    }
+}
+
+/// f32 to bf16 with rounding to nearest, ties to even (as `vcvtne2ps2bf16`; no NaN inputs here).
+pub(super) fn bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1));
+    (rounded >> 16) as u16
+}
+
+/// `y[r][n] = sum_k x[r][k] * w[k][n]` for `rows` rows of `x` (`k` floats each).
+pub(super) fn matmul(x: &[f32], rows: usize, w: &PackedWeights) -> Vec<f32> {
+    let (k, n, kp) = (w.k, w.n, w.kp);
+    // The activations as bf16, row by row: u32 `q` of a row holds its `x[2q]` and `x[2q + 1]`.
+    let mut xb = vec![0u32; rows * kp];
+    for (src, dst) in x.chunks_exact(k).zip(xb.chunks_exact_mut(kp)) {
+        for (q, d) in dst.iter_mut().enumerate() {
+            let lo = bf16_bits(src[2 * q]);
+            let hi = src.get(2 * q + 1).map_or(0, |&v| bf16_bits(v));
+            *d = u32::from(lo) | (u32::from(hi) << 16);
+        }
+    }
+    let mut y = vec![0f32; rows * n];
+    let run = |first_row: usize, y: &mut [f32]| {
+        let chunk_rows = y.len() / n;
+        let xb = &xb[first_row * kp..(first_row + chunk_rows) * kp];
+        // SAFETY: only reached when `supported()` (checked before any graph is rewritten).
+        unsafe { tiles(xb, chunk_rows, w, y) }
+    };
+    let threads = match tract_linalg::multithread::current_tract_executor() {
+        tract_linalg::multithread::Executor::MultiThread(pool) => Some(pool),
+        _ => None,
+    };
+    match threads {
+        Some(pool) if rows >= 2 * NR => {
+            // Row ranges, a multiple of NR each, one per thread.
+            let per = rows.div_ceil(pool.current_num_threads()).div_ceil(NR) * NR;
+            pool.install(|| {
+                use rayon::prelude::*;
+                y.par_chunks_mut(per * n)
+                    .enumerate()
+                    .for_each(|(i, chunk)| run(i * per, chunk));
+            });
+        }
+        _ => run(0, &mut y),
+    }
+    y
+}
+
+/// All tiles of `rows` activation rows (bf16 pairs, `w.kp` per row) against every weight panel,
+/// into `y` (`rows x w.n`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn tiles(xb: &[u32], rows: usize, w: &PackedWeights, y: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (n, kp) = (w.n, w.kp);
+    // Blocks of row tiles small enough to stay in L2 while every weight panel passes by.
+    const BLOCK: usize = 16 * NR;
+    for r0 in (0..rows).step_by(BLOCK) {
+        let r1 = (r0 + BLOCK).min(rows);
+        for p in 0..w.panels() {
+            let panel = w.panel(p);
+            let n0 = p * MR;
+            for t0 in (r0..r1).step_by(NR) {
+                let live = (r1 - t0).min(NR);
+                // Missing rows of the last tile read row t0 again; their sums are dropped.
+                let row =
+                    |j: usize| &xb[(t0 + j.min(live - 1)) * kp..(t0 + j.min(live - 1) + 1) * kp];
+                let (b0, b1, b2, b3, b4) = (row(0), row(1), row(2), row(3), row(4));
+                let mut acc = [_mm512_setzero_ps(); 2 * NR];
+                for q in 0..kp {
+                    // SAFETY: the panel holds kp x MR u32, so 2 x 16 from q * MR are in it.
+                    let (a0, a1) = unsafe {
+                        (
+                            _mm512_loadu_si512(panel.as_ptr().add(q * MR).cast()),
+                            _mm512_loadu_si512(panel.as_ptr().add(q * MR + 16).cast()),
+                        )
+                    };
+                    let (a0, a1) = (as_bf16(a0), as_bf16(a1));
+                    for (j, b) in [b0[q], b1[q], b2[q], b3[q], b4[q]].into_iter().enumerate() {
+                        let b = as_bf16(_mm512_set1_epi32(b as i32));
+                        acc[2 * j] = _mm512_dpbf16_ps(acc[2 * j], a0, b);
+                        acc[2 * j + 1] = _mm512_dpbf16_ps(acc[2 * j + 1], a1, b);
+                    }
+                }
+                let width = (n - n0).min(MR);
+                for (j, pair) in acc.chunks_exact(2).take(live).enumerate() {
+                    let out = &mut y[(t0 + j) * n + n0..(t0 + j) * n + n0 + width];
+                    let mut tile = [0f32; MR];
+                    // SAFETY: `tile` holds MR = 2 x 16 floats.
+                    unsafe {
+                        _mm512_storeu_ps(tile.as_mut_ptr(), pair[0]);
+                        _mm512_storeu_ps(tile.as_mut_ptr().add(16), pair[1]);
+                    }
+                    out.copy_from_slice(&tile[..width]);
+                }
+            }
+        }
+    }
+}
+
+/// The 32 bf16 numbers whose bits `v` holds.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn as_bf16(v: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512bh {
+    // SAFETY: both are 64 bytes of plain bits, valid for any bit pattern.
+    unsafe { std::mem::transmute::<std::arch::x86_64::__m512i, std::arch::x86_64::__m512bh>(v) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn tiles(_: &[u32], _: usize, _: &PackedWeights, _: &mut [f32]) {
+    unreachable!("bf16 products are only enabled on x86-64 with AVX512-BF16")
+}
+
+#[cfg(test)]
+pub(super) mod testing {
+    use super::bf16_bits;
+
+    /// A deterministic spread of values, some of them needing rounding in bf16.
+    pub fn values(len: usize, seed: u64) -> Vec<f32> {
+        (0..len as u64)
+            .map(|i| {
+                let h = (i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15 ^ seed);
+                ((h >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0
+            })
+            .collect()
+    }
+
+    pub fn round(x: f32) -> f32 {
+        f32::from_bits(u32::from(bf16_bits(x)) << 16)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::supported;
+    use super::testing::{round, values};
+    use super::*;
+
+    /// The exact sum of the bf16-rounded products, in f64.
+    fn reference(x: &[f32], w: &[f32], rows: usize, k: usize, n: usize) -> Vec<f64> {
+        let mut y = vec![0f64; rows * n];
+        for r in 0..rows {
+            for j in 0..n {
+                y[r * n + j] = (0..k)
+                    .map(|i| f64::from(round(x[r * k + i])) * f64::from(round(w[i * n + j])))
+                    .sum();
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn bf16_rounding_is_to_nearest_even() {
+        assert_eq!(bf16_bits(1.0), 0x3f80);
+        // 1 + 2^-8 is halfway between 1 and the next bf16 (1 + 2^-7): ties go to even.
+        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3f80);
+        assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(bf16_bits(-2.5), 0xc020);
+    }
+
+    /// Edge tiles of every kind: rows not a multiple of 5, features not a multiple of 32, an
+    /// odd number of summed values, and the row blocks of the tile loop.
+    #[test]
+    fn products_are_the_sums_of_rounded_products() {
+        if !supported() {
+            eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
+            return;
+        }
+        for (rows, k, n) in [
+            (1, 8, 32),
+            (7, 33, 45),
+            (50, 64, 96),
+            (81, 17, 5),
+            (400, 96, 70),
+        ] {
+            let x = values(rows * k, 1);
+            let w = values(k * n, 2);
+            let packed = PackedWeights::pack(k, n, |i, j| w[i * n + j]);
+            let y = matmul(&x, rows, &packed);
+            let want = reference(&x, &w, rows, k, n);
+            for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
+                // Products of bf16 numbers are exact in f32; only the f32 sums round.
+                let tolerance = 1e-5 * (k as f64).sqrt() * want.abs().max(1.0);
+                assert!(
+                    (f64::from(got) - want).abs() <= tolerance,
+                    "{rows}x{k}x{n}, element {i}: {got} against {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn products_split_over_a_pool_equal_the_single_thread_ones() {
+        if !supported() {
+            eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
+            return;
+        }
+        let (rows, k, n) = (53, 40, 64);
+        let x = values(rows * k, 3);
+        let w = values(k * n, 4);
+        let packed = PackedWeights::pack(k, n, |i, j| w[i * n + j]);
+        let alone = matmul(&x, rows, &packed);
+        let pool = tract_linalg::multithread::Executor::multithread(2);
+        let split =
+            tract_linalg::multithread::multithread_tract_scope(pool, || matmul(&x, rows, &packed));
+        assert_eq!(alone, split);
+    }
+}
