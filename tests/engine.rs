@@ -37,24 +37,30 @@ fn embeddings_match_pytorch_for_texts_and_images() {
         // pools): the parity below holds for that narrowed graph.
         assert_eq!(engine.image.graph().narrowed(), 1);
         assert_eq!(engine.text.graph().narrowed(), 0);
-        let report = parity::run(&engine, &reference, &fixture("photos"));
-        report.print();
-        assert!(
-            report.min_text_cosine() >= 0.99999,
-            "texts: {}",
-            report.min_text_cosine()
-        );
-        assert!(
-            report.min_image_cosine() >= 0.9999,
-            "images: {}",
-            report.min_image_cosine()
-        );
-        assert!(
-            report.images.len() >= 20,
-            "only {} photos compared",
-            report.images.len()
-        );
+        assert_matches_pytorch(&engine, &reference);
     }
+}
+
+/// The parity tolerances against PyTorch (texts >= 0.99999, images >= 0.9999), over at least
+/// 20 photos.
+fn assert_matches_pytorch(engine: &Engine, reference: &parity::Reference) {
+    let report = parity::run(engine, reference, &fixture("photos"));
+    report.print();
+    assert!(
+        report.min_text_cosine() >= 0.99999,
+        "texts: {}",
+        report.min_text_cosine()
+    );
+    assert!(
+        report.min_image_cosine() >= 0.9999,
+        "images: {}",
+        report.min_image_cosine()
+    );
+    assert!(
+        report.images.len() >= 20,
+        "only {} photos compared",
+        report.images.len()
+    );
 }
 
 /// `model.image_precision = "bf16"` (opt-in): where the CPU has AVX512-BF16, the image tower's
@@ -82,15 +88,7 @@ fn bf16_image_products_stay_within_the_parity_tolerance() {
         assert_eq!(rewritten, 0);
     }
     assert_eq!(engine.text.graph().bf16_products(), 0);
-    let report = parity::run(&engine, &reference, &fixture("photos"));
-    report.print();
-    assert!(
-        report.min_image_cosine() >= 0.9999,
-        "images: {}",
-        report.min_image_cosine()
-    );
-    assert!(report.min_text_cosine() >= 0.99999);
-    assert!(report.images.len() >= 20);
+    assert_matches_pytorch(&engine, &reference);
 }
 
 #[test]
