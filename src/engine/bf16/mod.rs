@@ -114,7 +114,8 @@ impl EvalOp for Bf16MatMul {
         let x = x.as_slice().context("contiguous input")?;
         let y = matmul(x, rows, &self.weights);
         let canonical: TVec<usize> = kept.iter().chain(&self.w_kept).copied().collect();
-        let mut y = Tensor::from_shape(&canonical, &y)?;
+        // The product's buffer becomes the tensor as it is, without a copy.
+        let mut y: Tensor = tract_ndarray::ArrayD::from_shape_vec(canonical.as_slice(), y)?.into();
         let order: Vec<usize> = self
             .out_axes
             .iter()
