@@ -14,8 +14,9 @@
 //! them free (about 100 MB on the full-size model: 1466 -> 1374 MB once released after a load
 //! test): the server calls [`release_free_memory`] once both towers have been idle a while.
 //!
-//! The only unsafe code of the crate: calls into glibc, which take plain integers and have
-//! no preconditions. Other allocators and platforms get no-ops.
+//! Its unsafe blocks are calls into glibc, which take plain integers and have no
+//! preconditions (the crate's other unsafe code is the AVX2 resize passes and the AVX512-BF16
+//! products, each proving its own precondition). Other allocators and platforms get no-ops.
 
 /// Allocations from this size up get their own mapping, returned to the OS when freed.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -8,11 +8,35 @@ const MR: usize = 32;
 /// Activation rows per tile.
 const NR: usize = 5;
 
+/// Proof that this CPU runs AVX512-F and AVX512-BF16: only [`Bf16Cpu::detect`] makes one,
+/// after asking the CPU, and packed weights cannot exist without one, so [`matmul`] never
+/// reaches the vector code on a CPU without it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Bf16Cpu(());
+
+impl Bf16Cpu {
+    /// The proof, where the CPU has the instructions.
+    pub(super) fn detect() -> Option<Bf16Cpu> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            (std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bf16"))
+            .then_some(Bf16Cpu(()))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            None
+        }
+    }
+}
+
 /// Weights `[K, N]` rounded to bf16, in panels of `MR` output features: for each pair `q` of `k`,
 /// one u32 per feature holding `w[2q][n]` (low half) and `w[2q + 1][n]` (high half), which is
 /// the operand layout of `vdpbf16ps`.
 #[derive(Debug)]
 pub(super) struct PackedWeights {
+    /// Packing needs the proof, so every product of these weights has it.
+    cpu: Bf16Cpu,
     pub(super) k: usize,
     pub(super) n: usize,
     /// `ceil(k / 2)`.
@@ -22,7 +46,12 @@ pub(super) struct PackedWeights {
 
 impl PackedWeights {
     /// `w(k, n)` reads the f32 weight of input `k`, output `n`.
-    pub(super) fn pack(k: usize, n: usize, w: impl Fn(usize, usize) -> f32) -> PackedWeights {
+    pub(super) fn pack(
+        cpu: Bf16Cpu,
+        k: usize,
+        n: usize,
+        w: impl Fn(usize, usize) -> f32,
+    ) -> PackedWeights {
         let kp = k.div_ceil(2);
         let panels = n.div_ceil(MR);
         let mut data = vec![0u32; panels * kp * MR];
@@ -41,7 +70,13 @@ impl PackedWeights {
                 }
             }
         }
-        PackedWeights { k, n, kp, data }
+        PackedWeights {
+            cpu,
+            k,
+            n,
+            kp,
+            data,
+        }
     }
 
     fn panel(&self, p: usize) -> &[u32] {
@@ -63,6 +98,7 @@ pub(super) fn bf16_bits(x: f32) -> u16 {
 /// `y[r][n] = sum_k x[r][k] * w[k][n]` for `rows` rows of `x` (`k` floats each).
 pub(super) fn matmul(x: &[f32], rows: usize, w: &PackedWeights) -> Vec<f32> {
     let (k, n, kp) = (w.k, w.n, w.kp);
+    let Bf16Cpu(()) = w.cpu;
     // The activations as bf16, row by row: u32 `q` of a row holds its `x[2q]` and `x[2q + 1]`.
     let mut xb = vec![0u32; rows * kp];
     for (src, dst) in x.chunks_exact(k).zip(xb.chunks_exact_mut(kp)) {
@@ -76,7 +112,8 @@ pub(super) fn matmul(x: &[f32], rows: usize, w: &PackedWeights) -> Vec<f32> {
     let run = |first_row: usize, y: &mut [f32]| {
         let chunk_rows = y.len() / n;
         let xb = &xb[first_row * kp..(first_row + chunk_rows) * kp];
-        // SAFETY: only reached when `supported()` (checked before any graph is rewritten).
+        // SAFETY: `w` holds a `Bf16Cpu` (packing takes one), which only exists where the CPU
+        // has AVX512-F and AVX512-BF16, the features `tiles` is compiled for.
         unsafe { tiles(xb, chunk_rows, w, y) }
     };
     let threads = match tract_linalg::multithread::current_tract_executor() {
@@ -185,7 +222,6 @@ pub(super) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::super::supported;
     use super::testing::{round, values};
     use super::*;
 
@@ -215,10 +251,10 @@ mod tests {
     /// odd number of summed values, and the row blocks of the tile loop.
     #[test]
     fn products_are_the_sums_of_rounded_products() {
-        if !supported() {
+        let Some(cpu) = Bf16Cpu::detect() else {
             eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
             return;
-        }
+        };
         for (rows, k, n) in [
             (1, 8, 32),
             (7, 33, 45),
@@ -228,7 +264,7 @@ mod tests {
         ] {
             let x = values(rows * k, 1);
             let w = values(k * n, 2);
-            let packed = PackedWeights::pack(k, n, |i, j| w[i * n + j]);
+            let packed = PackedWeights::pack(cpu, k, n, |i, j| w[i * n + j]);
             let y = matmul(&x, rows, &packed);
             let want = reference(&x, &w, rows, k, n);
             for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
@@ -244,14 +280,14 @@ mod tests {
 
     #[test]
     fn products_split_over_a_pool_equal_the_single_thread_ones() {
-        if !supported() {
+        let Some(cpu) = Bf16Cpu::detect() else {
             eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
             return;
-        }
+        };
         let (rows, k, n) = (53, 40, 64);
         let x = values(rows * k, 3);
         let w = values(k * n, 4);
-        let packed = PackedWeights::pack(k, n, |i, j| w[i * n + j]);
+        let packed = PackedWeights::pack(cpu, k, n, |i, j| w[i * n + j]);
         let alone = matmul(&x, rows, &packed);
         let pool = tract_linalg::multithread::Executor::multithread(2);
         let split =

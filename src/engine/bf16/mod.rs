@@ -22,19 +22,11 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 
 mod kernel;
 
-use kernel::{matmul, PackedWeights};
+use kernel::{matmul, Bf16Cpu, PackedWeights};
 
 /// Whether this CPU has the instructions the bf16 products need.
 pub fn supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bf16")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Bf16Cpu::detect().is_some()
 }
 
 /// Where an output axis comes from: an axis of the canonical result `[x's kept axes..., w's
@@ -176,6 +168,10 @@ pub fn weight_bytes(model: &TypedModel) -> usize {
 /// Replaces every f32 product of an activation by a constant matrix that fits the
 /// [`Bf16MatMul`] layout; returns how many. Products it cannot express stay f32.
 pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
+    // Nothing is rewritten on a CPU without the instructions.
+    let Some(cpu) = Bf16Cpu::detect() else {
+        return Ok(0);
+    };
     let candidates: Vec<(usize, Bf16MatMul)> = model
         .nodes()
         .iter()
@@ -196,7 +192,9 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
             if weights.datum_type() != f32::datum_type() {
                 return None;
             }
-            plan(&einsum.axes.to_string(), weights).map(|op| (node.id, op))
+            plan(&einsum.axes.to_string(), weights)?
+                .build(weights, cpu)
+                .map(|op| (node.id, op))
         })
         .collect();
     for (id, op) in &candidates {
@@ -212,10 +210,44 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<usize> {
     Ok(candidates.len())
 }
 
-/// The [`Bf16MatMul`] for `expr` (`"xaxes,waxes->outaxes"`, one letter per axis) if it has that
-/// layout: `x`'s summed axes trailing and in `w`'s order, `w`'s summed axes all first or all last,
-/// and the output made of `x`'s other axes, `w`'s other axes and unit axes.
-fn plan(expr: &str, w: &Tensor) -> Option<Bf16MatMul> {
+/// How a product by a weight matrix is laid out, as [`plan`] reads it from an einsum.
+#[derive(Debug)]
+struct Layout {
+    /// Whether `w`'s summed axes come first (`[K, N]`) or last (`[N, K]`).
+    summed_first: bool,
+    /// Summed values per output (the product of the summed axes).
+    k: usize,
+    /// Output features (the product of `w`'s kept axes).
+    n: usize,
+    w_kept: TVec<usize>,
+    contracted: usize,
+    out_axes: TVec<OutAxis>,
+}
+
+impl Layout {
+    /// The op, with `w` packed for the CPU `cpu` proves.
+    fn build(self, w: &Tensor, cpu: Bf16Cpu) -> Option<Bf16MatMul> {
+        let view = w.to_plain_array_view::<f32>().ok()?;
+        let data = view.as_slice()?;
+        let (k, n) = (self.k, self.n);
+        let weights = if self.summed_first {
+            PackedWeights::pack(cpu, k, n, |ki, ni| data[ki * n + ni])
+        } else {
+            PackedWeights::pack(cpu, k, n, |ki, ni| data[ni * k + ki])
+        };
+        Some(Bf16MatMul {
+            weights: Arc::new(weights),
+            w_kept: self.w_kept,
+            contracted: self.contracted,
+            out_axes: self.out_axes,
+        })
+    }
+}
+
+/// The layout of `expr` (`"xaxes,waxes->outaxes"`, one letter per axis) if it is a product the
+/// op computes: `x`'s summed axes trailing and in `w`'s order, `w`'s summed axes all first or
+/// all last, and the output made of `x`'s other axes, `w`'s other axes and unit axes.
+fn plan(expr: &str, w: &Tensor) -> Option<Layout> {
     let (inputs, out) = expr.split_once("->")?;
     let (xs, ws) = inputs.split_once(',')?;
     let (xs, ws, out): (Vec<char>, Vec<char>, Vec<char>) = (
@@ -269,15 +301,10 @@ fn plan(expr: &str, w: &Tensor) -> Option<Bf16MatMul> {
         .map(|c| shape[ws.iter().position(|a| a == c).unwrap()])
         .collect();
     let n: usize = w_kept_dims.iter().product();
-    let view = w.to_plain_array_view::<f32>().ok()?;
-    let data = view.as_slice()?;
-    let weights = if summed_first {
-        PackedWeights::pack(k, n, |ki, ni| data[ki * n + ni])
-    } else {
-        PackedWeights::pack(k, n, |ki, ni| data[ni * k + ki])
-    };
-    Some(Bf16MatMul {
-        weights: Arc::new(weights),
+    Some(Layout {
+        summed_first,
+        k,
+        n,
         w_kept: w_kept_dims,
         contracted: summed.len(),
         out_axes,
@@ -294,7 +321,7 @@ mod tests {
         let w = |shape: &[usize]| Tensor::zero::<f32>(shape).unwrap();
         // The MLP: x [N, 50, 768] . w [768, 3072].
         let mlp = plan("amk,kn->amn", &w(&[8, 12])).expect("planned");
-        assert_eq!((mlp.contracted, mlp.weights.k, mlp.weights.n), (1, 8, 12));
+        assert_eq!((mlp.contracted, mlp.k, mlp.n), (1, 8, 12));
         assert_eq!(mlp.out_axes.as_slice(), [0, 1, 2].map(OutAxis::Canonical));
         // The attention's input projection: the output moves axes and gains a unit one.
         let qkv = plan("mak,kn->bamn", &w(&[8, 24])).expect("planned");
@@ -309,7 +336,7 @@ mod tests {
         );
         // The output projection sums two axes (heads, head size) of a weight stored [n, a, k].
         let out = plan("bmak,nak->mbn", &w(&[16, 2, 4])).expect("planned");
-        assert_eq!((out.contracted, out.weights.k, out.weights.n), (2, 8, 16));
+        assert_eq!((out.contracted, out.k, out.n), (2, 8, 16));
         // Products of two activations' shapes, or summed axes in another order, are not.
         assert!(plan("abmk,abnk->abmn", &w(&[2, 3, 4, 5])).is_none());
         assert!(plan("mka,kn->man", &w(&[8, 12])).is_none());
