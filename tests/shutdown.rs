@@ -1,8 +1,10 @@
-//! The real binary under a container runtime's stop: SIGTERM while a burst of requests is in
-//! flight. Every request the server had accepted gets a complete 200; what arrives after the
-//! signal is refused (503 with Retry-After, or a refused connection), never cut off; `/ready`
-//! answers 503 while the server drains; the process exits 0. Also: with JSON logs, every stdout
-//! line is a JSON object and the request id a response carries is in the log.
+//! The real binary under a container runtime's stop: SIGTERM while requests are in flight.
+//! Every request the server had admitted gets a complete 200, even one whose body was still
+//! uploading (HTTP/1 and HTTP/2); what arrives after the signal is refused (503 with
+//! Retry-After, or a refused connection), never cut off, and a probe on a reused keep-alive
+//! connection never sees a reset; `/ready` answers 503 while the server drains; the process
+//! exits 0. Also: with JSON logs, every stdout line is a JSON object and the request id a
+//! response carries is in the log.
 
 mod common;
 
@@ -16,8 +18,8 @@ use common::{b64, fixture, photo};
 use serde_json::{json, Value};
 
 /// Items each tower holds back before running a batch: long enough that the whole burst is
-/// still queued when the signal comes, so every burst request is in flight by construction.
-const LINGER_MS: &str = "3000";
+/// still in flight when the signal comes, so every burst request is answered during the drain.
+const LINGER_MS: &str = "8000";
 
 /// The `clipserve serve` process, its address, and what it printed on stdout.
 struct Server {
@@ -159,16 +161,10 @@ async fn classify(response: reqwest::Result<reqwest::Response>, items: usize) ->
     }
 }
 
-/// Samples a gauge from the Prometheus text.
-fn gauge(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_mid_burst_answers_every_accepted_request_refuses_the_rest_and_exits_zero() {
     let mut server = Server::spawn(&[
+        ("RUST_LOG", "info,tower_http=debug"),
         ("CLIPSERVE_BATCHING_LINGER_MS", LINGER_MS),
         // Images too wait out the linger once decoded, so the burst stays queued.
         ("CLIPSERVE_BATCHING_IMAGE_LINGER_WHILE_DECODING", "false"),
@@ -181,12 +177,20 @@ async fn sigterm_mid_burst_answers_every_accepted_request_refuses_the_rest_and_e
         ("CLIPSERVE_MODEL_TEXT_CACHE_ENTRIES", "0"),
     ]);
     server.wait_ready().await;
-    // A fresh connection per request: a refused request is then a refused connect or a 503,
-    // never a race with a keep-alive connection the server is closing.
+    // A fresh connection per request for the burst and the late requests.
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
         .expect("client");
+    // Probes reuse keep-alive connections, as a balancer's health checks do: the one opened
+    // here sits idle when the signal comes, and the drain must not close it under a probe.
+    let prober = reqwest::Client::new();
+    let warm = prober
+        .get(server.url("/ready"))
+        .send()
+        .await
+        .expect("probe");
+    assert_eq!(warm.status(), 200);
     let images = [
         b64(&photo("pillow_hopper.jpg")),
         b64(&photo("pillow_flower.jpg")),
@@ -213,22 +217,11 @@ async fn sigterm_mid_burst_answers_every_accepted_request_refuses_the_rest_and_e
             (outcome, Instant::now())
         }));
     }
-    // Wait until every burst item sits in a queue: those requests are accepted.
-    let started = Instant::now();
-    loop {
-        let metrics = client.get(server.url("/metrics")).send().await.unwrap();
-        let metrics = metrics.text().await.unwrap();
-        let image = gauge(&metrics, "clipserve_queue_depth{tower=\"image\"}");
-        let text = gauge(&metrics, "clipserve_queue_depth{tower=\"text\"}");
-        if image == Some(2.0 * image_requests as f64) && text == Some(2.0 * text_requests as f64) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_millis(2500),
-            "the burst did not reach the queues in time: image {image:?}, text {text:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Wait until the server has read every burst request's headers: those requests are
+    // admitted, and must be answered in full whatever the signal finds them doing (decoding,
+    // queued, or lingering in a batch).
+    wait_started(&server, "/v1/embed/image", image_requests).await;
+    wait_started(&server, "/v1/embed/text", text_requests).await;
 
     server.sigterm();
     let signalled = Instant::now();
@@ -237,10 +230,10 @@ async fn sigterm_mid_burst_answers_every_accepted_request_refuses_the_rest_and_e
     let mut ready_503 = false;
     let mut late = Vec::new();
     while signalled.elapsed() < Duration::from_millis(1500) {
-        match client.get(server.url("/ready")).send().await {
+        match prober.get(server.url("/ready")).send().await {
             Ok(r) if r.status() == 503 => ready_503 = true,
             Ok(r) => assert_eq!(r.status(), 200, "/ready during the drain"),
-            Err(e) => assert!(e.is_connect(), "/ready during the drain: {e:?}"),
+            Err(e) => panic!("/ready during the drain, on a reused connection: {e:?}"),
         }
         let text = client
             .post(server.url("/v1/embed/text"))
@@ -272,6 +265,211 @@ async fn sigterm_mid_burst_answers_every_accepted_request_refuses_the_rest_and_e
         }
     }
     assert!(ready_503, "/ready never answered 503 during the drain");
+    let status = server.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "exit status {status:?}");
+}
+
+/// Waits until the server has logged that it started on `n` requests to `uri` (tower-http's
+/// debug line, inside the request's span): their headers have been read and they were admitted.
+async fn wait_started(server: &Server, uri: &str, n: usize) {
+    let started = Instant::now();
+    loop {
+        let count = server
+            .log()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["message"] == "started processing request" && v["span"]["uri"] == uri)
+            .count();
+        if count >= n {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the server never started on {n} requests to {uri} ({count} so far)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `/ready` answers 503: the signal has been handled and the drain has begun.
+async fn wait_draining(server: &Server) {
+    let started = Instant::now();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    loop {
+        let r = client.get(server.url("/ready")).send().await;
+        if r.is_ok_and(|r| r.status() == 503) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "/ready never answered 503 after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One HTTP/1.1 request written by hand in two halves, so the test decides when each half of
+/// the body leaves.
+struct HalfSent {
+    stream: tokio::net::TcpStream,
+    rest: Vec<u8>,
+}
+
+impl HalfSent {
+    /// Connects and sends the headers and the first half of `body`.
+    async fn start(server: &Server, path: &str, content_type: &str, body: &[u8]) -> HalfSent {
+        use tokio::io::AsyncWriteExt;
+        let addr = server.base.strip_prefix("http://").expect("http base");
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let (first, rest) = body.split_at(body.len() / 2);
+        stream.write_all(head.as_bytes()).await.expect("headers");
+        stream.write_all(first).await.expect("first half");
+        stream.flush().await.expect("flush");
+        HalfSent {
+            stream,
+            rest: rest.to_vec(),
+        }
+    }
+
+    /// Sends the rest of the body and reads the whole answer: status, headers (lower-cased
+    /// names) and the JSON body.
+    async fn finish(mut self) -> (u16, Vec<(String, String)>, Value) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.stream
+            .write_all(&self.rest)
+            .await
+            .expect("second half");
+        self.stream.flush().await.expect("flush");
+        // The answer carries `Connection: close` during the drain, so it ends at EOF.
+        let mut raw = Vec::new();
+        self.stream
+            .read_to_end(&mut raw)
+            .await
+            .expect("the whole answer, then EOF");
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no end of headers in {:?}", String::from_utf8_lossy(&raw)));
+        let head = String::from_utf8_lossy(&raw[..split]).to_string();
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .expect("a status line");
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let body = serde_json::from_slice(&raw[split + 4..]).unwrap_or_else(|e| {
+            panic!(
+                "body not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&raw[split + 4..])
+            )
+        });
+        (status, headers, body)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_half_sent_before_sigterm_are_finished_and_answered_200_and_later_requests_get_503()
+{
+    let mut server = Server::spawn(&[
+        ("RUST_LOG", "info,tower_http=debug"),
+        ("CLIPSERVE_SERVER_SHUTDOWN_GRACE_MS", "20000"),
+    ]);
+    server.wait_ready().await;
+    let jpeg = photo("pillow_hopper.jpg");
+    let texts = json!({ "texts": ["half before the signal, half after", "una foto"] });
+    let image = HalfSent::start(&server, "/v1/embed/image", "image/jpeg", &jpeg).await;
+    let text = HalfSent::start(
+        &server,
+        "/v1/embed/text",
+        "application/json",
+        texts.to_string().as_bytes(),
+    )
+    .await;
+    wait_started(&server, "/v1/embed/image", 1).await;
+    wait_started(&server, "/v1/embed/text", 1).await;
+
+    server.sigterm();
+    wait_draining(&server).await;
+    let late = reqwest::Client::new()
+        .post(server.url("/v1/embed/text"))
+        .json(&json!({ "texts": ["sent after the signal"] }))
+        .send()
+        .await
+        .expect("a late request is answered, not cut off");
+    assert_eq!(late.status(), 503);
+    assert!(late.headers().contains_key("retry-after"));
+
+    for (name, upload) in [("image", image), ("text", text)] {
+        let (status, headers, body) = upload.finish().await;
+        assert_eq!(status, 200, "{name} upload across the signal: {body}");
+        let embeddings = body["embeddings"].as_array().expect("embeddings");
+        let expected = if name == "image" { 1 } else { 2 };
+        assert_eq!(embeddings.len(), expected, "{name}: {body}");
+        assert!(embeddings
+            .iter()
+            .all(|e| e.as_array().map(Vec::len) == Some(512)));
+        assert!(
+            headers
+                .iter()
+                .any(|(k, v)| k == "connection" && v == "close"),
+            "{name}: an answer during the drain retires its connection: {headers:?}"
+        );
+    }
+    let status = server.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http2_streams_opened_before_sigterm_are_finished_and_answered_200() {
+    let mut server = Server::spawn(&[
+        ("RUST_LOG", "info,tower_http=debug"),
+        ("CLIPSERVE_SERVER_SHUTDOWN_GRACE_MS", "20000"),
+    ]);
+    server.wait_ready().await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let body = json!({ "texts": ["an HTTP/2 stream across the signal", "un gatto"] })
+        .to_string()
+        .into_bytes();
+    let (first, rest) = body.split_at(body.len() / 2);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
+    tx.send(Ok(first.to_vec())).await.expect("first half");
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    let request = client
+        .post(server.url("/v1/embed/text"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send();
+    let pending = tokio::spawn(request);
+    wait_started(&server, "/v1/embed/text", 1).await;
+
+    server.sigterm();
+    wait_draining(&server).await;
+    tx.send(Ok(rest.to_vec())).await.expect("second half");
+    drop(tx);
+    let response = pending
+        .await
+        .expect("request task")
+        .expect("the stream opened before the signal is answered");
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.expect("JSON");
+    assert_eq!(answer["embeddings"].as_array().map(Vec::len), Some(2));
     let status = server.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "exit status {status:?}");
 }
