@@ -60,16 +60,10 @@ struct Variant {
 
 fn variants() -> Vec<Variant> {
     let defaults = clipserve::config::Settings::default().model;
+    // The server's own settings for the default model section (f32 products).
     let bucketed = EngineSettings {
-        image_buckets: Buckets {
-            batch: defaults.image_batch_buckets.clone(),
-            seq: Vec::new(),
-        },
-        text_buckets: Buckets {
-            batch: defaults.text_batch_buckets.clone(),
-            seq: defaults.text_seq_buckets.clone(),
-        },
         image_precision: Default::default(),
+        ..clipserve::service::engine_settings(&defaults)
     };
     vec![
         Variant {

@@ -13,7 +13,7 @@
 
 use std::path::PathBuf;
 
-use clipserve::engine::{Buckets, Engine, EngineSettings};
+use clipserve::engine::{Engine, EngineSettings};
 use clipserve::preprocess::image::{decode_rgb, DecodeLimits, ExifPolicy};
 use clipserve::preprocess::pixels::PreprocessConfig;
 use clipserve::preprocess::text::TextTokenizer;
@@ -96,15 +96,8 @@ fn encoders(c: &mut Criterion) {
         .unwrap_or_else(|| repo().join("tests/fixtures/models/tiny"));
     let defaults = clipserve::config::Settings::default().model;
     let settings = EngineSettings {
-        image_buckets: Buckets {
-            batch: defaults.image_batch_buckets.clone(),
-            seq: Vec::new(),
-        },
-        text_buckets: Buckets {
-            batch: defaults.text_batch_buckets.clone(),
-            seq: defaults.text_seq_buckets.clone(),
-        },
         image_precision: Default::default(),
+        ..clipserve::service::engine_settings(&defaults)
     };
     let engine = Engine::load(&model, &settings).unwrap();
     let pixels: Vec<f32> = (0..3 * 224 * 224)

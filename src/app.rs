@@ -1,4 +1,4 @@
-//! Wiring for the `serve` command: settings -> model folder -> engine -> queues -> server.
+//! Wiring for the `serve` command: settings -> model folder -> engine -> service -> server.
 //!
 //! The listener is bound by the caller (tests bind port 0). The server answers `/health` at
 //! once and `/ready` only after the model has loaded and warmed up, so a load balancer never
@@ -12,25 +12,11 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::config::Settings;
-use crate::engine::{Buckets, Engine, EngineSettings};
+use crate::engine::Engine;
 use crate::http::{self, AppState};
 use crate::hub::{self, HubOptions, RepoId};
+use crate::service::{engine_settings, Service};
 use crate::telemetry::Metrics;
-
-/// The engine settings the service's settings imply.
-pub fn engine_settings(settings: &Settings) -> EngineSettings {
-    EngineSettings {
-        image_buckets: Buckets {
-            batch: settings.model.image_batch_buckets.clone(),
-            seq: Vec::new(),
-        },
-        text_buckets: Buckets {
-            batch: settings.model.text_batch_buckets.clone(),
-            seq: settings.model.text_seq_buckets.clone(),
-        },
-        image_precision: settings.model.image_precision,
-    }
-}
 
 /// Finds the model folder for `settings.model.source`: a local folder, or a hub repository
 /// downloaded into the cache.
@@ -55,11 +41,12 @@ pub async fn resolve_model(settings: &Settings) -> anyhow::Result<PathBuf> {
     })
 }
 
-/// Loads the model on the blocking pool and hands it to the state (which starts the towers).
+/// Loads the model on the blocking pool, starts the service on it and hands that to the
+/// state.
 pub async fn load_model(settings: &Settings, state: &AppState) -> anyhow::Result<()> {
     let folder = resolve_model(settings).await?;
     let from_hub = folder.as_path() != std::path::Path::new(&settings.model.source);
-    let engine_settings = engine_settings(settings);
+    let engine_settings = engine_settings(&settings.model);
     let mut engine = tokio::task::spawn_blocking(move || Engine::load(&folder, &engine_settings))
         .await
         .context("the model loading task failed")?
@@ -68,9 +55,9 @@ pub async fn load_model(settings: &Settings, state: &AppState) -> anyhow::Result
         // A snapshot folder is named by its commit; answers name the repository instead.
         engine.folder.name = settings.model.source.clone();
     }
-    state
-        .set_model(Arc::new(engine))
+    let service = Service::start(Arc::new(engine), settings, state.metrics().clone())
         .context("starting the inference threads")?;
+    state.set_service(service);
     tracing::info!("ready");
     Ok(())
 }

@@ -70,11 +70,11 @@ fn assert_opaque_500(status: u16, body: &Value) {
 #[tokio::test]
 async fn a_panic_inside_a_batch_fails_only_that_batch_and_the_worker_goes_on() {
     let server = start().await;
-    let serving = server.state.serving_for_accepted().expect("loaded");
+    let serving = server.state.service().expect("loaded");
     let (_, expected) = embed(&server, "a photo of a cat").await;
     let expected = first_embedding(&expected);
 
-    serving.texts.inject_panics(1);
+    serving.texts().inject_panics(1);
     let (status, body) = embed(&server, "a photo of a cat").await;
     assert_opaque_500(status, &body);
     // The same worker serves the next request, with the right answer, and stays ready.
@@ -82,7 +82,7 @@ async fn a_panic_inside_a_batch_fails_only_that_batch_and_the_worker_goes_on() {
     assert_eq!(status, 200, "{body}");
     assert!(cosine(&first_embedding(&body), &expected) > 0.99999);
     assert_eq!(ready(&server).await.0, 200);
-    assert_eq!(serving.texts.live_workers(), 1);
+    assert_eq!(serving.texts().live_workers(), 1);
 
     // Concurrent requests: the panicking batch's callers get 500, every other gets its own
     // answer.
@@ -91,7 +91,7 @@ async fn a_panic_inside_a_batch_fails_only_that_batch_and_the_worker_goes_on() {
     for t in &texts {
         alone.push(first_embedding(&embed(&server, t).await.1));
     }
-    serving.texts.inject_panics(1);
+    serving.texts().inject_panics(1);
     let answers = join_all(texts.iter().map(|t| embed(&server, t))).await;
     let failed = answers.iter().filter(|(s, _)| *s == 500).count();
     assert!(failed >= 1 && failed < texts.len(), "{failed} of 12 failed");
@@ -107,7 +107,7 @@ async fn a_panic_inside_a_batch_fails_only_that_batch_and_the_worker_goes_on() {
     }
 
     // The image tower is independent: a panic there fails that image request only.
-    serving.images.inject_panics(1);
+    serving.images().inject_panics(1);
     let jpeg = std::fs::read(common::fixture("bad/small.jpg")).unwrap();
     let image = |bytes: Vec<u8>| {
         reqwest::Client::new()
@@ -125,8 +125,8 @@ async fn a_panic_inside_a_batch_fails_only_that_batch_and_the_worker_goes_on() {
 #[tokio::test]
 async fn failed_batches_in_a_row_make_the_server_unready_for_a_cooldown_only() {
     let server = start().await;
-    let serving = server.state.serving_for_accepted().expect("loaded");
-    serving.texts.inject_panics(4);
+    let serving = server.state.service().expect("loaded");
+    serving.texts().inject_panics(4);
     for i in 0..3 {
         let (status, body) = embed(&server, &format!("doomed {i}")).await;
         assert_opaque_500(status, &body);
@@ -156,7 +156,7 @@ async fn failed_batches_in_a_row_make_the_server_unready_for_a_cooldown_only() {
     wait_ready(&server, 200).await;
     // One success clears the mark: the next single failure does not make it unready.
     assert_eq!(embed(&server, "healthy again").await.0, 200);
-    serving.texts.inject_panics(1);
+    serving.texts().inject_panics(1);
     assert_eq!(embed(&server, "one bad batch").await.0, 500);
     assert_eq!(ready(&server).await.0, 200);
     assert!(server
@@ -183,26 +183,30 @@ async fn restarts_reach<I: Send + 'static>(tower: &clipserve::batcher::Batcher<I
 #[tokio::test]
 async fn a_crash_of_the_worker_loop_restarts_it_and_the_tower_keeps_serving() {
     let server = start().await;
-    let serving = server.state.serving_for_accepted().expect("loaded");
-    serving.texts.inject_crashes(1);
+    let serving = server.state.service().expect("loaded");
+    serving.texts().inject_crashes(1);
     let (status, body) = embed(&server, "the loop crashes on this batch").await;
     assert_opaque_500(status, &body);
     // The loop counts its restart just after the crashed batch's callers got their 500.
-    restarts_reach(&serving.texts, 1).await;
-    assert_eq!(serving.texts.live_workers(), 1, "the thread is still there");
+    restarts_reach(serving.texts(), 1).await;
+    assert_eq!(
+        serving.texts().live_workers(),
+        1,
+        "the thread is still there"
+    );
     assert_eq!(ready(&server).await.0, 200);
     let (status, body) = embed(&server, "and the next one is served").await;
     assert_eq!(status, 200, "{body}");
 
     // Crashes on every batch for a while: unready for the cooldown, then ready and serving.
-    serving.texts.inject_crashes(3);
+    serving.texts().inject_crashes(3);
     for i in 0..3 {
         assert_eq!(embed(&server, &format!("crash {i}")).await.0, 500);
     }
-    restarts_reach(&serving.texts, 4).await;
+    restarts_reach(serving.texts(), 4).await;
     assert_eq!(ready(&server).await.0, 503);
     wait_ready(&server, 200).await;
     assert_eq!(embed(&server, "recovered").await.0, 200);
-    assert_eq!(serving.texts.worker_restarts(), 4);
-    assert_eq!(serving.texts.live_workers(), 1);
+    assert_eq!(serving.texts().worker_restarts(), 4);
+    assert_eq!(serving.texts().live_workers(), 1);
 }

@@ -274,8 +274,8 @@ async fn real_responses_validate_against_the_documented_schemas() {
     check
         .json(&server.base, "/v1/embeddings", json!({ "input": [] }), 422)
         .await;
-    let serving = server.state.serving_for_accepted().unwrap();
-    serving.texts.inject_panics(1);
+    let serving = server.state.service().unwrap();
+    serving.texts().inject_panics(1);
     check
         .json(
             &server.base,
@@ -284,7 +284,7 @@ async fn real_responses_validate_against_the_documented_schemas() {
             500,
         )
         .await;
-    serving.texts.inject_panics(1);
+    serving.texts().inject_panics(1);
     check
         .json(
             &server.base,

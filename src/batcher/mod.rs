@@ -10,6 +10,10 @@
 //!                            runs the batch (panics caught), answers each oneshot
 //! ```
 //!
+//! One bad item fails only itself: when a run fails, the worker runs the batch again without
+//! the item the failure names, or, when it names none (a panic, a failure of the whole run),
+//! each item alone. Every other item, whichever request it came from, still gets its embedding.
+//!
 //! A request's items are queued all or none (`try_reserve_many`), so a full queue answers at
 //! once and never half-accepts a request. Every accepted item gets exactly one answer, from its
 //! own channel, so a result can never reach another caller. Dropping the last [`Batcher`] handle
@@ -66,8 +70,29 @@ pub struct QueueFull {
     pub capacity: usize,
 }
 
-/// What a worker does with a batch: embeddings in the same order, or one error for the batch.
-pub type RunFn<I> = dyn Fn(&[I], RunContext) -> Result<Vec<Embedding>, String> + Send + Sync;
+/// What a worker does with a batch: embeddings in the same order, or why the run failed.
+pub type RunFn<I> = dyn Fn(&[I], RunContext) -> Result<Vec<Embedding>, RunError> + Send + Sync;
+
+/// Why a batch run failed.
+#[derive(Debug, Clone, Error, PartialEq)]
+#[error("{message}")]
+pub struct RunError {
+    /// The batch position of the item the failure is about, when the run could tell (an output
+    /// that is not a usable embedding); `None` when the whole run failed.
+    pub item: Option<usize>,
+    /// What went wrong (for logs, not callers).
+    pub message: String,
+}
+
+impl RunError {
+    /// A failure of the whole run.
+    pub fn batch(message: impl Into<String>) -> RunError {
+        RunError {
+            item: None,
+            message: message.into(),
+        }
+    }
+}
 
 /// What a run knows about its tower when it starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,15 +355,17 @@ impl<I: Send + 'static> Batcher<I> {
         self.shared.restarts.load(Ordering::SeqCst)
     }
 
-    /// Test hook: makes the next `n` batches panic inside the inference thread, to show that a
+    /// Test hook (feature `fault-injection`): makes the next `n` batches panic inside the inference thread, to show that a
     /// panic fails only its own batch and the worker carries on.
+    #[cfg(any(test, feature = "fault-injection"))]
     pub fn inject_panics(&self, n: usize) {
         self.shared.inject_panics.store(n, Ordering::SeqCst);
     }
 
-    /// Test hook: makes the worker loop itself panic (outside the per-batch guard) on the next
+    /// Test hook (feature `fault-injection`): makes the worker loop itself panic (outside the per-batch guard) on the next
     /// `n` batches it takes, as a bug in batch formation would, to show that the loop restarts
     /// and the tower keeps serving.
+    #[cfg(any(test, feature = "fault-injection"))]
     pub fn inject_crashes(&self, n: usize) {
         self.shared.inject_crashes.store(n, Ordering::SeqCst);
     }

@@ -294,3 +294,91 @@ async fn memory_is_released_after_work_once_the_towers_go_idle() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(RELEASES.load(Ordering::SeqCst), 1);
 }
+
+/// A batcher whose run fails whenever item 7 is in its batch: with an error naming its batch
+/// position (`named`), or by panicking. Records every batch it is given.
+fn failing_on_seven(named: bool) -> (Batcher<u32>, Arc<Mutex<Vec<Vec<u32>>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let run = move |items: &[u32], _: RunContext| {
+        log.lock().unwrap().push(items.to_vec());
+        if let Some(bad) = items.iter().position(|&n| n == 7) {
+            if !named {
+                panic!("item 7 broke the run");
+            }
+            return Err(RunError {
+                item: Some(bad),
+                message: "item 7 is not a usable embedding".into(),
+            });
+        }
+        Ok(items
+            .iter()
+            .map(|&n| {
+                let mut row = vec![0.0; 16];
+                row[n as usize] = 1.0;
+                Embedding::new(row).unwrap()
+            })
+            .collect())
+    };
+    let lingering = BatchPolicy {
+        // Long enough that the items of one submit always share a batch.
+        linger: Duration::from_millis(300),
+        ..policy(Vec::new(), 8)
+    };
+    let (batcher, _) = Batcher::start(
+        "text",
+        lingering,
+        Arc::new(run),
+        Arc::new(NoObserver),
+        tokio::runtime::Handle::current(),
+    )
+    .unwrap();
+    (batcher, seen)
+}
+
+/// Each answer: the axis of its embedding, or its error.
+async fn outcomes(
+    rxs: Vec<oneshot::Receiver<Result<Embedding, InferError>>>,
+) -> Vec<Result<usize, InferError>> {
+    let mut out = Vec::new();
+    for rx in rxs {
+        out.push(
+            rx.await
+                .unwrap()
+                .map(|e| e.as_slice().iter().position(|&x| x > 0.5).unwrap()),
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_the_run_names_fails_alone_and_the_rest_of_its_batch_runs_again_without_it() {
+    let (batcher, seen) = failing_on_seven(true);
+    let rxs = batcher.submit(vec![(1, 1), (7, 1), (3, 1)]).unwrap();
+    assert_eq!(
+        outcomes(rxs).await,
+        vec![
+            Ok(1),
+            Err(InferError::Failed(
+                "item 7 is not a usable embedding".into()
+            )),
+            Ok(3)
+        ]
+    );
+    assert_eq!(*seen.lock().unwrap(), vec![vec![1, 7, 3], vec![1, 3]]);
+    assert!(batcher.healthy(), "a bad item is not a broken tower");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_panics_without_naming_an_item_runs_each_item_alone() {
+    let (batcher, seen) = failing_on_seven(false);
+    let rxs = batcher.submit(vec![(2, 1), (7, 1), (5, 1)]).unwrap();
+    assert_eq!(
+        outcomes(rxs).await,
+        vec![Ok(2), Err(InferError::Panicked), Ok(5)]
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![vec![2, 7, 5], vec![2], vec![7], vec![5]]
+    );
+}

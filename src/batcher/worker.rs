@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::{BatchPolicy, InferError, Intake, Job, RunContext, RunFn, Shared};
+use super::{BatchPolicy, InferError, Intake, Job, RunContext, RunError, RunFn, Shared};
 use crate::embedding::Embedding;
 
 pub(super) struct Worker<I> {
@@ -127,24 +127,96 @@ impl<I: Send + 'static> Worker<I> {
             .into_iter()
             .map(|j| (j.item, (j.cost, j.reply)))
             .unzip();
-        let cost = rest.iter().map(|(c, _)| *c).max().unwrap_or(0) * items.len();
+        let count = items.len();
+        let cost = rest.iter().map(|(c, _)| *c).max().unwrap_or(0) * count;
         let started = Instant::now();
         let beside = self.shared.running.fetch_add(1, Ordering::SeqCst);
         let context = RunContext { waiting, beside };
+        let (results, ok) = self.run_isolating(items, context);
+        let elapsed = started.elapsed();
+        self.shared.completed.fetch_add(1, Ordering::SeqCst);
+        self.shared.running.fetch_sub(1, Ordering::SeqCst);
+        self.shared.record_outcome(ok);
+        self.shared
+            .observer
+            .batch(self.shared.tower, count, cost, elapsed, ok);
+        tracing::debug!(
+            tower = self.shared.tower,
+            items = count,
+            cost,
+            elapsed_us = elapsed.as_micros() as u64,
+            "batch done"
+        );
+        for ((_, reply), result) in rest.into_iter().zip(results) {
+            // The caller may have gone meanwhile; then nobody needs the answer.
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Runs `items` and returns one result per item, in order, so that one bad item fails only
+    /// itself: a failure that names its item fails that item and the others run again without
+    /// it; one that names none (a panic, a failure of the whole run) runs each item alone. The
+    /// flag is false when the tower itself looks broken: a failure no item could be blamed for.
+    fn run_isolating(
+        &self,
+        mut items: Vec<I>,
+        context: RunContext,
+    ) -> (Vec<Result<Embedding, InferError>>, bool) {
+        let failure = match self.run_guarded(&items, context) {
+            Ok(embeddings) => return (embeddings.into_iter().map(Ok).collect(), true),
+            Err(failure) => failure,
+        };
+        if items.len() == 1 {
+            // An item alone that fails with its own name on it is a bad item, not a bad tower.
+            let blamed = matches!(&failure, Failure::Run(RunError { item: Some(0), .. }));
+            return (vec![Err(failure.into())], blamed);
+        }
+        match failure {
+            Failure::Run(RunError {
+                item: Some(bad), ..
+            }) if bad < items.len() => {
+                tracing::warn!(
+                    tower = self.shared.tower,
+                    item = bad,
+                    items = items.len(),
+                    "an item failed; running the rest of its batch again without it"
+                );
+                drop(items.remove(bad));
+                let (mut results, ok) = self.run_isolating(items, context);
+                results.insert(bad, Err(failure.into()));
+                (results, ok)
+            }
+            _ => {
+                tracing::warn!(
+                    tower = self.shared.tower,
+                    items = items.len(),
+                    "a batch failed; running each of its items alone"
+                );
+                let mut any_ok = false;
+                let results = items
+                    .iter()
+                    .map(|item| {
+                        let one = self.run_guarded(std::slice::from_ref(item), context);
+                        any_ok |= one.is_ok();
+                        one.map(|mut e| e.remove(0)).map_err(InferError::from)
+                    })
+                    .collect();
+                (results, any_ok)
+            }
+        }
+    }
+
+    /// One run of the batch function, its panics caught and its answer checked for length.
+    fn run_guarded(&self, items: &[I], context: RunContext) -> Result<Vec<Embedding>, Failure> {
         let inject = Shared::take(&self.shared.inject_panics);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             if inject {
                 panic!("injected panic (Batcher::inject_panics test hook)");
             }
-            (self.run)(&items, context)
+            (self.run)(items, context)
         }));
-        let elapsed = started.elapsed();
-        self.shared.completed.fetch_add(1, Ordering::SeqCst);
-        self.shared.running.fetch_sub(1, Ordering::SeqCst);
-        let results: Vec<Result<Embedding, InferError>> = match outcome {
-            Ok(Ok(embeddings)) if embeddings.len() == items.len() => {
-                embeddings.into_iter().map(Ok).collect()
-            }
+        match outcome {
+            Ok(Ok(embeddings)) if embeddings.len() == items.len() => Ok(embeddings),
             Ok(Ok(embeddings)) => {
                 let message = format!(
                     "the encoder returned {} embeddings for {} items",
@@ -152,11 +224,11 @@ impl<I: Send + 'static> Worker<I> {
                     items.len()
                 );
                 tracing::error!(tower = self.shared.tower, %message, "batch failed");
-                vec![Err(InferError::Failed(message)); items.len()]
+                Err(Failure::Run(RunError::batch(message)))
             }
-            Ok(Err(message)) => {
-                tracing::error!(tower = self.shared.tower, %message, "batch failed");
-                vec![Err(InferError::Failed(message)); items.len()]
+            Ok(Err(error)) => {
+                tracing::error!(tower = self.shared.tower, message = %error.message, item = ?error.item, "batch failed");
+                Err(Failure::Run(error))
             }
             Err(panic) => {
                 let message = panic
@@ -165,24 +237,23 @@ impl<I: Send + 'static> Worker<I> {
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
                 tracing::error!(tower = self.shared.tower, %message, "batch panicked");
-                vec![Err(InferError::Panicked); items.len()]
+                Err(Failure::Panicked)
             }
-        };
-        let ok = results.iter().all(|r| r.is_ok());
-        self.shared.record_outcome(ok);
-        self.shared
-            .observer
-            .batch(self.shared.tower, items.len(), cost, elapsed, ok);
-        tracing::debug!(
-            tower = self.shared.tower,
-            items = items.len(),
-            cost,
-            elapsed_us = elapsed.as_micros() as u64,
-            "batch done"
-        );
-        for ((_, reply), result) in rest.into_iter().zip(results) {
-            // The caller may have gone meanwhile; then nobody needs the answer.
-            let _ = reply.send(result);
+        }
+    }
+}
+
+/// How one run failed.
+enum Failure {
+    Run(RunError),
+    Panicked,
+}
+
+impl From<Failure> for InferError {
+    fn from(failure: Failure) -> InferError {
+        match failure {
+            Failure::Run(error) => InferError::Failed(error.message),
+            Failure::Panicked => InferError::Panicked,
         }
     }
 }

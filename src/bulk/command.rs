@@ -10,6 +10,7 @@ use anyhow::Context;
 
 use super::{Backend, Format, Kind, LocalBackend, Options, ProgressMode, RemoteBackend};
 use crate::config::Settings;
+use crate::service::InputRules;
 
 /// Flags of `clipserve embed`.
 #[derive(Debug, clap::Args)]
@@ -122,7 +123,7 @@ pub fn execute(args: EmbedArgs, settings: Settings) -> anyhow::Result<()> {
 async fn load_local(settings: &Settings) -> anyhow::Result<LocalBackend> {
     let folder = crate::app::resolve_model(settings).await?;
     eprintln!("loading model {}", folder.display());
-    let engine_settings = crate::app::engine_settings(settings);
+    let engine_settings = crate::service::engine_settings(&settings.model);
     let engine =
         tokio::task::spawn_blocking(move || crate::engine::Engine::load(&folder, &engine_settings))
             .await
@@ -130,8 +131,6 @@ async fn load_local(settings: &Settings) -> anyhow::Result<LocalBackend> {
             .context("loading the model")?;
     Ok(LocalBackend::new(
         Arc::new(engine),
-        settings.limits.max_image_pixels,
-        settings.model.exif,
-        settings.limits.max_text_chars,
+        InputRules::new(&settings.limits, &settings.model),
     ))
 }

@@ -1,8 +1,8 @@
-//! In-process embedding for `clipserve embed --model`: the same decoding, preprocessing,
-//! tokenization and engine the server runs (`preprocess::image`, the model folder's
-//! `PreprocessConfig`, `TextTokenizer`, `engine::Engine`), called directly instead of through
-//! the HTTP pipeline and its queues. Each batch runs on the blocking pool, so two batches in
-//! flight overlap one batch's decoding with the other's inference.
+//! In-process embedding for `clipserve embed --model`: the service's own functions for turning
+//! images and texts into encoder inputs ([`prepare_image`], [`tokenize_text`], under the same
+//! [`InputRules`]) and the same engine, called directly instead of through the service's
+//! queues. Each batch runs on the blocking pool, so two batches in flight overlap one batch's
+//! decoding with the other's inference.
 
 use std::sync::Arc;
 
@@ -10,32 +10,20 @@ use super::items::{Item, Kind};
 use super::{BulkError, Outcome};
 use crate::embedding::Embedding;
 use crate::engine::{EncodeError, Engine};
-use crate::preprocess::image::{decode_rgb, DecodeLimits, ExifPolicy};
+use crate::service::{prepare_image, tokenize_text, InputRules};
 
-/// A loaded engine plus the limits the server would apply, so both modes accept and refuse
-/// the same inputs.
+/// A loaded engine plus the rules the server would apply, so both modes accept and refuse the
+/// same inputs.
 #[derive(Clone, Debug)]
 pub struct LocalBackend {
     engine: Arc<Engine>,
-    decode: DecodeLimits,
-    exif: ExifPolicy,
-    max_text_chars: usize,
+    rules: InputRules,
 }
 
 impl LocalBackend {
-    /// Wraps a loaded engine with the decode limits, EXIF policy and text limit in force.
-    pub fn new(
-        engine: Arc<Engine>,
-        max_image_pixels: u64,
-        exif: ExifPolicy,
-        max_text_chars: usize,
-    ) -> LocalBackend {
-        LocalBackend {
-            engine,
-            decode: DecodeLimits::for_pixels(max_image_pixels),
-            exif,
-            max_text_chars,
-        }
+    /// Wraps a loaded engine with the input rules in force.
+    pub fn new(engine: Arc<Engine>, rules: InputRules) -> LocalBackend {
+        LocalBackend { engine, rules }
     }
 
     /// The embedding width.
@@ -62,16 +50,16 @@ impl LocalBackend {
     fn images(&self, items: &[Item]) -> Result<Vec<Outcome>, BulkError> {
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(items.len());
         let mut tensors = Vec::new();
-        for item in items {
+        for (index, item) in items.iter().enumerate() {
             let prepared = item
                 .file
                 .as_deref()
                 .ok_or_else(|| "not a file".to_string())
                 .and_then(|path| std::fs::read(path).map_err(|e| format!("cannot read: {e}")))
                 .and_then(|bytes| {
-                    decode_rgb(&bytes, &self.decode, self.exif).map_err(|e| e.to_string())
-                })
-                .map(|rgb| self.engine.folder.preprocess.tensor(&rgb));
+                    prepare_image(&bytes, &self.engine.folder.preprocess, &self.rules, index)
+                        .map_err(|e| reason(&e.to_string()))
+                });
             match prepared {
                 Ok(tensor) => {
                     tensors.push(tensor);
@@ -89,19 +77,16 @@ impl LocalBackend {
     fn texts(&self, items: &[Item]) -> Result<Vec<Outcome>, BulkError> {
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(items.len());
         let mut ids = Vec::new();
-        for item in items {
-            let chars = item.name.chars().count();
-            let tokens = if chars > self.max_text_chars {
-                Err(format!(
-                    "{chars} characters; the limit is {}",
-                    self.max_text_chars
-                ))
-            } else {
-                self.engine
-                    .tokenizer
-                    .encode(&item.name)
-                    .map_err(|e| e.to_string())
-            };
+        let context = self.engine.folder.context_length;
+        for (index, item) in items.iter().enumerate() {
+            let tokens = tokenize_text(
+                &item.name,
+                &self.engine.tokenizer,
+                &self.rules,
+                context,
+                index,
+            )
+            .map_err(|e| reason(&e.to_string()));
             match tokens {
                 Ok(t) => {
                     ids.push(t);
@@ -115,6 +100,24 @@ impl LocalBackend {
         fill(&mut outcomes, embedded);
         Ok(outcomes)
     }
+}
+
+/// A service error's message without its "image 3: " / "text 3 " prefix: the bulk output
+/// names the item by its file or line, not by its position in an internal batch.
+fn reason(message: &str) -> String {
+    for prefix in ["image ", "text "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            if digits > 0 {
+                let rest = &rest[digits..];
+                return rest
+                    .strip_prefix(": ")
+                    .unwrap_or(rest.trim_start())
+                    .to_string();
+            }
+        }
+    }
+    message.to_string()
 }
 
 /// Runs a batch; if the model fails on it (an output that is not a usable embedding), runs

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+
+use super::types::{ErrorDetail, ErrorResponse};
+use crate::service::ServiceError;
 
 /// Everything a request can fail with.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,23 +50,48 @@ pub enum ApiError {
     NotReady,
     /// The request took longer than `server.request_timeout_ms`.
     Timeout,
-    /// Inference failed; `log` holds the cause for the server log only.
+    /// The encoder failed on one item of the request (the rest of its batch was answered);
+    /// `log` holds the cause for the server log only.
+    Inference { index: usize, log: String },
+    /// Something failed inside; `log` holds the cause for the server log only.
     Internal { log: String },
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Detail<'a>,
+/// The one place where the service's errors become answers.
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            ServiceError::Empty { .. } => ApiError::over_limit("empty_input", message, None),
+            ServiceError::TooMany { max, .. } => {
+                ApiError::over_limit("too_many_items", message, Some(max))
+            }
+            ServiceError::BadImageData { index, .. } => ApiError::BadRequest {
+                message,
+                index: Some(index),
+            },
+            ServiceError::InvalidImage { index, .. } => ApiError::InvalidImage { message, index },
+            ServiceError::ImageTooLarge { index, .. } => {
+                ApiError::over_limit("image_too_large", message, Some(index))
+            }
+            ServiceError::TextTooLong { index, .. } => {
+                ApiError::over_limit("text_too_long", message, Some(index))
+            }
+            ServiceError::Overloaded { .. } => ApiError::Overloaded {
+                retry_after: RETRY_AFTER,
+            },
+            ServiceError::NotReady => ApiError::NotReady,
+            ServiceError::Encode { index, message } => ApiError::Inference {
+                index,
+                log: message,
+            },
+            ServiceError::Internal(log) => ApiError::Internal { log },
+        }
+    }
 }
 
-#[derive(Serialize)]
-struct Detail<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    index: Option<usize>,
-}
+/// What clients are told to wait when a queue is full.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl ApiError {
     /// A malformed request.
@@ -104,7 +131,9 @@ impl ApiError {
             ApiError::Overloaded { .. } | ApiError::NotReady | ApiError::Timeout => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Inference { .. } | ApiError::Internal { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -123,7 +152,7 @@ impl ApiError {
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::NotReady => "not_ready",
             ApiError::Timeout => "timeout",
-            ApiError::Internal { .. } => "internal_error",
+            ApiError::Inference { .. } | ApiError::Internal { .. } => "internal_error",
         }
     }
 
@@ -151,6 +180,9 @@ impl ApiError {
                 "the model is not ready (loading or shutting down): retry shortly".into()
             }
             ApiError::Timeout => "the request took too long: retry, or send fewer items".into(),
+            ApiError::Inference { index, .. } => {
+                format!("inference failed on item {index}; the error was logged")
+            }
             ApiError::Internal { .. } => "inference failed; the error was logged".into(),
         }
     }
@@ -159,7 +191,9 @@ impl ApiError {
     pub fn index(&self) -> Option<usize> {
         match self {
             ApiError::BadRequest { index, .. } | ApiError::OverLimit { index, .. } => *index,
-            ApiError::InvalidImage { index, .. } => Some(*index),
+            ApiError::InvalidImage { index, .. } | ApiError::Inference { index, .. } => {
+                Some(*index)
+            }
             _ => None,
         }
     }
@@ -202,18 +236,17 @@ impl std::fmt::Display for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if let ApiError::Internal { log } = &self {
-            tracing::error!(cause = %log, "internal error");
+        if let ApiError::Internal { log } | ApiError::Inference { log, .. } = &self {
+            tracing::error!(cause = %log, index = ?self.index(), "internal error");
         } else if status.is_server_error() {
             tracing::warn!(kind = self.kind(), "request refused");
         } else {
             tracing::info!(kind = self.kind(), message = %self.message(), index = ?self.index(), "bad request");
         }
-        let message = self.message();
-        let body = Body {
-            error: Detail {
-                kind: self.kind(),
-                message: &message,
+        let body = ErrorResponse {
+            error: ErrorDetail {
+                kind: self.kind().to_string(),
+                message: self.message(),
                 index: self.index(),
             },
         };

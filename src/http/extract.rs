@@ -1,19 +1,20 @@
 //! Reading request bodies at the edge: JSON with our error shape, and images in any of the
 //! three forms `/v1/embed/image` takes (multipart parts, JSON base64 / data URIs, a raw
-//! `image/*` body). Sizes and counts are checked here, while the body streams in.
+//! `image/*` body). Sizes and counts are checked here, while the body streams in, by the
+//! service's rules (`service::validate`).
 
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Request};
 use axum::http::header::CONTENT_TYPE;
-use base64::Engine as _;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use super::state::AppState;
 use super::types::ImagesRequest;
+use crate::service::validate;
 
 /// How long a client may take to send its body before it gets 408 (`server.body_timeout_ms`).
 fn body_timeout(state: &AppState) -> Duration {
@@ -115,8 +116,8 @@ impl FromRequest<AppState> for ImageInputs {
             .await?
         } else if is_json(&ct) {
             let ApiJson(body) = ApiJson::<ImagesRequest>::from_request(req, state).await?;
-            check_count("images", body.images.len(), limits.max_images_per_request)?;
-            decode_base64_list(&body.images)?
+            validate::count("images", body.images.len(), limits.max_images_per_request)?;
+            validate::image_data_list(&body.images)?
         } else if essence.starts_with("image/") || essence == "application/octet-stream" {
             vec![read_body(req.into_body(), limits.max_body_bytes, body_timeout(state)).await?]
         } else {
@@ -127,7 +128,7 @@ impl FromRequest<AppState> for ImageInputs {
                 ),
             });
         };
-        check_count("images", images.len(), limits.max_images_per_request)?;
+        validate::count("images", images.len(), limits.max_images_per_request)?;
         Ok(ImageInputs(images))
     }
 }
@@ -159,9 +160,7 @@ async fn multipart_images(
                 index: Some(images.len()),
             });
         }
-        if images.len() == max_images {
-            return Err(too_many("images", images.len() + 1, max_images));
-        }
+        validate::at_most("images", images.len() + 1, max_images)?;
         let bytes = tokio::time::timeout(timeout, field.bytes())
             .await
             .map_err(|_| ApiError::RequestTimeout)?
@@ -178,134 +177,5 @@ fn multipart_error(e: axum::extract::multipart::MultipartError, limit: usize) ->
         ApiError::PayloadTooLarge { limit }
     } else {
         ApiError::bad_request(format!("invalid multipart body: {}", e.body_text()))
-    }
-}
-
-/// Decodes each string as a `data:` URI or plain base64.
-pub fn decode_base64_list(items: &[String]) -> Result<Vec<Bytes>, ApiError> {
-    items
-        .iter()
-        .enumerate()
-        .map(|(index, s)| {
-            decode_base64(s).map_err(|message| ApiError::BadRequest {
-                message: format!("image {index}: {message}"),
-                index: Some(index),
-            })
-        })
-        .collect()
-}
-
-/// Decodes one image string: `data:<type>;base64,<data>` or bare base64. Whitespace (line
-/// breaks from MIME encoders) is ignored; padding is optional.
-pub fn decode_base64(s: &str) -> Result<Bytes, String> {
-    // The server never fetches anything: a URL gets a clear refusal, not a base64 error.
-    let head: String = s
-        .trim_start()
-        .chars()
-        .take(8)
-        .collect::<String>()
-        .to_ascii_lowercase();
-    if ["http://", "https://", "file:", "ftp://"]
-        .iter()
-        .any(|scheme| head.starts_with(scheme))
-    {
-        return Err(
-            "image URLs are not fetched: send the image itself as base64 or a data URI".into(),
-        );
-    }
-    let data = if let Some(rest) = s.strip_prefix("data:") {
-        let (header, data) = rest
-            .split_once(',')
-            .ok_or("a data URI needs a comma before its data")?;
-        if !header.ends_with(";base64") {
-            return Err("only base64 data URIs are accepted (`data:image/png;base64,...`)".into());
-        }
-        data
-    } else {
-        s
-    };
-    let compact: Vec<u8> = data.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if compact.is_empty() {
-        return Err("empty image data".into());
-    }
-    let engine = base64::engine::GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        base64::engine::GeneralPurposeConfig::new()
-            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-    );
-    engine
-        .decode(&compact)
-        .map(Bytes::from)
-        .map_err(|e| format!("invalid base64 ({e}); send standard base64 or a data URI"))
-}
-
-/// Checks a per-request item count against its limit (at least one item is required).
-pub fn check_count(what: &'static str, n: usize, max: usize) -> Result<(), ApiError> {
-    if n == 0 {
-        return Err(ApiError::over_limit(
-            "empty_input",
-            format!("no {what} given: send at least one"),
-            None,
-        ));
-    }
-    if n > max {
-        return Err(too_many(what, n, max));
-    }
-    Ok(())
-}
-
-fn too_many(what: &'static str, n: usize, max: usize) -> ApiError {
-    ApiError::over_limit(
-        "too_many_items",
-        format!("{n} {what} in one request; the limit is {max}: split the request"),
-        Some(max),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn data_uris_and_bare_base64_decode_the_same() {
-        let a = decode_base64("data:image/png;base64,aGVsbG8=").unwrap();
-        let b = decode_base64("aGVs\nbG8").unwrap();
-        assert_eq!(a, b);
-        assert_eq!(&a[..], b"hello");
-    }
-
-    #[test]
-    fn malformed_base64_is_refused_with_a_reason() {
-        assert!(decode_base64("data:image/png,raw")
-            .unwrap_err()
-            .contains("base64"));
-        assert!(decode_base64("data:image/png;base64")
-            .unwrap_err()
-            .contains("comma"));
-        assert!(decode_base64("@@@").unwrap_err().contains("invalid base64"));
-        assert!(decode_base64("  ").unwrap_err().contains("empty"));
-        for url in [
-            "https://example.com/a.jpg",
-            "HTTP://x/y",
-            "file:///etc/passwd",
-        ] {
-            assert!(
-                decode_base64(url).unwrap_err().contains("not fetched"),
-                "{url}"
-            );
-        }
-    }
-
-    #[test]
-    fn counts_must_be_between_one_and_the_limit() {
-        assert!(check_count("texts", 1, 1).is_ok());
-        assert_eq!(
-            check_count("texts", 0, 1).unwrap_err().kind(),
-            "empty_input"
-        );
-        assert_eq!(
-            check_count("texts", 2, 1).unwrap_err().kind(),
-            "too_many_items"
-        );
     }
 }

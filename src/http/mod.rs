@@ -3,14 +3,18 @@
 //! ```text
 //! request ─► request id ─► trace span ─► metrics ─► JSON errors ─► panic guard ─► body limit
 //!         ─► timeout
-//!         ─► (CORS) ─► router ─► (API key, on API routes) ─► extractor ─► handler ─► pipeline
+//!         ─► (CORS) ─► router ─► (drain refusal, API key: on API routes) ─► extractor
+//!         ─► handler ─► service
 //! ```
+//!
+//! Handlers read and validate the request, call [`crate::service::Service`], and shape its
+//! answer; `error` maps the service's errors to statuses in one place.
 
 pub mod error;
 pub mod extract;
 pub mod openapi;
-pub mod pipeline;
 pub mod routes;
+pub mod schema;
 pub mod server;
 pub mod state;
 pub mod types;
@@ -53,6 +57,10 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_api_key,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_while_draining,
         ));
     let open = Router::new()
         .route("/health", get(routes::ops::health))
@@ -141,6 +149,20 @@ async fn require_api_key(State(state): State<AppState>, req: Request, next: Next
     } else {
         ApiError::Unauthorized.into_response()
     }
+}
+
+/// Refuses work that arrives once shutdown has begun (503 + Retry-After, which balancers retry
+/// elsewhere). A request admitted before the signal is not refused later: it is served to the
+/// end, its body upload included, and the drain waits for it.
+async fn refuse_while_draining(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if state.is_draining() {
+        return ApiError::NotReady.into_response();
+    }
+    next.run(req).await
 }
 
 /// Counts every answer by route template (not raw path, to keep label cardinality bounded).

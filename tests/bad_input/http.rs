@@ -253,14 +253,14 @@ async fn requests_cancelled_mid_flight_have_their_queued_items_dropped() {
         "every request finished within 300 ms: nothing was cancelled"
     );
     // Let the worker reach the abandoned items (bounded wait).
-    let serving = h.server.state.serving_for_accepted().expect("model loaded");
+    let serving = h.server.state.service().expect("model loaded");
     for _ in 0..600 {
-        if serving.texts.depth() == 0 {
+        if serving.texts().depth() == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(serving.texts.depth(), 0, "the queue never drained");
+    assert_eq!(serving.texts().depth(), 0, "the queue never drained");
     let after = h.server.state.metrics().render();
     let dropped = metric(&after, skipped) - metric(&before, skipped);
     let ran = metric(&after, embedded) - metric(&before, embedded);

@@ -118,12 +118,7 @@ async fn content_type_body_size_method_and_api_key_errors_take_openai_shape_too(
 #[tokio::test]
 async fn inference_failures_are_500_and_an_unready_server_503_with_retry_after() {
     let server = TestServer::start(|_| {}).await;
-    server
-        .state
-        .serving_for_accepted()
-        .unwrap()
-        .texts
-        .inject_panics(1);
+    server.state.service().unwrap().texts().inject_panics(1);
     let (status, body) = embeddings(&server, json!({ "input": "boom" })).await;
     assert_eq!(status, 500, "{body}");
     let (_, _, code) = openai_error(status, &body);

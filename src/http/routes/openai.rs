@@ -6,8 +6,6 @@
 //! OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`, where `code` is the
 //! `type` the other routes would answer.
 
-use std::sync::Arc;
-
 use axum::extract::{Request, State};
 use axum::http::response::Parts;
 use axum::http::{header, StatusCode};
@@ -19,15 +17,15 @@ use serde_json::Value;
 
 use crate::embedding::Embedding;
 use crate::http::error::ApiError;
-use crate::http::extract::{check_count, decode_base64_list, ApiJson};
-use crate::http::openapi::OpenAiErrors;
-use crate::http::pipeline::{embed_images, embed_token_ids, tokenize_off_runtime};
+use crate::http::extract::ApiJson;
+use crate::http::schema::OpenAiErrors;
 use crate::http::state::AppState;
 use crate::http::types::{
     EncodingFormat, ErrorResponse, Modality, OpenAiEmbedding, OpenAiEmbeddingsRequest,
     OpenAiEmbeddingsResponse, OpenAiErrorDetail, OpenAiErrorResponse, OpenAiUsage, OpenAiVector,
 };
 use crate::preprocess::text::TokenIds;
+use crate::service::validate;
 
 /// The route's path, which [`openai_errors`] watches.
 pub const PATH: &str = "/v1/embeddings";
@@ -49,8 +47,8 @@ pub async fn embeddings(
     body: Result<ApiJson<OpenAiEmbeddingsRequest>, ApiError>,
 ) -> Result<Json<OpenAiEmbeddingsResponse>, OpenAiError> {
     let ApiJson(request) = body?;
-    let serving = state.serving()?;
-    let full = serving.engine.folder.embed_dim;
+    let service = state.service()?;
+    let full = service.model().embed_dim;
     let dimensions = match request.dimensions {
         Some(d) if d == 0 || d > full => {
             return Err(OpenAiError::new(
@@ -65,26 +63,24 @@ pub async fn embeddings(
     };
     let inputs = input_strings(request.input).map_err(|e| OpenAiError::new(e, "input"))?;
     let limits = &state.settings().limits;
-    let on_input = |e| OpenAiError::new(e, "input");
+    let on_input = |e: crate::service::ServiceError| OpenAiError::new(e.into(), "input");
     let (embeddings, prompt_tokens) = match request.modality {
         Modality::Text => {
-            check_count("texts", inputs.len(), limits.max_texts_per_request).map_err(on_input)?;
-            let ids = tokenize_off_runtime(&state, serving, Arc::new(inputs))
+            validate::count("texts", inputs.len(), limits.max_texts_per_request)
+                .map_err(on_input)?;
+            let ids = service
+                .tokenize_off_runtime(inputs)
                 .await
                 .map_err(on_input)?;
             let tokens = ids.iter().map(TokenIds::len).sum();
-            (embed_token_ids(&state, serving, ids).await?, tokens)
+            let embeddings = service.embed_token_ids(ids).await.map_err(ApiError::from)?;
+            (embeddings, tokens)
         }
         Modality::Image => {
-            check_count("images", inputs.len(), limits.max_images_per_request).map_err(on_input)?;
-            refuse_urls(&inputs).map_err(on_input)?;
-            let bytes = decode_base64_list(&inputs).map_err(on_input)?;
-            (
-                embed_images(&state, serving, bytes)
-                    .await
-                    .map_err(on_input)?,
-                0,
-            )
+            validate::count("images", inputs.len(), limits.max_images_per_request)
+                .map_err(on_input)?;
+            let bytes = validate::image_data_list(&inputs).map_err(on_input)?;
+            (service.embed_images(bytes).await.map_err(on_input)?, 0)
         }
     };
     let data = embeddings
@@ -107,7 +103,7 @@ pub async fn embeddings(
     Ok(Json(OpenAiEmbeddingsResponse {
         object: "list".into(),
         data,
-        model: serving.engine.folder.name.clone(),
+        model: service.model().name.clone(),
         usage: OpenAiUsage {
             prompt_tokens,
             total_tokens: prompt_tokens,
@@ -162,22 +158,6 @@ fn json_kind(value: &Value) -> &'static str {
 }
 
 /// Image URLs are never fetched (no outbound requests from a replica); say what to send instead.
-fn refuse_urls(inputs: &[String]) -> Result<(), ApiError> {
-    match inputs
-        .iter()
-        .position(|s| s.starts_with("http://") || s.starts_with("https://"))
-    {
-        Some(index) => Err(ApiError::BadRequest {
-            message: format!(
-                "image {index} is a URL, and this server does not fetch URLs: send the image \
-                 itself as a data URI (`data:image/jpeg;base64,...`) or bare base64"
-            ),
-            index: Some(index),
-        }),
-        None => Ok(()),
-    }
-}
-
 fn encode(embedding: Embedding, format: EncodingFormat) -> OpenAiVector {
     match format {
         EncodingFormat::Float => OpenAiVector::Float(embedding.into_vec()),

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::http::error::ApiError;
-use crate::http::openapi::ModelErrors;
+use crate::http::schema::ModelErrors;
 use crate::http::state::AppState;
 use crate::http::types::{InfoResponse, StatusResponse};
 
@@ -43,7 +43,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         })
         .into_response()
     } else {
-        let status = if state.serving_for_accepted().is_none() {
+        let status = if state.service().is_err() {
             "loading"
         } else {
             "unavailable"
@@ -71,8 +71,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     security((), ("api_key" = [])),
 )]
 pub async fn info(State(state): State<AppState>) -> Result<Json<InfoResponse>, ApiError> {
-    let serving = state.serving()?;
-    let folder = &serving.engine.folder;
+    let folder = state.service()?.model();
     let (h, w) = folder.preprocess.size();
     Ok(Json(InfoResponse {
         model: folder.name.clone(),

@@ -1,20 +1,19 @@
 //! `POST /v1/similarity` and `POST /v1/classify`: embeddings compared, and zero-shot labels.
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::Json;
 
+use crate::config::LimitSettings;
 use crate::embedding::{cosine_matrix, softmax, Embedding};
 use crate::http::error::ApiError;
-use crate::http::extract::{check_count, decode_base64_list, ApiJson};
-use crate::http::openapi::BodyErrors;
-use crate::http::pipeline::{embed_images, embed_texts};
-use crate::http::state::{AppState, Serving};
+use crate::http::extract::ApiJson;
+use crate::http::schema::BodyErrors;
+use crate::http::state::AppState;
 use crate::http::types::{
     ClassifyRequest, ClassifyResponse, ImageLabels, LabelScore, SimilarityRequest,
     SimilarityResponse,
 };
+use crate::service::{validate, Service, ServiceError};
 
 /// The zero-shot prompt used when a request names none.
 pub const DEFAULT_TEMPLATE: &str = "a photo of a {}.";
@@ -25,20 +24,19 @@ enum Side {
 }
 
 async fn embed_side(
-    state: &AppState,
-    serving: &Serving,
+    service: &Service,
+    limits: &LimitSettings,
     side: Side,
-) -> Result<Vec<Embedding>, ApiError> {
-    let limits = &state.settings().limits;
+) -> Result<Vec<Embedding>, ServiceError> {
     match side {
         Side::Images(images) => {
-            check_count("images", images.len(), limits.max_images_per_request)?;
-            let bytes = decode_base64_list(&images)?;
-            embed_images(state, serving, bytes).await
+            validate::count("images", images.len(), limits.max_images_per_request)?;
+            let bytes = validate::image_data_list(&images)?;
+            service.embed_images(bytes).await
         }
         Side::Texts(texts) => {
-            check_count("texts", texts.len(), limits.max_texts_per_request)?;
-            embed_texts(state, serving, Arc::new(texts)).await
+            validate::count("texts", texts.len(), limits.max_texts_per_request)?;
+            service.embed_texts(texts).await
         }
     }
 }
@@ -60,7 +58,8 @@ pub async fn similarity(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<SimilarityRequest>,
 ) -> Result<Json<SimilarityResponse>, ApiError> {
-    let serving = state.serving()?;
+    let service = state.service()?;
+    let limits = &state.settings().limits;
     let (rows, cols) = match (body.images, body.texts, body.texts_b, body.images_b) {
         (Some(images), Some(texts), None, None) => (Side::Images(images), Side::Texts(texts)),
         (None, Some(texts), Some(texts_b), None) => (Side::Texts(texts), Side::Texts(texts_b)),
@@ -73,14 +72,14 @@ pub async fn similarity(
     };
     // Both sides are embedded concurrently: images on the image tower, texts on the text tower.
     let (rows, cols) = tokio::try_join!(
-        embed_side(&state, serving, rows),
-        embed_side(&state, serving, cols)
+        embed_side(service, limits, rows),
+        embed_side(service, limits, cols)
     )?;
     let scores = cosine_matrix(&rows, &cols);
-    let scale = serving.engine.folder.logit_scale;
+    let scale = service.model().logit_scale;
     let probabilities = scores.iter().map(|row| softmax(row, scale)).collect();
     Ok(Json(SimilarityResponse {
-        model: serving.engine.folder.name.clone(),
+        model: service.model().name.clone(),
         scores,
         probabilities,
     }))
@@ -102,7 +101,7 @@ pub async fn classify(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<ClassifyRequest>,
 ) -> Result<Json<ClassifyResponse>, ApiError> {
-    let serving = state.serving()?;
+    let service = state.service()?;
     let template = body.template.as_deref().unwrap_or(DEFAULT_TEMPLATE);
     if !template.contains("{}") {
         return Err(ApiError::bad_request(
@@ -110,17 +109,17 @@ pub async fn classify(
         ));
     }
     let limits = &state.settings().limits;
-    check_count("labels", body.labels.len(), limits.max_texts_per_request)?;
+    validate::count("labels", body.labels.len(), limits.max_texts_per_request)?;
     let prompts: Vec<String> = body
         .labels
         .iter()
         .map(|l| template.replacen("{}", l, 1))
         .collect();
     let (images, labels) = tokio::try_join!(
-        embed_side(&state, serving, Side::Images(body.images)),
-        embed_side(&state, serving, Side::Texts(prompts))
+        embed_side(service, limits, Side::Images(body.images)),
+        embed_side(service, limits, Side::Texts(prompts))
     )?;
-    let scale = serving.engine.folder.logit_scale;
+    let scale = service.model().logit_scale;
     let results = cosine_matrix(&images, &labels)
         .into_iter()
         .map(|scores| {
@@ -140,7 +139,7 @@ pub async fn classify(
         })
         .collect();
     Ok(Json(ClassifyResponse {
-        model: serving.engine.folder.name.clone(),
+        model: service.model().name.clone(),
         results,
     }))
 }
