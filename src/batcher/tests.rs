@@ -295,9 +295,12 @@ async fn memory_is_released_after_work_once_the_towers_go_idle() {
     assert_eq!(RELEASES.load(Ordering::SeqCst), 1);
 }
 
+/// Every batch a test batcher's run was given, in order.
+type SeenBatches = Arc<Mutex<Vec<Vec<u32>>>>;
+
 /// A batcher whose run fails whenever item 7 is in its batch: with an error naming its batch
 /// position (`named`), or by panicking. Records every batch it is given.
-fn failing_on_seven(named: bool) -> (Batcher<u32>, Arc<Mutex<Vec<Vec<u32>>>>) {
+fn failing_on_seven(named: bool) -> (Batcher<u32>, SeenBatches) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
     let run = move |items: &[u32], _: RunContext| {
