@@ -89,7 +89,7 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            runtime.block_on(async {
+            let result = runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind(&settings.server.addr)
                     .await
                     .with_context(|| format!("binding {}", settings.server.addr))?;
@@ -99,7 +99,12 @@ fn main() -> anyhow::Result<()> {
                     clipserve::http::server::shutdown_signal(),
                 )
                 .await
-            })
+            });
+            // The process ends here. Tearing the runtime down first would pull its timer from
+            // under an inference worker still lingering over a batch (possible when the drain
+            // hit its grace period), which panics in that thread on the way out.
+            std::mem::forget(runtime);
+            result
         }
     }
 }
