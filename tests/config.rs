@@ -314,7 +314,7 @@ async fn embed_through_a_server_sends_the_key_from_the_same_variable() {
     std::fs::write(&texts, "a cat\na dog\n").unwrap();
     let run = |env: Vec<(&'static str, &'static str)>, out: &str| {
         let output = dir.join(out);
-        let args = vec![
+        let args = [
             "embed".to_string(),
             "--server".into(),
             server.base.clone(),
