@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use super::{Backend, Format, Kind, LocalBackend, Options, ProgressMode, RemoteBackend};
-use crate::config::{Secret, Settings};
+use crate::config::Settings;
 
 /// Flags of `clipserve embed`.
 #[derive(Debug, clap::Args)]
@@ -96,7 +96,7 @@ pub fn execute(args: EmbedArgs, settings: Settings) -> anyhow::Result<()> {
                 let key = args
                     .api_key
                     .clone()
-                    .map(Secret::from)
+                    .map(crate::config::Secret::from)
                     .or_else(|| settings.server.api_key.clone());
                 Backend::Remote(RemoteBackend::connect(url, key).await?)
             }
