@@ -14,11 +14,11 @@ struct Cli {
     /// Settings file (TOML). Default: config/default.toml if it exists.
     #[arg(long, global = true, env = "CLIPSERVE_CONFIG")]
     config: Option<PathBuf>,
-    /// A model folder, or a Hugging Face repository id to download.
-    #[arg(long, global = true, env = "CLIPSERVE_MODEL")]
+    /// A model folder, or a Hugging Face repository id to download [env: CLIPSERVE_MODEL].
+    #[arg(long, global = true)]
     model: Option<String>,
-    /// host:port to listen on.
-    #[arg(long, global = true, env = "CLIPSERVE_ADDR")]
+    /// host:port to listen on [env: CLIPSERVE_ADDR].
+    #[arg(long, global = true)]
     addr: Option<String>,
     /// Any setting as section.key=value (repeatable), e.g. --set batching.linger_ms=5.
     #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
@@ -31,7 +31,7 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API (the default).
     Serve,
-    /// Print the effective settings as TOML and exit.
+    /// Print the effective settings as TOML and exit (the API key shows as "***").
     Config,
     /// GET a URL of this host once; exit 0 on a 200 answer, 1 otherwise. The container
     /// HEALTHCHECK (the runtime image has no curl).
@@ -45,6 +45,8 @@ enum Command {
     Embed(clipserve::bulk::command::EmbedArgs),
 }
 
+/// Loads the settings; the environment's `CLIPSERVE_*` variables and `RUST_LOG` are read by
+/// the config loader (the shortcuts included), so that each has one meaning and one error.
 fn settings(cli: &Cli) -> anyhow::Result<Settings> {
     let mut overrides = Vec::new();
     for o in &cli.overrides {
@@ -52,12 +54,6 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
             .split_once('=')
             .with_context(|| format!("--set {o}: expected section.key=value"))?;
         overrides.push((k.trim().to_string(), v.trim().to_string()));
-    }
-    if let Some(model) = &cli.model {
-        overrides.push(("model.source".into(), format!("{model:?}")));
-    }
-    if let Some(addr) = &cli.addr {
-        overrides.push(("server.addr".into(), format!("{addr:?}")));
     }
     let sources = Sources {
         file: Some(
@@ -67,8 +63,20 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
         ),
         file_required: cli.config.is_some(),
         overrides,
+        model: cli.model.clone(),
+        addr: cli.addr.clone(),
     };
-    Ok(Settings::load(&sources, std::env::vars())?)
+    let mut env = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("CLIPSERVE_") || name == "RUST_LOG" {
+            let value = value
+                .into_string()
+                .map_err(|_| anyhow::anyhow!("{name}: the value is not UTF-8"))?;
+            env.push((name.to_string(), value));
+        }
+    }
+    Ok(Settings::load(&sources, env)?)
 }
 
 fn main() -> anyhow::Result<()> {

@@ -17,12 +17,19 @@ use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 use crate::batcher::BatchObserver;
 use crate::config::{LogFormat, LogSettings};
 
-/// Installs the global tracing subscriber. `RUST_LOG` wins over `settings.level`. Calling it
-/// twice is harmless (the second call keeps the first subscriber).
+/// Installs the global tracing subscriber. A non-empty `RUST_LOG` wins over `settings.level`;
+/// both were checked by [`crate::config::check_log_filter`] when the settings loaded, so the
+/// `info` fallback is only for callers that skipped that. Calling it twice is harmless (the
+/// second call keeps the first subscriber).
 pub fn init_tracing(settings: &LogSettings) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter_text = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| settings.level.clone());
+    let filter = match crate::config::check_log_filter(&filter_text) {
+        Ok(()) => EnvFilter::try_new(&filter_text).unwrap_or_else(|_| EnvFilter::new("info")),
+        Err(_) => EnvFilter::new("info"),
+    };
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match settings.format {
         LogFormat::Json => registry

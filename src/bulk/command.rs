@@ -33,8 +33,10 @@ pub struct EmbedArgs {
     /// the model (--model) in this process.
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
-    /// The server's API key (sent as a bearer token).
-    #[arg(long, env = "CLIPSERVE_API_KEY", hide_env_values = true)]
+    /// The server's API key (sent as a bearer token). Default: the setting `server.api_key`,
+    /// so the variable `CLIPSERVE_API_KEY` (or `CLIPSERVE_SERVER_API_KEY`) that protects a
+    /// server also lets `embed --server` call it.
+    #[arg(long)]
     pub api_key: Option<String>,
     /// Items per batch (per request with --server). Default: 16 images or 64 texts.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -91,7 +93,14 @@ pub fn execute(args: EmbedArgs, settings: Settings) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     let summary = runtime.block_on(async {
         let backend = match &args.server {
-            Some(url) => Backend::Remote(RemoteBackend::connect(url, args.api_key.clone()).await?),
+            Some(url) => {
+                let key = args
+                    .api_key
+                    .clone()
+                    .map(crate::config::Secret::from)
+                    .or_else(|| settings.server.api_key.clone());
+                Backend::Remote(RemoteBackend::connect(url, key).await?)
+            }
             None => Backend::Local(load_local(&settings).await?),
         };
         let stop = Arc::new(AtomicBool::new(false));

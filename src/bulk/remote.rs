@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use super::items::{Item, Kind};
 use super::{BulkError, Outcome};
+use crate::config::Secret;
 
 /// Room left in each request body for multipart framing and JSON quoting.
 const BODY_MARGIN: usize = 64 * 1024;
@@ -58,7 +59,8 @@ struct Embeddings {
 pub struct RemoteBackend {
     client: Client,
     base: String,
-    api_key: Option<String>,
+    /// Printed as `***` by `Debug`.
+    api_key: Option<Secret>,
     info: Info,
 }
 
@@ -76,7 +78,7 @@ enum Reply {
 
 impl RemoteBackend {
     /// Reads the server's model and limits from `/info` (waiting while it is still loading).
-    pub async fn connect(server: &str, api_key: Option<String>) -> Result<Self, BulkError> {
+    pub async fn connect(server: &str, api_key: Option<Secret>) -> Result<Self, BulkError> {
         let base = server.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(BulkError::Usage(format!(
@@ -136,7 +138,7 @@ impl RemoteBackend {
 
     fn auth(&self, request: RequestBuilder) -> RequestBuilder {
         match &self.api_key {
-            Some(key) => request.bearer_auth(key),
+            Some(key) => request.bearer_auth(key.expose()),
             None => request,
         }
     }

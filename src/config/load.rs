@@ -1,58 +1,19 @@
 //! Loading settings: defaults, then the TOML file, then `CLIPSERVE_*` environment variables,
-//! then flags, merged as TOML tables and deserialized strictly; then validated.
+//! then flags. Every value is checked on its own against its setting's type before the
+//! sources are merged, so an error names the variable, `--set` key or file line it was
+//! written under (never a line of the merged document); then the result is validated.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
-use thiserror::Error;
+use super::error::Origin;
+use super::names::{self, PREFIX};
+use super::validate::check_log_filter;
+use super::{ConfigError, Settings};
 
-use super::Settings;
-
-/// Settings that could not be read or do not make sense.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    /// The config file could not be read.
-    #[error("{path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The config file is not valid TOML.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The TOML error.
-        message: String,
-    },
-    /// An override (environment variable or `--set`) is malformed.
-    #[error("{origin}: {message}")]
-    Override {
-        /// Where it came from (`CLIPSERVE_X` or `--set x`).
-        origin: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// The merged settings have an unknown key or a value of the wrong type.
-    #[error("settings: {0}")]
-    Shape(String),
-    /// The merged settings are well-formed but inconsistent.
-    #[error("setting `{key}`: {message}")]
-    Invalid {
-        /// Dotted key.
-        key: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-}
-
-/// The sections, in order; environment names are `CLIPSERVE_<SECTION>_<KEY>`.
-const SECTIONS: [&str; 5] = ["server", "model", "batching", "limits", "log"];
-
-/// String settings that are absent by default (so the defaults table cannot tell their type).
-const STRING_KEYS: [&str; 1] = ["server.api_key"];
+/// Settings that are absent by default, so the defaults table cannot tell their type: all
+/// are strings.
+const OPTIONAL_KEYS: [&str; 1] = ["server.api_key"];
 
 /// Where settings come from, besides the environment.
 #[derive(Debug, Default, Clone)]
@@ -61,345 +22,368 @@ pub struct Sources {
     pub file: Option<PathBuf>,
     /// Whether `file` was named explicitly (then it must exist).
     pub file_required: bool,
-    /// `section.key=value` overrides from flags, applied last, in order.
+    /// `section.key=value` overrides from flags, applied after the environment, in order.
     pub overrides: Vec<(String, String)>,
+    /// `--model`, applied last.
+    pub model: Option<String>,
+    /// `--addr`, applied last.
+    pub addr: Option<String>,
+}
+
+/// One value from one source.
+struct Entry {
+    /// `section.field`.
+    key: String,
+    value: toml::Value,
+    /// The value as the user wrote it.
+    written: String,
+    origin: Origin,
+}
+
+/// Every setting with its default (`None` for the optional ones).
+struct Catalogue {
+    defaults: toml::Table,
+    keys: BTreeMap<String, Option<toml::Value>>,
 }
 
 impl Settings {
-    /// Builds settings from defaults, `sources.file`, the given environment (normally
-    /// `std::env::vars()`), and `sources.overrides`, then validates them.
+    /// Builds settings from defaults, `sources.file`, the given environment (normally the
+    /// process's), and the flags in `sources`, then validates them. A `CLIPSERVE_*` variable
+    /// that names no setting, shortcut or allowed variable ([`names::OTHER_VARIABLES`]) is an
+    /// error, and so is an invalid `RUST_LOG`.
     pub fn load(
         sources: &Sources,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
-        let mut merged = toml::Table::try_from(Settings::default())
-            .map_err(|e| ConfigError::Shape(e.to_string()))?;
+        let catalogue = Catalogue::new()?;
+        let mut entries = Vec::new();
         if let Some(path) = &sources.file {
-            match std::fs::read_to_string(path) {
-                Ok(text) => {
-                    let table: toml::Table =
-                        text.parse()
-                            .map_err(|e: toml::de::Error| ConfigError::Parse {
-                                path: path.clone(),
-                                message: e.to_string(),
-                            })?;
-                    merge(&mut merged, table);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !sources.file_required => {}
-                Err(source) => {
-                    return Err(ConfigError::Read {
-                        path: path.clone(),
-                        source,
-                    })
-                }
-            }
+            entries.extend(catalogue.file(path, sources.file_required)?);
         }
-        let mut env: Vec<(String, String)> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("CLIPSERVE_"))
-            .collect();
-        env.sort();
-        for (name, value) in env {
-            let Some(key) = env_key(&name) else { continue };
-            set(&mut merged, &key, &value).map_err(|message| ConfigError::Override {
-                origin: name.clone(),
-                message,
-            })?;
-        }
+        entries.extend(catalogue.environment(env)?);
         for (key, value) in &sources.overrides {
-            set(&mut merged, key, value).map_err(|message| ConfigError::Override {
-                origin: format!("--set {key}"),
-                message,
-            })?;
+            entries.push(catalogue.entry(key, value, Origin::Set)?);
         }
-        // Through text, so that a type error quotes the offending line (and so its key).
-        let text = toml::to_string(&merged).map_err(|e| ConfigError::Shape(e.to_string()))?;
-        let settings: Settings = toml::from_str(&text)
-            .map_err(|e: toml::de::Error| ConfigError::Shape(e.to_string()))?;
-        settings.validate()?;
+        if let Some(model) = &sources.model {
+            entries.push(catalogue.entry("model.source", model, Origin::Flag("--model"))?);
+        }
+        if let Some(addr) = &sources.addr {
+            entries.push(catalogue.entry("server.addr", addr, Origin::Flag("--addr"))?);
+        }
+        let mut merged = catalogue.defaults.clone();
+        for entry in &entries {
+            catalogue.check_type(entry)?;
+            insert(&mut merged, &entry.key, entry.value.clone());
+        }
+        let settings: Settings = merged
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Shape(e.message().to_string()))?;
+        if let Some((key, message)) = settings.problem() {
+            let place = match entries.iter().rev().find(|e| e.key == key) {
+                Some(e) => e.origin.place(key, &e.written),
+                None => format!("{key} = {}", settings.shown_value(key)),
+            };
+            return Err(ConfigError::Invalid {
+                key: key.to_string(),
+                place,
+                message,
+            });
+        }
         Ok(settings)
     }
+}
 
-    /// Checks what types alone cannot: non-zero sizes, parseable addresses, consistent buckets.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid =
-            |key: &'static str, message: String| Err(ConfigError::Invalid { key, message });
-        if self.server.addr.parse::<SocketAddr>().is_err() && !self.server.addr.contains(':') {
-            return invalid(
-                "server.addr",
-                format!("`{}` is not host:port", self.server.addr),
-            );
-        }
-        if self.model.source.trim().is_empty() {
-            return invalid(
-                "model.source",
-                "is empty: name a model folder or a hub repository id".into(),
-            );
-        }
-        let positive: [(&'static str, u64); 14] = [
-            ("server.request_timeout_ms", self.server.request_timeout_ms),
-            (
-                "server.header_read_timeout_ms",
-                self.server.header_read_timeout_ms,
-            ),
-            ("server.body_timeout_ms", self.server.body_timeout_ms),
-            ("model.intra_op_threads", self.model.intra_op_threads as u64),
-            (
-                "batching.max_image_batch",
-                self.batching.max_image_batch as u64,
-            ),
-            (
-                "batching.max_text_batch",
-                self.batching.max_text_batch as u64,
-            ),
-            (
-                "batching.image_queue_capacity",
-                self.batching.image_queue_capacity as u64,
-            ),
-            (
-                "batching.text_queue_capacity",
-                self.batching.text_queue_capacity as u64,
-            ),
-            ("batching.image_workers", self.batching.image_workers as u64),
-            ("batching.text_workers", self.batching.text_workers as u64),
-            ("limits.max_body_bytes", self.limits.max_body_bytes as u64),
-            (
-                "limits.max_images_per_request",
-                self.limits.max_images_per_request as u64,
-            ),
-            (
-                "limits.max_texts_per_request",
-                self.limits.max_texts_per_request as u64,
-            ),
-            ("limits.max_image_pixels", self.limits.max_image_pixels),
-        ];
-        for (key, value) in positive {
-            if value == 0 {
-                return invalid(key, "must be at least 1".into());
+impl Catalogue {
+    fn new() -> Result<Catalogue, ConfigError> {
+        let defaults = toml::Table::try_from(Settings::default())
+            .map_err(|e| ConfigError::Shape(e.to_string()))?;
+        let mut keys = BTreeMap::new();
+        for (section, fields) in &defaults {
+            for (field, value) in fields.as_table().into_iter().flatten() {
+                keys.insert(format!("{section}.{field}"), Some(value.clone()));
             }
         }
-        if self.limits.max_text_chars == 0 {
-            return invalid("limits.max_text_chars", "must be at least 1".into());
+        for key in OPTIONAL_KEYS {
+            keys.insert(key.to_string(), None);
         }
-        if self.batching.max_batch_tokens < 77 {
-            return invalid(
-                "batching.max_batch_tokens",
-                "must hold at least one full-length text (77 tokens)".into(),
-            );
-        }
-        let buckets: [(&'static str, &Vec<usize>, usize); 3] = [
-            (
-                "model.image_batch_buckets",
-                &self.model.image_batch_buckets,
-                self.batching.max_image_batch,
-            ),
-            (
-                "model.text_batch_buckets",
-                &self.model.text_batch_buckets,
-                self.batching.max_text_batch,
-            ),
-            ("model.text_seq_buckets", &self.model.text_seq_buckets, 4096),
-        ];
-        for (key, list, max) in buckets {
-            if list.contains(&0) || list.windows(2).any(|w| w[0] >= w[1]) {
-                return invalid(
+        Ok(Catalogue { defaults, keys })
+    }
+
+    /// Every variable that is accepted, for close matches.
+    fn variables(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.keys.keys().map(|k| names::variable(k)).collect();
+        all.extend(names::SHORTCUTS.iter().map(|(n, _)| n.to_string()));
+        all.extend(names::OTHER_VARIABLES.iter().map(|(n, _)| n.to_string()));
+        all
+    }
+
+    /// The entries of the `CLIPSERVE_*` variables; refuses unknown ones, two variables that set
+    /// one setting differently, and an invalid `RUST_LOG`.
+    fn environment(
+        &self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Vec<Entry>, ConfigError> {
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(PREFIX) || name == "RUST_LOG")
+            .collect();
+        vars.sort();
+        let by_variable: BTreeMap<String, &String> =
+            self.keys.keys().map(|k| (names::variable(k), k)).collect();
+        let mut entries: Vec<Entry> = Vec::new();
+        for (name, value) in vars {
+            if name == "RUST_LOG" {
+                if !value.trim().is_empty() {
+                    check_log_filter(&value).map_err(|message| ConfigError::Invalid {
+                        key: name.clone(),
+                        place: format!("RUST_LOG={value}"),
+                        message,
+                    })?;
+                }
+                continue;
+            }
+            let key = match names::shortcut(&name) {
+                Some(key) => key.to_string(),
+                None => match by_variable.get(&name) {
+                    Some(key) => key.to_string(),
+                    None if names::is_other_variable(&name) => continue,
+                    None => {
+                        let variables = self.variables();
+                        let matches = names::close_matches(
+                            &name,
+                            variables.iter().map(String::as_str),
+                            PREFIX,
+                            '_',
+                        );
+                        let hint = if matches.is_empty() {
+                            unknown_variable_help()
+                        } else {
+                            names::did_you_mean(&matches)
+                        };
+                        return Err(ConfigError::Unknown {
+                            written: name,
+                            hint,
+                        });
+                    }
+                },
+            };
+            if let Some(other) = entries.iter().find(|e| e.key == key && e.written != value) {
+                return Err(ConfigError::Conflict {
+                    first: other.origin.name(&key),
+                    second: name,
                     key,
-                    format!("{list:?} must be increasing sizes of at least 1"),
-                );
+                });
             }
-            if list.iter().any(|&b| b > max) {
-                return invalid(
+            entries.push(self.entry(&key, &value, Origin::Env(name))?);
+        }
+        Ok(entries)
+    }
+
+    /// The entries of a TOML file, each with its line.
+    fn file(&self, path: &Path, required: bool) -> Result<Vec<Entry>, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Vec::new())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        let sections: Vec<&str> = self.defaults.keys().map(String::as_str).collect();
+        let mut entries = Vec::new();
+        for (section, value) in table {
+            let origin = Origin::File {
+                path: path.to_path_buf(),
+                line: line_of(&text, &section, None),
+            };
+            let Some(fields) = value.as_table() else {
+                return Err(ConfigError::Unknown {
+                    written: origin.name(&section),
+                    hint: format!(
+                        ": settings sit in the sections {}",
+                        sections
+                            .iter()
+                            .map(|s| format!("[{s}]"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            };
+            if !sections.contains(&section.as_str()) {
+                let matches = names::close_matches(&section, sections.iter().copied(), "", '.');
+                return Err(ConfigError::Unknown {
+                    written: origin.name(&format!("[{section}]")),
+                    hint: section_hint(&matches, &sections),
+                });
+            }
+            for (field, value) in fields {
+                let key = format!("{section}.{field}");
+                let origin = Origin::File {
+                    path: path.to_path_buf(),
+                    line: line_of(&text, &section, Some(field)),
+                };
+                if !self.keys.contains_key(&key) {
+                    return Err(ConfigError::Unknown {
+                        written: origin.name(&key),
+                        hint: self.key_hint(&key),
+                    });
+                }
+                entries.push(Entry {
+                    written: value.to_string(),
+                    value: value.clone(),
                     key,
-                    format!("{list:?} has a size above the batch limit {max}"),
-                );
+                    origin,
+                });
             }
         }
-        if self.server.api_key.as_deref() == Some("") {
-            return invalid(
-                "server.api_key",
-                "is empty: leave it unset to disable authentication".into(),
-            );
+        Ok(entries)
+    }
+
+    /// The entry of a value written as text (a variable or flag): read as a TOML value
+    /// (number, bool, list) when it parses as one and as a string otherwise; a string setting
+    /// keeps whatever was written (an API key of digits stays a string).
+    fn entry(&self, key: &str, written: &str, origin: Origin) -> Result<Entry, ConfigError> {
+        let Some(default) = self.keys.get(key) else {
+            return Err(ConfigError::Unknown {
+                written: match &origin {
+                    Origin::Set => format!("--set {key}"),
+                    other => other.name(key),
+                },
+                hint: self.key_hint(key),
+            });
+        };
+        let parsed = format!("v = {written}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"));
+        let is_string = matches!(default, None | Some(toml::Value::String(_)));
+        let value = match parsed {
+            Some(v) if v.is_str() || !is_string => v,
+            _ => toml::Value::String(written.to_string()),
+        };
+        Ok(Entry {
+            key: key.to_string(),
+            value,
+            written: written.to_string(),
+            origin,
+        })
+    }
+
+    fn key_hint(&self, key: &str) -> String {
+        let matches = names::close_matches(key, self.keys.keys().map(String::as_str), "", '.');
+        if matches.is_empty() {
+            "; settings are section.key, such as batching.linger_ms (see the README's \
+             Configuration section)"
+                .into()
+        } else {
+            names::did_you_mean(&matches)
         }
-        Ok(())
+    }
+
+    /// Whether the entry's value has its setting's type (checked alone, on the defaults).
+    fn check_type(&self, entry: &Entry) -> Result<(), ConfigError> {
+        let mut one = self.defaults.clone();
+        insert(&mut one, &entry.key, entry.value.clone());
+        match one.try_into::<Settings>() {
+            Ok(_) => Ok(()),
+            Err(e) => Err(ConfigError::Invalid {
+                key: entry.key.clone(),
+                place: entry.origin.place(&entry.key, &entry.written),
+                message: accepted(&entry.key, self.keys.get(&entry.key), e.message()),
+            }),
+        }
     }
 }
 
-/// Maps `CLIPSERVE_BATCHING_LINGER_MS` to `batching.linger_ms`, and the two fixed shortcuts.
-fn env_key(name: &str) -> Option<String> {
-    let rest = name.strip_prefix("CLIPSERVE_")?.to_ascii_lowercase();
-    match rest.as_str() {
-        "model" => return Some("model.source".into()),
-        "addr" => return Some("server.addr".into()),
-        _ => {}
+/// "expected ..." for a value of the wrong type, from the setting's default.
+fn accepted(key: &str, default: Option<&Option<toml::Value>>, serde_message: &str) -> String {
+    let default = default.cloned().flatten();
+    match &default {
+        Some(toml::Value::Integer(d)) => format!("expected a whole number, 0 or more (default {d})"),
+        Some(toml::Value::Boolean(d)) => format!("expected true or false (default {d})"),
+        Some(toml::Value::Array(d)) if key == "server.cors_origins" => format!(
+            "expected a list of origins, such as [\"https://example.com\"], or [\"*\"] (default {})",
+            toml::Value::Array(d.clone())
+        ),
+        Some(toml::Value::Array(d)) => format!(
+            "expected a list of whole numbers, such as [1, 8] (default {})",
+            toml::Value::Array(d.clone())
+        ),
+        _ => match serde_message.split_once("expected ") {
+            // An enum: "unknown variant `xml`, expected `text` or `json`".
+            Some((_, accepted)) => format!("expected {}", accepted.trim()),
+            None => format!("expected a string ({})", serde_message.trim()),
+        },
     }
-    let (section, key) = rest.split_once('_')?;
-    SECTIONS
-        .contains(&section)
-        .then(|| format!("{section}.{key}"))
 }
 
-/// Sets `section.key` to `value`, read as a TOML value (number, bool, array) when it parses as
-/// one and as a string otherwise.
-fn set(table: &mut toml::Table, key: &str, value: &str) -> Result<(), String> {
-    let (section, field) = key
-        .split_once('.')
-        .ok_or_else(|| format!("`{key}` is not section.key"))?;
-    if !SECTIONS.contains(&section) {
-        return Err(format!(
-            "unknown section `{section}` (known: {})",
-            SECTIONS.join(", ")
-        ));
-    }
-    let parsed = format!("v = {value}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(value.to_string()));
-    let entry = table
-        .entry(section.to_string())
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    let section_table = entry
-        .as_table_mut()
-        .ok_or_else(|| format!("`{section}` is not a table"))?;
-    // A string field given a bare number (an API key of digits, say) stays a string.
-    let is_string_field = matches!(section_table.get(field), Some(toml::Value::String(_)))
-        || STRING_KEYS.contains(&key);
-    let parsed = if is_string_field && !parsed.is_str() {
-        toml::Value::String(value.to_string())
+fn unknown_variable_help() -> String {
+    let others: Vec<&str> = names::SHORTCUTS
+        .iter()
+        .chain(names::OTHER_VARIABLES.iter())
+        .map(|(n, _)| *n)
+        .collect();
+    format!(
+        ": settings are {PREFIX}<SECTION>_<KEY>, such as CLIPSERVE_BATCHING_LINGER_MS, and the \
+         other accepted variables are {} and {}* (see the README's Configuration section)",
+        others.join(", "),
+        names::BENCH_PREFIX
+    )
+}
+
+fn section_hint(matches: &[String], sections: &[&str]) -> String {
+    if matches.is_empty() {
+        format!(
+            "; the sections are {}",
+            sections
+                .iter()
+                .map(|s| format!("[{s}]"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     } else {
-        parsed
-    };
-    section_table.insert(field.to_string(), parsed);
-    Ok(())
+        let bracketed: Vec<String> = matches.iter().map(|m| format!("[{m}]")).collect();
+        names::did_you_mean(&bracketed)
+    }
 }
 
-fn merge(base: &mut toml::Table, over: toml::Table) {
-    for (k, v) in over {
-        match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
-            (_, v) => {
-                base.insert(k, v);
-            }
-        }
+/// Sets `section.field` in a table of sections.
+fn insert(table: &mut toml::Table, key: &str, value: toml::Value) {
+    let (section, field) = key.split_once('.').unwrap_or((key, ""));
+    if let Some(toml::Value::Table(fields)) = table.get_mut(section) {
+        fields.insert(field.to_string(), value);
     }
+}
+
+/// The 1-based line of `[section]` (or of `field` in it) in a TOML text, when it can be found.
+fn line_of(text: &str, section: &str, field: Option<&str>) -> Option<usize> {
+    let document = toml::de::DeTable::parse(text).ok()?;
+    let (key, value) = document
+        .get_ref()
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == section)?;
+    let span = match field {
+        None => key.span(),
+        Some(field) => value
+            .get_ref()
+            .as_table()?
+            .iter()
+            .find(|(k, _)| k.get_ref().as_ref() == field)?
+            .0
+            .span(),
+    };
+    Some(text.get(..span.start)?.matches('\n').count() + 1)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::LogFormat;
-
-    fn load(env: &[(&str, &str)], overrides: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let sources = Sources {
-            file: None,
-            file_required: false,
-            overrides: overrides
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        };
-        Settings::load(
-            &sources,
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
-        )
-    }
-
-    #[test]
-    fn defaults_are_valid() {
-        assert_eq!(load(&[], &[]).unwrap(), Settings::default());
-    }
-
-    #[test]
-    fn environment_overrides_defaults_and_flags_override_environment() {
-        let s = load(
-            &[
-                ("CLIPSERVE_MODEL", "/models/x"),
-                ("CLIPSERVE_ADDR", "127.0.0.1:9000"),
-                ("CLIPSERVE_BATCHING_LINGER_MS", "7"),
-                ("CLIPSERVE_MODEL_TEXT_SEQ_BUCKETS", "[16, 77]"),
-                ("CLIPSERVE_SERVER_API_KEY", "12345"),
-                ("OTHER", "ignored"),
-            ],
-            &[("batching.linger_ms", "9")],
-        )
-        .unwrap();
-        assert_eq!(s.model.source, "/models/x");
-        assert_eq!(s.server.addr, "127.0.0.1:9000");
-        assert_eq!(s.batching.linger_ms, 9);
-        assert_eq!(s.model.text_seq_buckets, vec![16, 77]);
-        assert_eq!(s.server.api_key.as_deref(), Some("12345"));
-    }
-
-    #[test]
-    fn a_file_overrides_defaults() {
-        let dir = std::env::temp_dir().join(format!("clipserve-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("c.toml");
-        std::fs::write(
-            &path,
-            "[limits]\nmax_text_chars = 10\n[log]\nformat = \"json\"\n",
-        )
-        .unwrap();
-        let sources = Sources {
-            file: Some(path),
-            file_required: true,
-            overrides: vec![],
-        };
-        let s = Settings::load(&sources, std::iter::empty()).unwrap();
-        assert_eq!(s.limits.max_text_chars, 10);
-        assert_eq!(s.log.format, LogFormat::Json);
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn unknown_keys_and_bad_values_are_refused_with_their_name() {
-        let e = load(&[("CLIPSERVE_BATCHING_LINGER", "1")], &[]).unwrap_err();
-        assert!(e.to_string().contains("linger"), "{e}");
-        let e = load(&[], &[("batching.max_text_batch", "0")]).unwrap_err();
-        assert!(e.to_string().contains("batching.max_text_batch"), "{e}");
-        let e = load(&[], &[("batching.linger_ms", "soon")]).unwrap_err();
-        assert!(e.to_string().contains("linger_ms"), "{e}");
-        let e = load(&[], &[("model.image_batch_buckets", "[4, 2]")]).unwrap_err();
-        assert!(e.to_string().contains("image_batch_buckets"), "{e}");
-        let e = load(&[], &[("nosuch.key", "1")]).unwrap_err();
-        assert!(e.to_string().contains("unknown section"), "{e}");
-        let e = load(&[], &[("log.format", "xml")]).unwrap_err();
-        assert!(e.to_string().contains("xml"), "{e}");
-        let e = load(&[], &[("model.image_precision", "fp8")]).unwrap_err();
-        assert!(e.to_string().contains("fp8"), "{e}");
-    }
-
-    #[test]
-    fn bf16_image_products_are_chosen_by_name_from_a_file_or_the_environment() {
-        let env = load(&[("CLIPSERVE_MODEL_IMAGE_PRECISION", "bf16")], &[]).unwrap();
-        assert_eq!(env.model.image_precision, crate::engine::Precision::Bf16);
-        let set = load(&[], &[("model.image_precision", "f32")]).unwrap();
-        assert_eq!(set.model.image_precision, crate::engine::Precision::F32);
-    }
-
-    #[test]
-    fn the_shipped_default_file_equals_the_built_in_defaults() {
-        let sources = Sources {
-            file: Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/default.toml")),
-            file_required: true,
-            overrides: vec![],
-        };
-        assert_eq!(
-            Settings::load(&sources, std::iter::empty()).unwrap(),
-            Settings::default()
-        );
-    }
-
-    #[test]
-    fn a_required_file_that_is_missing_is_an_error() {
-        let sources = Sources {
-            file: Some("/nonexistent/clipserve.toml".into()),
-            file_required: true,
-            overrides: vec![],
-        };
-        assert!(matches!(
-            Settings::load(&sources, std::iter::empty()),
-            Err(ConfigError::Read { .. })
-        ));
-    }
-}
+mod tests;

@@ -3,9 +3,14 @@
 //! Precedence, lowest first: built-in defaults, the TOML file (`config/default.toml` or
 //! `--config`), environment variables `CLIPSERVE_<SECTION>_<KEY>` (for example
 //! `CLIPSERVE_BATCHING_LINGER_MS=5`), then command-line flags (`--set section.key=value`, and the
-//! shortcuts below). Two names are fixed because deployment scripts rely on them:
-//! `--model` / `CLIPSERVE_MODEL` and `--addr` / `CLIPSERVE_ADDR`. Unknown keys are errors, so a
-//! typo never silently falls back to a default.
+//! shortcuts below). Three names are fixed because deployments rely on them:
+//! `--model` / `CLIPSERVE_MODEL`, `--addr` / `CLIPSERVE_ADDR`, and `CLIPSERVE_API_KEY` (also read
+//! by `clipserve embed --server`; `CLIPSERVE_SERVER_API_KEY` is accepted too).
+//!
+//! Configuration fails closed: an unknown key, section or `CLIPSERVE_*` variable (other than
+//! those in [`names::OTHER_VARIABLES`]) is an error with its close matches, a value of the
+//! wrong type or out of range is an error naming where it was written, and so is a log filter
+//! that is no level. Secrets ([`Secret`]) print as `***`.
 
 use std::path::{Path, PathBuf};
 
@@ -13,9 +18,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::preprocess::image::ExifPolicy;
 
+mod error;
 mod load;
+pub mod names;
+mod secret;
+mod validate;
 
-pub use load::{ConfigError, Sources};
+pub use error::ConfigError;
+pub use load::Sources;
+pub use secret::Secret;
+pub use validate::check_log_filter;
 
 /// Every setting of the service.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -48,8 +60,9 @@ pub struct ServerSettings {
     /// How long a client may take to send its request body before it gets 408.
     pub body_timeout_ms: u64,
     /// Optional API key: when set, every route except health, readiness and metrics needs
-    /// `Authorization: Bearer <key>`. Prefer `CLIPSERVE_SERVER_API_KEY` over the file.
-    pub api_key: Option<String>,
+    /// `Authorization: Bearer <key>`. Prefer the variable `CLIPSERVE_API_KEY` over the file.
+    /// Printed as `***` (`clipserve config`, logs, errors).
+    pub api_key: Option<Secret>,
     /// Origins allowed by CORS; empty means CORS headers are never sent. `["*"]` allows any.
     pub cors_origins: Vec<String>,
     /// On SIGTERM, how long to keep finishing accepted work before exiting anyway.
@@ -159,7 +172,9 @@ pub struct LimitSettings {
 pub struct LogSettings {
     /// `text` for people, `json` for log pipelines.
     pub format: LogFormat,
-    /// A tracing filter (`info`, `clipserve=debug,tower_http=info`); `RUST_LOG` overrides it.
+    /// A tracing filter: a level (`info`) or `target=level` directives
+    /// (`clipserve=debug,tower_http=info`); `RUST_LOG` overrides it. A bare word that is not a
+    /// level is refused at start-up (tracing would read it as a target and log nothing).
     pub level: String,
 }
 

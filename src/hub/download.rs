@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_RANGE, LOCATION, RANGE};
+use reqwest::header::{HeaderMap, CONTENT_RANGE, LOCATION, RANGE};
 use reqwest::{Method, Response, StatusCode, Url};
 use tokio::io::AsyncWriteExt;
 
@@ -274,7 +274,8 @@ impl<'a> Hub<'a> {
         for _ in 0..=MAX_REDIRECTS {
             let mut request = self.client.request(method.clone(), url.clone());
             if let (Some(token), true) = (&self.options.token, same_origin(&url, &self.endpoint)) {
-                request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+                // bearer_auth marks the header sensitive, so no debug output shows it.
+                request = request.bearer_auth(token.expose());
             }
             if let Some(from) = from.filter(|&f| f > 0) {
                 request = request.header(RANGE, format!("bytes={from}-"));

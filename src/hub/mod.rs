@@ -34,7 +34,7 @@ pub use error::HubError;
 
 use tracing::Instrument;
 
-use crate::config::Settings;
+use crate::config::{Secret, Settings};
 use cache::RepoCache;
 use download::Hub;
 
@@ -111,8 +111,8 @@ pub struct HubOptions {
     pub cache_dir: PathBuf,
     /// Base URL of the hub.
     pub endpoint: String,
-    /// Bearer token for private or gated repositories.
-    pub token: Option<String>,
+    /// Bearer token for private or gated repositories; `Debug` prints it as `***`.
+    pub token: Option<Secret>,
     /// Never contact the hub; serve only a complete cached snapshot.
     pub offline: bool,
     /// Retries of one failed request or interrupted download before giving up.
@@ -135,19 +135,21 @@ impl HubOptions {
                 "1" | "on" | "yes" | "true"
             )
         });
-        let token = env("HF_TOKEN").or_else(|| {
-            let file = env("HF_TOKEN_PATH").map(PathBuf::from).unwrap_or_else(|| {
-                let home = env("HOME").unwrap_or_else(|| "/tmp".into());
-                env("HF_HOME")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| Path::new(&home).join(".cache/huggingface"))
-                    .join("token")
-            });
-            std::fs::read_to_string(file)
-                .ok()
-                .map(|t| t.trim().to_string())
-                .filter(|t| !t.is_empty())
-        });
+        let token = env("HF_TOKEN")
+            .or_else(|| {
+                let file = env("HF_TOKEN_PATH").map(PathBuf::from).unwrap_or_else(|| {
+                    let home = env("HOME").unwrap_or_else(|| "/tmp".into());
+                    env("HF_HOME")
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| Path::new(&home).join(".cache/huggingface"))
+                        .join("token")
+                });
+                std::fs::read_to_string(file)
+                    .ok()
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+            })
+            .map(Secret::from);
         HubOptions {
             repo,
             revision: model.revision.clone(),
