@@ -1,13 +1,14 @@
 """bf16 probe: how far the image tower's embeddings move when its products run in bf16, on the
 random-weight export's own weights (rebuilt from its seed, as bench/py_baselines.py does).
 
-    python bench/bf16_probe.py --model /work/models/xlmr-b32-random
+    .venv/bin/python bench/bf16_probe.py --model models/xlmr-b32-random
 
 Prints the lowest cosine, over the 8 deterministic images of the harness, between the fp32
 embedding and (a) the whole tower in bf16, (b) PyTorch's CPU autocast to bf16 (products in bf16
 with f32 accumulation, the rest in f32), which is what an AVX512-BF16 matrix kernel would do.
 Random weights say little about real ones, whose outliers round worse. Not part of the
-default harness: the figures are in bench/RESULTS.md (row 28).
+default harness: the figures are in bench/RESULTS.md (optimisation log: "bf16 products, the one
+lever left for the image tower").
 """
 
 import argparse

@@ -3,7 +3,7 @@
 measures ONNX Runtime fp32 against int8 on the same pixels, with the cosine of each int8
 embedding to its fp32 one.
 
-    python bench/int8_probe.py --model /work/models/xlmr-b32-random --out /work/models/xlmr-b32-int8
+    .venv/bin/python bench/int8_probe.py --model models/xlmr-b32-random --out models/xlmr-b32-int8
 
 writes OUT/visual/model.onnx (the int8 tower; link OUT's config.json, textual/ and
 visual/preprocess_cfg.json to MODEL's to make it a model folder tract can load, then

@@ -3,8 +3,10 @@
 
 One runtime per process (so peak RSS is that runtime's alone):
 
-    bench/py_baselines.py --runtime ort   --model /work/models/xlmr-b32-random --threads 2
-    bench/py_baselines.py --runtime torch --model /work/models/xlmr-b32-random --threads 2
+    .venv/bin/python bench/py_baselines.py --runtime ort   --threads 2
+    .venv/bin/python bench/py_baselines.py --runtime torch --model models/xlmr-b32-random --threads 2
+
+--model defaults to models/xlmr-b32-random in the repo (the full-size export of onnx/README.md).
 
 The PyTorch model is rebuilt with onnx/export.py's random-init path and the seed named in the
 folder's config.json; its weights_sha256 must equal the one recorded there, so both runtimes run
@@ -131,7 +133,7 @@ def torch_runner(model: Path, threads: int):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runtime", choices=["ort", "torch"], required=True)
-    ap.add_argument("--model", type=Path, default=Path("/work/models/xlmr-b32-random"))
+    ap.add_argument("--model", type=Path, default=REPO / "models/xlmr-b32-random")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--budget", type=float, default=6.0, help="seconds of timed runs per workload")
     ap.add_argument("--min-runs", type=int, default=5)

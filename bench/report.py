@@ -2,9 +2,11 @@
 """Turns one bench/run.sh output folder into tables and a plot.
 
     bench/report.py bench/results/<stamp>
+    bench/report.py --summary-only bench/out/quick-<stamp>
 
-Writes <stamp>/summary.md, replaces the "Last run" section of bench/RESULTS.md (between the
-`last-run` markers; the optimisation log around it is left alone) and draws bench/results.png.
+Writes <stamp>/summary.md and prints it. Unless --summary-only (what bench/run.sh --quick
+passes), it also replaces the "Last run" section of bench/RESULTS.md (between the `last-run`
+markers; the optimisation log around it is left alone) and draws bench/results.png.
 Every ratio compares figures measured in the same run.
 """
 
@@ -258,10 +260,18 @@ def plot(r, path: Path):
 
 
 def main():
-    out = Path(sys.argv[1])
+    args = sys.argv[1:]
+    summary_only = "--summary-only" in args
+    args = [a for a in args if a != "--summary-only"]
+    if len(args) != 1:
+        raise SystemExit(__doc__)
+    out = Path(args[0])
     r = collect(out)
     md = tables(r)
     (out / "summary.md").write_text(md + "\n")
+    if summary_only:
+        print(md)
+        return
     results = HERE / "RESULTS.md"
     text = results.read_text() if results.exists() else f"# Benchmark results\n\n{START}\n{END}\n"
     if START in text and END in text:

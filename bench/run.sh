@@ -1,41 +1,55 @@
 #!/usr/bin/env bash
-# The performance harness, in one command:
+# The performance harness, in one command, from any checkout:
 #
 #   bench/run.sh                       # everything, on the full-size random-weight export
 #   bench/run.sh --quick               # shorter runs (smoke test of the harness itself)
 #   bench/run.sh --phases http         # only the HTTP load test (also: engines, baselines)
 #
-# 1. builds the release server and the `compare` bench (CARGO_TARGET_DIR, default
-#    /work/target-release);
-# 2. starts the server on $CLIPSERVE_BENCH_MODEL (default /work/models/xlmr-b32-random), samples
-#    its RSS from /proc every 100 ms, times start-to-ready;
-# 3. drives it with wrk (image: photos of a few hundred KB as raw bodies; text: one short
-#    multilingual query per request, unique and repeated) at each concurrency in $BENCH_CONCURRENCY;
+# 1. builds the release server and the `compare` bench (in $CARGO_TARGET_DIR, else the repo's
+#    own target/);
+# 2. starts the server on $CLIPSERVE_BENCH_MODEL, samples its RSS from /proc every 100 ms, times
+#    start-to-ready;
+# 3. drives it with wrk (image: the committed photos of tests/fixtures/photos between 100 and
+#    900 KB, as raw bodies; text: one short multilingual query per request, unique and repeated)
+#    at each concurrency in $BENCH_CONCURRENCY;
 # 4. runs the encoders on fixed workloads through tract (benches/compare.rs), ONNX Runtime and
 #    PyTorch OpenCLIP (bench/py_baselines.py), same weights, same inputs, same thread count;
-# 5. writes bench/results/<stamp>/ (raw JSON), bench/results.png and the "Last run" section of
-#    bench/RESULTS.md (bench/report.py).
+# 5. a full run writes bench/results/<stamp>/ (raw JSON), bench/results.png and the "Last run"
+#    section of bench/RESULTS.md (bench/report.py); a --quick run writes only its own folder,
+#    bench/out/quick-<stamp>/ (git-ignored), with the same summary.md.
 #
+# Settings (environment), each with a repo-relative default:
+#   CLIPSERVE_BENCH_MODEL  the model folder (default: models/xlmr-b32-random in the repo, made by
+#                          the full-size command of onnx/README.md)
+#   BENCH_PYTHON           the Python with onnx/requirements.txt installed (default: .venv/bin/python
+#                          in the repo, the venv of onnx/README.md)
+#   CARGO_TARGET_DIR       cargo's target folder (default: target/ in the repo)
+#   BENCH_PHOTOS           photo files for the image load (default: tests/fixtures/photos, 100-900 KB)
+#   BENCH_OUT              where a run's folder goes (default: bench/results, or bench/out for --quick)
+#   BENCH_DURATION, BENCH_CONCURRENCY, BENCH_BUDGET, BENCH_THREADS, BENCH_PORT, BENCH_VARIANTS
 # Any CLIPSERVE_* variable set by the caller reaches the server (e.g.
 # CLIPSERVE_BATCHING_IMAGE_WORKERS=1). Everything is bounded in time; the server is stopped at
 # the end, or on error, by its pid.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-MODEL=${CLIPSERVE_BENCH_MODEL:-/work/models/xlmr-b32-random}
+MODEL=${CLIPSERVE_BENCH_MODEL:-$REPO/models/xlmr-b32-random}
 DURATION=${BENCH_DURATION:-15}
 CONCURRENCY=${BENCH_CONCURRENCY:-"1 4 16 64"}
 BUDGET=${BENCH_BUDGET:-8}
 THREADS=${BENCH_THREADS:-2}
 PORT=${BENCH_PORT:-18089}
-PY=${BENCH_PYTHON:-/work/venv/py/bin/python}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-release}
+PY=${BENCH_PYTHON:-$REPO/.venv/bin/python}
+# cargo reads a relative CARGO_TARGET_DIR from the folder it runs in (the repo, below): make it
+# absolute here so the binary is found where cargo put it.
+export CARGO_TARGET_DIR=$(cd "$REPO" && realpath -m "${CARGO_TARGET_DIR:-target}")
 PHASES="http engines baselines"
 LABEL=""
+QUICK=""
 
 while [ $# -gt 0 ]; do
   case "$1" in
-    --quick) DURATION=5; BUDGET=2; CONCURRENCY="1 16" ;;
+    --quick) DURATION=5; BUDGET=2; CONCURRENCY="1 16"; QUICK=1 ;;
     --phases) PHASES="$2"; shift ;;
     --label) LABEL="$2"; shift ;;
     *) echo "unknown argument $1 (see the head of $0)" >&2; exit 2 ;;
@@ -44,9 +58,31 @@ while [ $# -gt 0 ]; do
 done
 
 STAMP=$(date +%Y%m%d-%H%M%S)
-OUT="$REPO/bench/results/$STAMP"
-mkdir -p "$OUT"
+if [ -n "$QUICK" ]; then
+  OUT="${BENCH_OUT:-$REPO/bench/out}/quick-$STAMP"
+else
+  OUT="${BENCH_OUT:-$REPO/bench/results}/$STAMP"
+fi
 log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
+
+# A relative model path is read from the current folder, else from the repo.
+case "$MODEL" in /*) ;; *) [ -e "$MODEL" ] || MODEL=$REPO/$MODEL ;; esac
+[ -f "$MODEL/config.json" ] || {
+  log "no model folder at $MODEL: export it with the full-size command of onnx/README.md, or set CLIPSERVE_BENCH_MODEL"
+  exit 1
+}
+MODEL=$(cd "$MODEL" && pwd)
+[ -x "$PY" ] || {
+  log "no Python at $PY: create the venv of onnx/README.md (python3.11 -m venv .venv, then pip install -r onnx/requirements.txt), or set BENCH_PYTHON"
+  exit 1
+}
+# What the results record: the model's path inside the repo, or its folder name when it lives
+# elsewhere, never a path of one machine.
+case "$MODEL" in
+  "$REPO"/*) MODEL_SHOWN=${MODEL#"$REPO"/} ;;
+  *) MODEL_SHOWN="$(basename "$MODEL") (outside the repo)" ;;
+esac
+mkdir -p "$OUT"
 
 # --- tools ----------------------------------------------------------------------------------
 if ! command -v wrk >/dev/null; then
@@ -55,7 +91,9 @@ if ! command -v wrk >/dev/null; then
 fi
 if ! "$PY" -c "import matplotlib, onnxruntime, torch, open_clip" 2>/dev/null; then
   log "installing Python packages into $PY's environment"
-  "$PY" -m pip install -q matplotlib onnxruntime torch open_clip_torch transformers numpy
+  "$PY" -m pip install -q -r "$REPO/onnx/requirements.txt" matplotlib
+elif ! "$PY" -c "import matplotlib" 2>/dev/null; then
+  "$PY" -m pip install -q matplotlib
 fi
 
 log "building (release, $CARGO_TARGET_DIR)"
@@ -64,7 +102,7 @@ log "building (release, $CARGO_TARGET_DIR)"
 BIN="$CARGO_TARGET_DIR/release/clipserve"
 
 cat >"$OUT/meta.json" <<EOF
-{"stamp": "$STAMP", "label": "$LABEL", "model": "$MODEL", "commit": "$(cd "$REPO" && git rev-parse --short HEAD)",
+{"stamp": "$STAMP", "label": "$LABEL", "model": "$MODEL_SHOWN", "commit": "$(cd "$REPO" && git rev-parse --short HEAD)",
  "dirty": $(cd "$REPO" && (git diff --quiet HEAD -- src Cargo.toml config && echo false || echo true)),
  "load_before": "$(cut -d' ' -f1-3 /proc/loadavg)", "nproc": $(nproc),
  "cpu": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)",
@@ -83,11 +121,16 @@ trap cleanup EXIT
 # --- HTTP load test -------------------------------------------------------------------------
 if [[ " $PHASES " == *" http "* ]]; then
   PHOTOS=""
-  for p in "$REPO"/tests/fixtures/photos/*.{jpg,png} /work/shared/assets/photos/skimage_astronaut.png; do
-    [ -f "$p" ] || continue
-    size=$(stat -c %s "$p")
-    if [ "$size" -ge 100000 ] && [ "$size" -le 900000 ]; then PHOTOS="$PHOTOS $p"; fi
-  done
+  if [ -n "${BENCH_PHOTOS:-}" ]; then
+    PHOTOS=" $BENCH_PHOTOS"
+  else
+    for p in "$REPO"/tests/fixtures/photos/*.{jpg,png}; do
+      [ -f "$p" ] || continue
+      size=$(stat -c %s "$p")
+      if [ "$size" -ge 100000 ] && [ "$size" -le 900000 ]; then PHOTOS="$PHOTOS $p"; fi
+    done
+  fi
+  [ -n "$PHOTOS" ] || { log "no photos for the image load"; exit 1; }
   log "photos:$(for p in $PHOTOS; do printf ' %s(%dKB)' "$(basename "$p")" $(($(stat -c %s "$p") / 1024)); done)"
 
   log "starting the server on $MODEL"
@@ -150,7 +193,7 @@ fi
 # --- encoders side by side ------------------------------------------------------------------
 if [[ " $PHASES " == *" engines "* ]]; then
   log "tract encoders (benches/compare.rs)"
-  (cd "$REPO" && CLIPSERVE_BENCH_MODEL="$MODEL" cargo bench --quiet --bench compare -- \
+  (cd "$REPO" && CLIPSERVE_BENCH_MODEL="${MODEL#"$REPO"/}" cargo bench --quiet --bench compare -- \
     --variants "${BENCH_VARIANTS:-bucketed,symbolic,bucketed_intra2,bucketed_bf16,bucketed_bf16_intra2}" --budget "$BUDGET" --json "$OUT/tract.json")
 fi
 if [[ " $PHASES " == *" baselines "* ]]; then
@@ -162,5 +205,10 @@ if [[ " $PHASES " == *" baselines "* ]]; then
 fi
 
 echo "\"$(cut -d' ' -f1-3 /proc/loadavg)\"" >"$OUT/load_after.json"
-"$PY" "$REPO/bench/report.py" "$OUT"
-log "results in $OUT, bench/RESULTS.md and bench/results.png"
+if [ -n "$QUICK" ]; then
+  "$PY" "$REPO/bench/report.py" --summary-only "$OUT"
+  log "results in $OUT (a --quick run leaves bench/RESULTS.md and bench/results.png alone)"
+else
+  "$PY" "$REPO/bench/report.py" "$OUT"
+  log "results in $OUT, bench/RESULTS.md and bench/results.png"
+fi

@@ -4,10 +4,11 @@
 # Not part of CI (it runs for minutes); see docs/reliability.md for the last result.
 #
 #   bench/soak.sh                          # 10 minutes on the tiny test model
-#   SOAK_MODEL=/work/models/xlmr-b32-random SOAK_MINUTES=10 bench/soak.sh
+#   SOAK_MODEL=models/xlmr-b32-random SOAK_MINUTES=10 bench/soak.sh   # the full-size export
 #
 # Settings (environment):
-#   SOAK_MODEL        model folder (default: tests/fixtures/models/tiny)
+#   SOAK_MODEL        model folder (default: tests/fixtures/models/tiny; the full-size export of
+#                     onnx/README.md goes to models/xlmr-b32-random)
 #   SOAK_MINUTES      length of the load phase (default 10)
 #   SOAK_CLIENTS      concurrent client threads (default 4)
 #   SOAK_PAUSE_MS     pause after each request per client, to keep the load steady and below
@@ -16,7 +17,7 @@
 #   SOAK_BOUND_MB     allowed RSS growth from the end of warm-up to the end (default 64)
 #   SOAK_WARMUP_S     warm-up excluded from the growth bound (default 60)
 #   SOAK_PORT         port on 127.0.0.1 (default 18097)
-#   CARGO_TARGET_DIR  where the release binary is built (default /work/target-release)
+#   CARGO_TARGET_DIR  where the release binary is built (default: target/ in the repo)
 # Output: bench/out/soak-<stamp>/{rss.csv,load.json,server.log,summary.txt} (git-ignored)
 set -euo pipefail
 
@@ -29,7 +30,12 @@ SAMPLE_S=${SOAK_SAMPLE_S:-5}
 BOUND_MB=${SOAK_BOUND_MB:-64}
 WARMUP_S=${SOAK_WARMUP_S:-60}
 PORT=${SOAK_PORT:-18097}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-release}
+# cargo reads a relative CARGO_TARGET_DIR from the folder it runs in (the repo): make it absolute.
+export CARGO_TARGET_DIR=$(cd "$REPO" && realpath -m "${CARGO_TARGET_DIR:-target}")
+# A relative model path is read from the current folder, else from the repo.
+case "$MODEL" in /*) ;; *) [ -e "$MODEL" ] || MODEL=$REPO/$MODEL ;; esac
+[ -f "$MODEL/config.json" ] || { echo "no model folder at $MODEL (SOAK_MODEL)"; exit 1; }
+MODEL=$(cd "$MODEL" && pwd)
 OUT=$REPO/bench/out/soak-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
 

@@ -3,7 +3,7 @@
 //! JSON object so `bench/run.sh` can put every runtime side by side.
 //!
 //! ```text
-//! CLIPSERVE_BENCH_MODEL=/work/models/xlmr-b32-random \
+//! CLIPSERVE_BENCH_MODEL=models/xlmr-b32-random \
 //!   cargo bench --bench compare -- --variants bucketed,symbolic --budget 6 --json out.json
 //! ```
 //!

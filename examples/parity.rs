@@ -1,9 +1,13 @@
 //! Compares the Rust engine against the PyTorch OpenCLIP reference for one model folder:
 //!
 //! ```text
-//! cargo run --release --example parity -- --model DIR --reference DIR/reference [--photos DIR] \
-//!     [--image-precision f32|bf16]
+//! cargo run --release --example parity -- [--model DIR] [--reference DIR/reference] \
+//!     [--photos DIR] [--image-precision f32|bf16]
 //! ```
+//!
+//! `--model` defaults to `models/xlmr-b32-random` in the repo (the full-size export of
+//! onnx/README.md), `--reference` to the model's `reference/` folder, `--photos` to the committed
+//! `tests/fixtures/photos`.
 //!
 //! Prints the cosine of every text and image embedding with PyTorch's, and exits non-zero if
 //! texts fall below 0.99999 or images below 0.9999 (the tolerances of the engine's issue).
@@ -23,13 +27,16 @@ fn arg(name: &str) -> Option<String> {
 }
 
 fn main() {
-    let model = PathBuf::from(arg("--model").expect("--model DIR"));
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let model = arg("--model")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo.join("models/xlmr-b32-random"));
     let reference_dir = arg("--reference")
         .map(PathBuf::from)
         .unwrap_or_else(|| model.join("reference"));
     let photos = arg("--photos")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/photos"));
+        .unwrap_or_else(|| repo.join("tests/fixtures/photos"));
     let started = std::time::Instant::now();
     let image_precision = match arg("--image-precision").as_deref() {
         None | Some("f32") => Precision::F32,

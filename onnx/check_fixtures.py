@@ -8,8 +8,8 @@ padded with 1 to 77 for a static model) through onnxruntime; the L2-normalised o
 cosine >= 0.99999 with the reference embeddings.
 
     python onnx/check_fixtures.py                                   # the committed tiny fixtures
-    python onnx/check_fixtures.py --reference /work/models/xlmr-b32-random/reference \
-        /work/models/xlmr-b32-random /work/models/xlmr-b32-random-static
+    python onnx/check_fixtures.py --reference models/xlmr-b32-random/reference \
+        models/xlmr-b32-random models/xlmr-b32-random-static      # the full-size exports
 """
 
 import argparse

@@ -83,11 +83,15 @@ def first_existing(*paths):
     return None
 
 
+def shared_assets():
+    """The shared assets folder: $SHARED_ASSETS, else ../shared/assets next to the repo."""
+    return Path(os.environ.get("SHARED_ASSETS") or REPO.parent / "shared/assets")
+
+
 def default_tokenizer_json():
     return first_existing(
         os.environ.get("XLMR_TOKENIZER_JSON"),
-        REPO.parent / "shared/assets/xlm-roberta-base/tokenizer.json",
-        Path("/work/shared/assets/xlm-roberta-base/tokenizer.json"),
+        shared_assets() / "xlm-roberta-base/tokenizer.json",
         REPO / "tests/fixtures/models/tiny/textual/tokenizer.json",
     )
 
@@ -95,8 +99,7 @@ def default_tokenizer_json():
 def default_golden_ids():
     return first_existing(
         os.environ.get("XLMR_GOLDEN_IDS"),
-        REPO.parent / "shared/assets/xlm-roberta-base/golden_ids.json",
-        Path("/work/shared/assets/xlm-roberta-base/golden_ids.json"),
+        shared_assets() / "xlm-roberta-base/golden_ids.json",
     )
 
 

@@ -7,19 +7,17 @@
 #   tests/fixtures/reference/tiny/     PyTorch reference outputs over all photos and texts.json
 # then checks them with onnxruntime (onnx/check_fixtures.py) and prints their size.
 #
-# Environment: PYTHON (default: /work/venv/py/bin/python if present, else python3),
-#              SHARED_ASSETS (default: ../shared/assets next to the repo, else /work/shared/assets);
+# Environment: PYTHON (default: .venv/bin/python in the repo if present, else python3),
+#              SHARED_ASSETS (default: ../shared/assets next to the repo);
 #              without shared assets the committed photos and tokenizer.json are reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ -z "${PYTHON:-}" ]]; then
-  if [[ -x /work/venv/py/bin/python ]]; then PYTHON=/work/venv/py/bin/python; else PYTHON=python3; fi
+  if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
-if [[ -z "${SHARED_ASSETS:-}" ]]; then
-  for d in ../shared/assets /work/shared/assets; do
-    if [[ -d "$d" ]]; then SHARED_ASSETS=$d; break; fi
-  done
+if [[ -z "${SHARED_ASSETS:-}" && -d ../shared/assets ]]; then
+  SHARED_ASSETS=../shared/assets
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 

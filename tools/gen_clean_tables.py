@@ -13,9 +13,10 @@ drift from the reference by a hand-copy mistake:
 - the characters Python's `str.isspace` / `\\s` accept
 - the characters Python's `re` `\\d` accepts (used by ftfy's ANSI_RE)
 
-Run with the reference interpreter (the venv that has ftfy and open_clip):
+Run with the reference interpreter (the venv of onnx/README.md, .venv in the repo, which has
+ftfy and open_clip):
 
-    /work/venv/py/bin/python tools/gen_clean_tables.py src/preprocess/clean
+    .venv/bin/python tools/gen_clean_tables.py src/preprocess/clean
 
 entities.rs holds html.entities.html5 (2231 entries); tables.rs everything else.
 """
