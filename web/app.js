@@ -142,6 +142,12 @@ function removeImage(id) {
   renderGallery();
 }
 
+// Why an image failed, as its tile says it. The API numbers the items of a request ("image 0:
+// image file is truncated"); each tile is a request of its own, so there the number is noise.
+function tileReason(err) {
+  return (err.message || String(err)).replace(/^image 0: /, '');
+}
+
 function renderGallery() {
   const gallery = $('gallery');
   gallery.replaceChildren(...state.images.map((item) => {
@@ -149,7 +155,7 @@ function renderGallery() {
     li.append(el('img', { src: item.url, alt: item.name, loading: 'lazy' }));
     const caption = el('div', { class: 'thumb-caption' });
     caption.append(el('span', { class: 'thumb-name', title: item.name }, item.name));
-    const status = item.status === 'ok' ? 'embedded' : item.status === 'pending' ? 'embedding…' : item.error.message;
+    const status = item.status === 'ok' ? 'embedded' : item.status === 'pending' ? 'embedding…' : tileReason(item.error);
     caption.append(el('span', { class: 'thumb-status', title: status }, status));
     li.append(caption);
     const remove = el('button', { type: 'button', class: 'remove', 'aria-label': 'Remove ' + item.name }, '×');

@@ -5,7 +5,8 @@
 #
 # PYTHON          an interpreter to use as is (default: a venv in examples/python/.venv)
 # CLIPSERVE_BIN   the server binary (default: `cargo build --locked --bin clipserve`, then
-#                 target/debug/clipserve)
+#                 $CARGO_TARGET_DIR/debug/clipserve, target/ by default; CI passes the one
+#                 `cargo test` built)
 # CLIPSERVE_MODEL the model folder (default: tests/fixtures/models/tiny)
 set -euo pipefail
 
@@ -23,7 +24,7 @@ fi
 
 if [[ -z "${CLIPSERVE_BIN:-}" ]]; then
     cargo build --locked --bin clipserve
-    CLIPSERVE_BIN="$root/target/debug/clipserve"
+    CLIPSERVE_BIN="$(cd "${CARGO_TARGET_DIR:-target}/debug" && pwd)/clipserve"
 fi
 model="${CLIPSERVE_MODEL:-$root/tests/fixtures/models/tiny}"
 

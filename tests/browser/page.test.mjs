@@ -64,6 +64,85 @@ async function api(path, payload) {
   return body;
 }
 
+// The message of an API call that must fail (4xx) with one raw body.
+async function apiError(path, body, type) {
+  const response = await fetch(base + path, {
+    method: 'POST',
+    headers: { 'Content-Type': type, Authorization: 'Bearer ' + API_KEY },
+    body,
+  });
+  const json = await response.json();
+  assert.ok(response.status >= 400 && response.status < 500, `${path}: ${response.status}`);
+  assert.ok(json.error?.message, JSON.stringify(json));
+  return json.error.message;
+}
+
+// Runs in the page, on one element: what decides whether a person can read its text (its box,
+// its clipping by any ancestor, whether something covers it, its font size and colour contrast).
+function measureReadability(el) {
+  const box = el.getBoundingClientRect();
+  const style = getComputedStyle(el);
+  // The visible part of the box: intersected with every ancestor that clips its overflow.
+  let visible = { left: box.left, top: box.top, right: box.right, bottom: box.bottom };
+  let opacity = 1;
+  for (let a = el; a; a = a.parentElement) {
+    const s = getComputedStyle(a);
+    opacity *= Number(s.opacity);
+    if (a !== el && s.overflow !== 'visible') {
+      const r = a.getBoundingClientRect();
+      visible = {
+        left: Math.max(visible.left, r.left), top: Math.max(visible.top, r.top),
+        right: Math.min(visible.right, r.right), bottom: Math.min(visible.bottom, r.bottom),
+      };
+    }
+  }
+  // Contrast of the text colour on the first opaque background behind it (WCAG 2 formula).
+  const rgb = (c) => c.match(/[\d.]+/g).map(Number);
+  let bg = null;
+  for (let a = el; a && !bg; a = a.parentElement) {
+    const c = rgb(getComputedStyle(a).backgroundColor);
+    if (c.length === 3 || c[3] === 1) bg = c.slice(0, 3);
+  }
+  const luminance = ([r, g, b]) => [r, g, b]
+    .map((v) => v / 255).map((v) => (v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4))
+    .reduce((sum, v, i) => sum + v * [0.2126, 0.7152, 0.0722][i], 0);
+  const [l1, l2] = [luminance(rgb(style.color)), luminance(bg || [255, 255, 255])].sort((a, b) => b - a);
+  // What is drawn at a point inside each line of the text (not the remove button, say).
+  const range = document.createRange();
+  range.selectNodeContents(el);
+  const covered = [...range.getClientRects()].filter((r) => {
+    const hit = document.elementFromPoint(r.left + Math.min(8, r.width / 2), r.top + r.height / 2);
+    return !(hit && (hit === el || el.contains(hit)));
+  }).length;
+  return {
+    width: box.width, height: box.height,
+    visibleWidth: visible.right - visible.left, visibleHeight: visible.bottom - visible.top,
+    scrollWidth: el.scrollWidth, clientWidth: el.clientWidth,
+    scrollHeight: el.scrollHeight, clientHeight: el.clientHeight,
+    fontSize: parseFloat(style.fontSize), lineHeight: parseFloat(style.lineHeight) || parseFloat(style.fontSize) * 1.2,
+    display: style.display, visibility: style.visibility, opacity,
+    contrast: (l1 + 0.05) / (l2 + 0.05), covered,
+    viewport: { width: innerWidth, height: innerHeight }, top: box.top, bottom: box.bottom,
+  };
+}
+
+function assertReadable(m, text) {
+  const what = `"${text}" ${JSON.stringify(m)}`;
+  assert.notEqual(m.display, 'none', what);
+  assert.equal(m.visibility, 'visible', what);
+  assert.equal(m.opacity, 1, what);
+  assert.ok(m.fontSize >= 11, `font too small: ${what}`);
+  // Wide enough for words, not a sliver; tall enough for at least one whole line.
+  assert.ok(m.width >= 80, `too narrow: ${what}`);
+  assert.ok(m.height >= m.fontSize, `too short: ${what}`);
+  // Nothing cut: not by its own overflow (an ellipsis), not by an ancestor's, not by the viewport.
+  assert.ok(m.scrollWidth <= m.clientWidth + 1 && m.scrollHeight <= m.clientHeight + 1, `text overflows its box: ${what}`);
+  assert.ok(m.visibleWidth >= m.width - 1 && m.visibleHeight >= m.height - 1, `clipped by an ancestor: ${what}`);
+  assert.ok(m.top >= 0 && m.bottom <= m.viewport.height, `outside the viewport: ${what}`);
+  assert.equal(m.covered, 0, `covered by another element: ${what}`);
+  assert.ok(m.contrast >= 4.5, `contrast below WCAG AA: ${what}`);
+}
+
 function dataUri(name) {
   const type = name.endsWith('.png') ? 'image/png' : 'image/jpeg';
   return `data:${type};base64,` + readFileSync(join(PHOTOS, name)).toString('base64');
@@ -133,7 +212,16 @@ test('the page ranks uploaded photos as the API does and classifies them zero-sh
   );
   const bad = page.locator(`#gallery li[data-name="${BAD}"]`);
   assert.match(await bad.getAttribute('class'), /error/);
-  assert.match(await bad.locator('.thumb-status').innerText(), /truncated/);
+  // The failed tile shows the API's own reason, and a person can read it: in the DOM is not
+  // enough (a banner style once squeezed this caption to 12 px wide, an empty red tile).
+  const reason = await apiError('/v1/embed/image', readFileSync(join(PHOTOS, BAD)), 'image/jpeg');
+  // (Less the API's item number: every tile is a request of one image.)
+  assert.match(reason, /^image 0: .*truncated/);
+  const shownReason = reason.replace(/^image 0: /, '');
+  const status = bad.locator('.thumb-status');
+  assert.equal(await status.innerText(), shownReason);
+  await status.scrollIntoViewIfNeeded();
+  assertReadable(await status.evaluate(measureReadability), shownReason);
 
   // Search: the order and the scores shown are the API's for the same images and query.
   await page.fill('#query', QUERY);
