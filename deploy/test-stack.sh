@@ -259,7 +259,7 @@ stop_load() {
     local name=$1 t0=$2 retried
     touch "$WORK/stop"
     wait "$LOAD_PID"
-    podman logs "$P-lb" 2>&1 | tail -n +"$((LB_LINES + 1))" >"$WORK/lb-fault.log" || true
+    podman logs "$P-lb" 2>/dev/null | tail -n +"$((LB_LINES + 1))" >"$WORK/lb-fault.log" || true
     retried=$(grep -cE ' retries=\+?[1-9]' "$WORK/lb-fault.log" || true)
     # What the balancer saw: replicas leaving and joining, addresses changing.
     grep -E '^(Server|replicas/)' "$WORK/lb-fault.log" | sed 's/^/  balancer: /' | cut -c1-150 >&2 || true
@@ -295,7 +295,7 @@ fault_kill() {
 fault_stall() {
     local t0
     t0=$(date +%s)
-    log "stall: SIGSTOP replica 2 for $((STALL_TIMEOUT + 5)) s (proxy timeout ${STALL_TIMEOUT} s), then SIGCONT"
+    log "stall: SIGSTOP replica 2 for $((STALL_TIMEOUT + 5)) s (server timeout ${STALL_TIMEOUT} s), then SIGCONT"
     start_load
     sleep 3
     podman kill -s STOP "$P-2" >/dev/null
