@@ -86,7 +86,7 @@ def valid(body, items):
 
 
 # Errors of a reused keep-alive connection that the peer closed while it was idle: the race
-# every HTTP/1.1 client meets (here, when nginx reloads and closes idle client connections).
+# every HTTP/1.1 client meets (when the balancer closes an idle client connection).
 STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 
 

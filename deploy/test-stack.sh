@@ -3,11 +3,12 @@
 #
 #   1. sets up podman (deploy/setup-podman.sh; SKIP_PODMAN_SETUP=1 to skip),
 #   2. builds the release binary on the host and the image from it (Dockerfile, target
-#      runtime-prebuilt) and the balancer image (deploy/nginx.Dockerfile),
+#      runtime-prebuilt) and the balancer image (deploy/haproxy.Dockerfile),
 #   3. starts the topology of docker-compose.yml: replicas clipserve-1 and clipserve-2 (read-only
 #      root, no capabilities, CPU and memory limits, the test model mounted read-only, a cache
-#      volume) behind nginx with deploy/nginx.conf, on a podman network; the balancer is
-#      published on 127.0.0.1:$PORT only,
+#      volume, the shared network alias `clipserve`) behind HAProxy with deploy/haproxy.cfg
+#      (finds the replicas by DNS, checks GET /ready every second, retries elsewhere), on a
+#      podman network; the balancer is published on 127.0.0.1:$PORT only,
 #   4. smoke: texts and fixture photos (raw, multipart, JSON base64) through the balancer,
 #      request ids, both replicas used, healthcheck, non-root and read-only root,
 #   5. faults under load (deploy/loadgen.py, bounded): `kill` (SIGKILL a replica, then start it
@@ -18,7 +19,7 @@
 #
 # Usage: deploy/test-stack.sh [smoke] [kill] [stall] [restart]     (default: all of them)
 # Environment: PORT (18080), CLIENTS (6 concurrent load clients), STALL_TIMEOUT (5: the
-# balancer's proxy read timeout in seconds for this test; the shipped nginx.conf has 35),
+# balancer's `timeout server` in seconds for this test; the shipped haproxy.cfg has 35),
 # CARGO_TARGET_DIR, SKIP_CARGO=1 (image from the binary already in deploy/.build), SKIP_BUILD=1
 # (reuse the images), KEEP=1 (leave the stack running).
 # Needs root (podman), cargo, curl and python3. Not part of CI: it takes minutes (see README).
@@ -79,7 +80,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     log "building $IMAGE (target runtime-prebuilt) and $LB_IMAGE"
     podman build -q --format docker --target runtime-prebuilt \
         --build-arg PREBUILT_BINARY=deploy/.build/clipserve -t "$IMAGE" . >/dev/null
-    podman build -q --format docker -f deploy/nginx.Dockerfile -t "$LB_IMAGE" deploy >/dev/null
+    podman build -q --format docker -f deploy/haproxy.Dockerfile -t "$LB_IMAGE" deploy >/dev/null
 fi
 
 # ---- 3. the stack
@@ -99,8 +100,10 @@ fi
 start_replica() {
     local n=$1
     # As docker-compose.yml, with this test's shorter timeouts: a request finishes or fails
-    # within STALL_TIMEOUT - 1 s, so the balancer's STALL_TIMEOUT means "stalled".
+    # within STALL_TIMEOUT - 1 s, so the balancer's STALL_TIMEOUT means "stalled". The alias
+    # `clipserve` is the name the balancer resolves: it answers with every replica's address.
     podman run -d --name "$P-$n" --network "$NET" --network-alias "clipserve-$n" \
+        --network-alias clipserve \
         --read-only --cap-drop ALL --security-opt no-new-privileges "${LIMITS[@]}" \
         -v "$ROOT/tests/fixtures/models:/models:ro" -v "$P-cache:/cache" \
         -e CLIPSERVE_MODEL=/models/tiny -e CLIPSERVE_LOG_FORMAT=json \
@@ -110,6 +113,20 @@ start_replica() {
 }
 
 ip_of() { podman inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$P-$1"; }
+
+# A Linux bridge whose MAC address was never set takes the lowest MAC among its ports, so it
+# changes when a container (a port) comes or goes. The containers' ARP caches still hold the
+# old one, and what they send to the bridge's own address (the network's DNS server, and the
+# answers to clients coming through the published port) is flooded to the other containers
+# instead, until the entry expires (about 25 s here; never, while TCP traffic keeps it
+# confirmed). Netavark 1.4 (Debian 12's podman) leaves it unset; Docker sets it. Setting it to
+# its current value makes it stay.
+pin_bridge_mac() {
+    local dev
+    dev=$(podman network inspect -f '{{.NetworkInterface}}' "$NET")
+    [ -e "/sys/class/net/$dev" ] || die "no bridge $dev for network $NET"
+    ip link set dev "$dev" address "$(cat "/sys/class/net/$dev/address")"
+}
 
 # Runs the image's HEALTHCHECK (clipserve healthcheck: GET /ready) until it passes.
 wait_healthy() {
@@ -132,23 +149,31 @@ wait_routed() {
         curl -s -o /dev/null -H 'content-type: application/json' \
             -d '{"texts":["routing probe"]}' "$BASE/v1/embed/text" || true
         podman logs "$P-lb" 2>/dev/null | tail -n +"$((skip + 1))" >"$WORK/lb.log" || true
-        grep -q "upstream=$ip:8080 upstream_status=200" "$WORK/lb.log" && return 0
+        grep -q "upstream=$ip:8080 status=200 " "$WORK/lb.log" && return 0
         sleep 0.5
     done
+    lb_states >&2 || true
     die "the balancer never routed to replica $n at $ip"
+}
+
+# The balancer's view of its server slots (HAProxy's status page, on the container's loopback).
+lb_states() {
+    podman exec "$P-lb" curl -s '127.0.0.1:8404/;csv' |
+        awk -F, '$1 == "replicas" && $2 != "BACKEND" && $18 !~ /^MAINT/ { print "  " $2, $18, $74 }'
 }
 
 log "starting replicas and the balancer"
 start_replica 1
+pin_bridge_mac
 start_replica 2
 wait_healthy 1
 wait_healthy 2
-sed -e "s/proxy_read_timeout [0-9]*s;/proxy_read_timeout ${STALL_TIMEOUT}s;/" \
-    -e "s/proxy_send_timeout [0-9]*s;/proxy_send_timeout ${STALL_TIMEOUT}s;/" \
-    deploy/nginx.conf >"$WORK/nginx.conf"
+sed -e "s/^\( *timeout server\) [0-9]*s/\1 ${STALL_TIMEOUT}s/" deploy/haproxy.cfg >"$WORK/haproxy.cfg"
+grep -q "timeout server ${STALL_TIMEOUT}s" "$WORK/haproxy.cfg" || die "no timeout server in deploy/haproxy.cfg"
+# As docker-compose.yml: read-only root, no capabilities (HAProxy runs as its own user).
 podman run -d --name "$P-lb" --network "$NET" -p "127.0.0.1:$PORT:8080" \
-    --read-only --tmpfs /run --tmpfs /var/lib/nginx --tmpfs /tmp \
-    -v "$WORK/nginx.conf:/etc/nginx/nginx.conf:ro" --health-interval disable "$LB_IMAGE" >/dev/null
+    --read-only --cap-drop ALL --security-opt no-new-privileges \
+    -v "$WORK/haproxy.cfg:/etc/haproxy/haproxy.cfg:ro" --health-interval disable "$LB_IMAGE" >/dev/null
 for i in $(seq 1 60); do
     [ "$(curl -s -o /dev/null -w '%{http_code}' "$BASE/ready")" = 200 ] && break
     [ "$i" = 60 ] && die "the balancer never answered /ready with 200"
@@ -156,7 +181,8 @@ for i in $(seq 1 60); do
 done
 wait_routed 1
 wait_routed 2
-log "stack up on $BASE (replicas at $(ip_of 1) and $(ip_of 2))"
+log "stack up on $BASE (replicas at $(ip_of 1) and $(ip_of 2)); the balancer's slots:"
+lb_states >&2
 
 # ---- 4. smoke
 PHOTOS=tests/fixtures/photos
@@ -170,7 +196,7 @@ assert all(abs(math.sqrt(sum(x * x for x in v)) - 1) < 1e-3 for v in e), "not un
 print(len(e), "x", doc["dimensions"], "from", doc["model"])' "$1"
 }
 
-lb_lines() { podman logs "$P-lb" 2>/dev/null | grep -c 'upstream_status=' || true; }
+lb_lines() { podman logs "$P-lb" 2>/dev/null | grep -c ' upstream=[0-9]' || true; }
 
 smoke() {
     local t0 out id lines used b64 n0 n
@@ -233,8 +259,10 @@ stop_load() {
     local name=$1 t0=$2 retried
     touch "$WORK/stop"
     wait "$LOAD_PID"
-    retried=$(podman logs "$P-lb" 2>/dev/null | tail -n +"$((LB_LINES + 1))" |
-        grep -cE 'upstream_status=[0-9-]+, ' || true)
+    podman logs "$P-lb" 2>/dev/null | tail -n +"$((LB_LINES + 1))" >"$WORK/lb-fault.log" || true
+    retried=$(grep -cE ' retries=\+?[1-9]' "$WORK/lb-fault.log" || true)
+    # What the balancer saw: replicas leaving and joining, addresses changing.
+    grep -E '^(Server|replicas/)' "$WORK/lb-fault.log" | sed 's/^/  balancer: /' | cut -c1-150 >&2 || true
     python3 - "$name" "$(($(date +%s) - t0))" "$retried" "$WORK/load.json" >>"$WORK/rows" <<'PY'
 import json, sys
 name, secs, retried, path = sys.argv[1:]
@@ -267,7 +295,7 @@ fault_kill() {
 fault_stall() {
     local t0
     t0=$(date +%s)
-    log "stall: SIGSTOP replica 2 for $((STALL_TIMEOUT + 5)) s (proxy timeout ${STALL_TIMEOUT} s), then SIGCONT"
+    log "stall: SIGSTOP replica 2 for $((STALL_TIMEOUT + 5)) s (server timeout ${STALL_TIMEOUT} s), then SIGCONT"
     start_load
     sleep 3
     podman kill -s STOP "$P-2" >/dev/null
@@ -308,12 +336,13 @@ done
 
 # ---- 6. summary
 echo
-echo "clipserve stack test: 2 replicas + nginx, $CLIENTS load clients, proxy timeout ${STALL_TIMEOUT}s"
+echo "clipserve stack test: 2 replicas + HAProxy, $CLIENTS load clients, server timeout ${STALL_TIMEOUT}s"
 printf '%-8s %7s %8s %8s %8s %8s %8s %9s %9s %9s\n' step time requests ok failed retried resent p50 p99 max
 for row in "${SUMMARY[@]}"; do echo "$row"; done
-echo "retried: requests nginx sent to another replica after an error, timeout or 503"
-echo "resent: requests the client sent again because nginx had closed its idle keep-alive"
-echo "        connection (nginx reloads when a replica's address changes)"
+echo "retried: requests HAProxy sent again, to another replica, after a failed connect, a"
+echo "         connection closed with no answer, no answer within the server timeout, or a 503"
+echo "resent: requests the client sent again because the balancer had closed an idle keep-alive"
+echo "        connection (a client-side reconnect, not a failed request)"
 echo "total: $(($(date +%s) - STARTED)) s"
 [ "$FAILED" = 0 ] || die "$FAILED client request(s) failed"
 log "PASS: no client request failed"
