@@ -5,7 +5,9 @@
 
 use base64::Engine as _;
 use clipserve::http::extract::{decode_base64, decode_base64_list, parse_json};
-use clipserve::http::types::{ClassifyRequest, ImagesRequest, SimilarityRequest, TextsRequest};
+use clipserve::http::types::{
+    ClassifyRequest, ImagesRequest, OpenAiEmbeddingsRequest, SimilarityRequest, TextsRequest,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -14,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = parse_json::<SimilarityRequest>(data);
     let _ = parse_json::<ClassifyRequest>(data);
+    let _ = parse_json::<OpenAiEmbeddingsRequest>(data);
     if let Ok(req) = parse_json::<ImagesRequest>(data) {
         if let Err(e) = decode_base64_list(&req.images) {
             assert!(e.index().is_some_and(|i| i < req.images.len()));
