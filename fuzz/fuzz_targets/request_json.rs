@@ -4,8 +4,11 @@
 #![no_main]
 
 use base64::Engine as _;
-use clipserve::http::extract::{decode_base64, decode_base64_list, parse_json};
-use clipserve::http::types::{ClassifyRequest, ImagesRequest, SimilarityRequest, TextsRequest};
+use clipserve::http::extract::parse_json;
+use clipserve::http::types::{
+    ClassifyRequest, ImagesRequest, OpenAiEmbeddingsRequest, SimilarityRequest, TextsRequest,
+};
+use clipserve::service::validate::{image_data, image_data_list};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -14,17 +17,18 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = parse_json::<SimilarityRequest>(data);
     let _ = parse_json::<ClassifyRequest>(data);
+    let _ = parse_json::<OpenAiEmbeddingsRequest>(data);
     if let Ok(req) = parse_json::<ImagesRequest>(data) {
-        if let Err(e) = decode_base64_list(&req.images) {
+        if let Err(e) = image_data_list(&req.images) {
             assert!(e.index().is_some_and(|i| i < req.images.len()));
         }
     }
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = decode_base64(text);
+        let _ = image_data(text);
     }
     if !data.is_empty() {
         let encoded = base64::engine::general_purpose::STANDARD.encode(data);
         let uri = format!("data:image/png;base64,{encoded}");
-        assert_eq!(decode_base64(&uri).as_deref(), Ok(data));
+        assert_eq!(image_data(&uri).as_deref(), Ok(data));
     }
 });
