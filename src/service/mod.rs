@@ -50,6 +50,8 @@ pub fn engine_settings(model: &ModelSettings) -> EngineSettings {
             seq: model.text_seq_buckets.clone(),
         },
         image_precision: model.image_precision,
+        text_precision: model.text_precision,
+        precision_min_cosine: model.precision_min_cosine,
     }
 }
 
