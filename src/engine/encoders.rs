@@ -184,6 +184,13 @@ impl TextEncoder {
         })
     }
 
+    /// The id that fills the padding of shorter texts in a batch (masked out of the pooling):
+    /// the engine builds the tower before it loads the tokenizer that names it, so that the
+    /// tokenizer's ~250 MB do not add to the tower's load peak.
+    pub fn set_pad_id(&mut self, pad_id: u32) {
+        self.pad_id = pad_id;
+    }
+
     /// Width of the embeddings.
     pub fn dim(&self) -> usize {
         self.graph.output_dim()

@@ -123,17 +123,26 @@ impl Engine {
         }
         alloc::before_load();
         let folder = ModelFolder::open(root)?;
-        // The tokenizer first: the text tower's padding and its calibration texts need it.
-        let tokenizer = TextTokenizer::from_file(folder.tokenizer_json(), folder.context_length)?;
-        // The text tower before the image tower: reading its 1.1 GB file is the largest
-        // transient of the load, and it should not stack on top of the image tower's finished
-        // plans.
-        let text = {
+        // The calibration texts' ids, when the text tower's check will run. The tokenizer that
+        // makes them is dropped at once and loaded again after the towers, so that its ~250 MB
+        // do not stack on the towers' load peaks.
+        let (text_ids, pad_id) = if precision::checks(settings.text_precision) {
+            let tokenizer =
+                TextTokenizer::from_file(folder.tokenizer_json(), folder.context_length)?;
             let ids = calibration::texts()
                 .into_iter()
                 .map(|t| tokenizer.encode(t))
                 .collect::<Result<Vec<_>, _>>()?;
-            let ids: Vec<&[u32]> = ids.iter().map(|t| t.as_slice()).collect();
+            (ids, tokenizer.pad_id())
+        } else {
+            // XLM-RoBERTa's `<pad>`, until the tokenizer names its own below.
+            (Vec::new(), 1)
+        };
+        // The text tower before the image tower: reading its 1.1 GB file is the largest
+        // transient of the load, and it should not stack on top of the image tower's finished
+        // plans.
+        let text = {
+            let ids: Vec<&[u32]> = text_ids.iter().map(|t| t.as_slice()).collect();
             let prepared = graph::Graph::prepare(&folder.textual_onnx(), 2)?;
             TextEncoder::check(&prepared, folder.context_length)?;
             precision::choose(
@@ -145,17 +154,22 @@ impl Engine {
                         &prepared,
                         &settings.text_buckets,
                         folder.context_length,
-                        tokenizer.pad_id(),
+                        pad_id,
                         arithmetic,
                     )?)
                 },
                 |tower| tower.embed(&ids),
             )?
         };
+        drop(text_ids);
         let (height, width) = folder.preprocess.size();
         let (height, width) = (height as usize, width as usize);
         let image = {
-            let pixels = calibration::pixels(&folder.preprocess)?;
+            let pixels = if precision::checks(settings.image_precision) {
+                calibration::pixels(&folder.preprocess)?
+            } else {
+                Vec::new()
+            };
             let pixels: Vec<&[f32]> = pixels.iter().map(|p| p.as_slice()).collect();
             let prepared = graph::Graph::prepare(&folder.visual_onnx(), 4)?;
             ImageEncoder::check(&prepared, height, width)?;
@@ -175,7 +189,9 @@ impl Engine {
                 |tower| tower.embed(&pixels),
             )?
         };
-        let ((image, image_precision), (text, text_precision)) = (image, text);
+        let ((image, image_precision), (mut text, text_precision)) = (image, text);
+        let tokenizer = TextTokenizer::from_file(folder.tokenizer_json(), folder.context_length)?;
+        text.set_pad_id(tokenizer.pad_id());
         for (tower, dim) in [("visual", image.dim()), ("textual", text.dim())] {
             if dim != folder.embed_dim {
                 return Err(EngineError::Mismatch(format!(

@@ -128,6 +128,12 @@ fn calibration_pool() -> TowerPool {
     TowerPool::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// Whether [`choose`] will run the check for a tower asked for `requested` (so whether the
+/// calibration set must be prepared).
+pub(super) fn checks(requested: Precision) -> bool {
+    requested != Precision::F32 && super::bf16::supported()
+}
+
 /// Builds one tower in the arithmetic `requested` and the CPU allow (see the module docs):
 /// `build` makes the tower's plans in one arithmetic, `embed` runs the calibration set through
 /// them. `tower` names the tower in logs.
