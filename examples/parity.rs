@@ -15,7 +15,7 @@ mod parity;
 
 use std::path::PathBuf;
 
-use clipserve::engine::{Arithmetic, Engine, EngineSettings, Precision};
+use clipserve::engine::{calibration, Arithmetic, Engine, EngineSettings, Precision, TowerPool};
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -59,6 +59,31 @@ fn main() {
             p.check_min_cosine
         );
     }
+    // What the start-up check costs per arithmetic beyond building the plans: one run of the
+    // calibration set through each tower, as the check makes it (on every core).
+    let pool = TowerPool::new(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let photos = calibration::pixels(&engine.folder.preprocess).expect("calibration photos");
+    let photos: Vec<&[f32]> = photos.iter().map(|p| p.as_slice()).collect();
+    let ids: Vec<_> = calibration::texts()
+        .into_iter()
+        .map(|t| engine.tokenizer.encode(t).expect("tokenizes"))
+        .collect();
+    let ids: Vec<&[u32]> = ids.iter().map(|t| t.as_slice()).collect();
+    let t = std::time::Instant::now();
+    pool.run(true, || engine.image.embed(&photos))
+        .expect("image tower runs");
+    let image_ms = t.elapsed().as_millis();
+    let t = std::time::Instant::now();
+    pool.run(true, || engine.text.embed(&ids))
+        .expect("text tower runs");
+    eprintln!(
+        "calibration set through the served towers: image {} photos {image_ms} ms ({}), text {} texts {} ms ({})",
+        photos.len(),
+        chosen.image.active.as_str(),
+        ids.len(),
+        t.elapsed().as_millis(),
+        chosen.text.active.as_str()
+    );
     let all_f32 = [chosen.image.active, chosen.text.active] == [Arithmetic::F32; 2];
     let (text_min, image_min) = if all_f32 {
         (0.99999, 0.9999)
