@@ -31,7 +31,7 @@ fn bf16_cpu() -> bool {
 }
 
 /// Cosine in f64 of two embeddings, without assuming unit length.
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
+fn cosine_f64(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a
         .iter()
         .zip(b)
@@ -137,7 +137,7 @@ fn the_reported_lowest_cosine_is_the_one_recomputed_from_both_engines() {
                   b: Vec<clipserve::embedding::Embedding>| {
         a.iter()
             .zip(&b)
-            .map(|(x, y)| cosine(x.as_slice(), y.as_slice()))
+            .map(|(x, y)| cosine_f64(x.as_slice(), y.as_slice()))
             .fold(f64::INFINITY, f64::min)
     };
     let image = lowest(
@@ -199,4 +199,55 @@ fn a_threshold_outside_the_cosine_range_is_refused() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("precision_min_cosine"), "{err}");
+}
+
+/// `/info` says what each tower runs and what the check found; `/metrics` has a gauge per tower.
+/// With an unreachable threshold both say f32.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_and_metrics_say_what_each_tower_runs() {
+    for (min_cosine, bf16_expected) in [(None, bf16_cpu()), (Some(1.0), false)] {
+        let server = common::TestServer::start(|s| {
+            if let Some(m) = min_cosine {
+                s.model.precision_min_cosine = m;
+            }
+        })
+        .await;
+        let info: serde_json::Value = reqwest::get(server.url("/info"))
+            .await
+            .expect("info answers")
+            .json()
+            .await
+            .expect("info is JSON");
+        let want = if bf16_expected { "bf16" } else { "f32" };
+        let metrics = reqwest::get(server.url("/metrics"))
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("text");
+        for tower in ["image", "text"] {
+            let p = &info["precision"][tower];
+            assert_eq!(p["active"], want, "{min_cosine:?} {tower}: {info}");
+            let reported = p["check_min_cosine"].as_f64();
+            if bf16_cpu() {
+                let lowest = reported.expect("the check ran");
+                assert!(lowest < 1.0, "{tower}: {lowest}");
+                let reason = if bf16_expected {
+                    "check_passed"
+                } else {
+                    "check_failed"
+                };
+                assert_eq!(p["reason"], reason, "{tower}");
+            } else {
+                assert!(p["check_min_cosine"].is_null(), "{tower}: {p}");
+                assert_eq!(p["reason"], "no_bf16_cpu", "{tower}");
+            }
+            let gauge = format!(
+                "clipserve_tower_bf16{{tower=\"{tower}\"}} {}",
+                u8::from(bf16_expected)
+            );
+            assert!(metrics.contains(&gauge), "no `{gauge}` in:\n{metrics}");
+        }
+        server.stop().await.expect("stops");
+    }
 }

@@ -112,6 +112,7 @@ impl Service {
             #[cfg(feature = "fault-injection")]
             &faults,
         )?;
+        metrics.set_precision(&engine.precision());
         let permits = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Service(Arc::new(Inner {
             engine,
@@ -130,6 +131,11 @@ impl Service {
     /// preprocessing.
     pub fn model(&self) -> &ModelFolder {
         &self.0.engine.folder
+    }
+
+    /// What each tower's products run in (f32 or bf16) and what the start-up check measured.
+    pub fn precision(&self) -> crate::engine::PrecisionReport {
+        self.0.engine.precision()
     }
 
     /// True when both towers can serve (see `Batcher::healthy`).
