@@ -62,15 +62,15 @@ fn main() {
     // What the start-up check costs per arithmetic beyond building the plans: one run of the
     // calibration set through each tower, as the check makes it (on every core).
     let pool = TowerPool::new(std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let photos = calibration::pixels(&engine.folder.preprocess).expect("calibration photos");
-    let photos: Vec<&[f32]> = photos.iter().map(|p| p.as_slice()).collect();
+    let pixels = calibration::pixels(&engine.folder.preprocess).expect("calibration photos");
+    let pixels: Vec<&[f32]> = pixels.iter().map(|p| p.as_slice()).collect();
     let ids: Vec<_> = calibration::texts()
         .into_iter()
         .map(|t| engine.tokenizer.encode(t).expect("tokenizes"))
         .collect();
     let ids: Vec<&[u32]> = ids.iter().map(|t| t.as_slice()).collect();
     let t = std::time::Instant::now();
-    pool.run(true, || engine.image.embed(&photos))
+    pool.run(true, || engine.image.embed(&pixels))
         .expect("image tower runs");
     let image_ms = t.elapsed().as_millis();
     let t = std::time::Instant::now();
@@ -78,7 +78,7 @@ fn main() {
         .expect("text tower runs");
     eprintln!(
         "calibration set through the served towers: image {} photos {image_ms} ms ({}), text {} texts {} ms ({})",
-        photos.len(),
+        pixels.len(),
         chosen.image.active.as_str(),
         ids.len(),
         t.elapsed().as_millis(),
