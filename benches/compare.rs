@@ -13,7 +13,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use clipserve::engine::{Buckets, Engine, EngineSettings};
+use clipserve::engine::{Buckets, Engine, EngineSettings, Precision};
 
 /// (name, tower, batch, tokens): the same list as `bench/py_baselines.py`'s WORKLOADS, plus
 /// batch 8.
@@ -58,11 +58,21 @@ struct Variant {
     intra_op_threads: usize,
 }
 
+/// Both towers in f32, as exported (the default, `auto`, may pick bf16).
+fn f32_settings() -> EngineSettings {
+    EngineSettings {
+        image_precision: Precision::F32,
+        text_precision: Precision::F32,
+        ..EngineSettings::default()
+    }
+}
+
 fn variants() -> Vec<Variant> {
     let defaults = clipserve::config::Settings::default().model;
-    // The server's own settings for the default model section (f32 products).
+    // The server's own buckets, with both towers in f32 (the default, `auto`, may pick bf16).
     let bucketed = EngineSettings {
-        image_precision: Default::default(),
+        image_precision: Precision::F32,
+        text_precision: Precision::F32,
         ..clipserve::service::engine_settings(&defaults)
     };
     vec![
@@ -73,7 +83,7 @@ fn variants() -> Vec<Variant> {
         },
         Variant {
             name: "symbolic",
-            settings: EngineSettings::default(),
+            settings: f32_settings(),
             intra_op_threads: 1,
         },
         Variant {
@@ -86,7 +96,7 @@ fn variants() -> Vec<Variant> {
                     batch: env_list("CLIPSERVE_BENCH_TEXT_BATCH", &[1, 32]),
                     seq: env_list("CLIPSERVE_BENCH_TEXT_SEQ", &[16, 77]),
                 },
-                image_precision: Default::default(),
+                ..f32_settings()
             },
             intra_op_threads: 1,
         },
@@ -100,16 +110,17 @@ fn variants() -> Vec<Variant> {
                     seq: Vec::new(),
                 },
                 text_buckets: bucketed.text_buckets.clone(),
-                image_precision: Default::default(),
+                ..f32_settings()
             },
             intra_op_threads: 1,
         },
         Variant {
-            // The image tower's products in bf16 (`model.image_precision = "bf16"`), where
-            // the CPU has AVX512-BF16.
+            // Both towers' products in bf16 (`model.image_precision = "bf16"`,
+            // `text_precision = "bf16"`), where the CPU has AVX512-BF16.
             name: "bucketed_bf16",
             settings: EngineSettings {
-                image_precision: clipserve::engine::Precision::Bf16,
+                image_precision: Precision::Bf16,
+                text_precision: Precision::Bf16,
                 ..bucketed.clone()
             },
             intra_op_threads: 1,
@@ -122,7 +133,8 @@ fn variants() -> Vec<Variant> {
         Variant {
             name: "bucketed_bf16_intra2",
             settings: EngineSettings {
-                image_precision: clipserve::engine::Precision::Bf16,
+                image_precision: Precision::Bf16,
+                text_precision: Precision::Bf16,
                 ..bucketed
             },
             intra_op_threads: 2,

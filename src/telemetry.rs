@@ -103,6 +103,7 @@ pub struct Metrics {
     items_skipped: Family<TowerLabels, Counter>,
     text_cache: Family<CacheLabels, Counter>,
     ready: Gauge,
+    bf16: Family<TowerLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -130,6 +131,12 @@ impl Metrics {
         let items_skipped = Family::<TowerLabels, Counter>::default();
         let text_cache = Family::<CacheLabels, Counter>::default();
         let ready = Gauge::default();
+        let bf16 = Family::<TowerLabels, Gauge>::default();
+        registry.register(
+            "tower_bf16",
+            "1 when the tower's products by its weight matrices run in bf16 (chosen at start-up: model.image_precision, text_precision), 0 in f32",
+            bf16.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by route, method and status",
@@ -217,6 +224,7 @@ impl Metrics {
             items_skipped,
             text_cache,
             ready,
+            bf16,
         }
     }
 
@@ -252,6 +260,15 @@ impl Metrics {
                     .get_or_create(&CacheLabels { outcome })
                     .inc_by(n as u64);
             }
+        }
+    }
+
+    /// Sets the per-tower precision gauges from what the engine chose.
+    pub fn set_precision(&self, report: &crate::engine::PrecisionReport) {
+        for (tower, p) in [("image", report.image), ("text", report.text)] {
+            self.bf16
+                .get_or_create(&TowerLabels { tower })
+                .set(i64::from(p.active == crate::engine::Arithmetic::Bf16));
         }
     }
 

@@ -347,3 +347,15 @@ async fn embed_through_a_server_sends_the_key_from_the_same_variable() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_precision_setting_out_of_range_or_unknown_stops_start_up() {
+    let (out, elapsed) = failed_start(&[], &[("CLIPSERVE_MODEL_PRECISION_MIN_COSINE", "1.5")]);
+    assert_refused(
+        &out,
+        elapsed,
+        "model.precision_min_cosine = 1.5: expected a cosine between 0 and 1",
+    );
+    let (out, elapsed) = failed_start(&[], &[("CLIPSERVE_MODEL_IMAGE_PRECISION", "fast")]);
+    assert_refused(&out, elapsed, "CLIPSERVE_MODEL_IMAGE_PRECISION=fast");
+}

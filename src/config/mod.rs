@@ -108,10 +108,17 @@ pub struct ModelSettings {
     pub image_intra_op_threads: usize,
     /// The same for the text tower.
     pub text_intra_op_threads: usize,
-    /// The image tower's products by its weight matrices: `f32` (the default, matching the
-    /// PyTorch reference) or `bf16` (bf16 inputs, f32 sums; about 1.7x the images per second on
-    /// CPUs with AVX512-BF16, f32 elsewhere; lossy, see bench/RESULTS.md row 29).
+    /// The image tower's products by its weight matrices: `auto` (the default: bf16 inputs
+    /// with f32 sums where the CPU has AVX512-BF16 and the start-up check on the served weights
+    /// passes, about 1.7x the images per second; else f32), `f32` (matches the PyTorch
+    /// reference; no check) or `bf16` (bf16 wherever the CPU has it, whatever the check finds).
     pub image_precision: crate::engine::Precision,
+    /// The same for the text tower's products by its weight matrices (the word-embedding
+    /// table is not one: it stays as it is).
+    pub text_precision: crate::engine::Precision,
+    /// How close, as the lowest cosine over the calibration set compiled into the binary, a
+    /// tower's bf16 embeddings must stay to its f32 ones at start-up for `auto` to keep bf16.
+    pub precision_min_cosine: f64,
     /// Recent text embeddings kept in memory, keyed by token ids (about 2 KB each); a repeated
     /// query is answered without running the text tower. 0 disables the cache.
     pub text_cache_entries: usize,
@@ -222,7 +229,9 @@ impl Default for ModelSettings {
             intra_op_threads: 1,
             image_intra_op_threads: 2,
             text_intra_op_threads: 2,
-            image_precision: crate::engine::Precision::F32,
+            image_precision: crate::engine::Precision::Auto,
+            text_precision: crate::engine::Precision::Auto,
+            precision_min_cosine: crate::engine::DEFAULT_PRECISION_MIN_COSINE,
             text_cache_entries: 10_000,
         }
     }

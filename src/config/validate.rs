@@ -116,6 +116,13 @@ impl Settings {
                 return Some((key, "must be at least 1".into()));
             }
         }
+        let min_cosine = self.model.precision_min_cosine;
+        if !(0.0..=1.0).contains(&min_cosine) {
+            return Some((
+                "model.precision_min_cosine",
+                "expected a cosine between 0 and 1, such as 0.9999".into(),
+            ));
+        }
         if self.batching.max_batch_tokens < 77 {
             return Some((
                 "batching.max_batch_tokens",

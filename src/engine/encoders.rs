@@ -2,12 +2,11 @@
 //! lay them out as the graph's input tensor with padding, run the plans the graph schedules,
 //! and return unit-length embeddings in input order.
 
-use std::path::Path;
-
 use thiserror::Error;
 use tract_onnx::prelude::*;
 
-use super::graph::{Axis, Buckets, Graph, GraphError, Precision};
+use super::graph::{Axis, Buckets, Graph, GraphError, Prepared};
+use super::precision::Arithmetic;
 use crate::embedding::{Embedding, EmbeddingError};
 
 /// Why a batch could not be embedded.
@@ -56,33 +55,37 @@ pub struct ImageEncoder {
 }
 
 impl ImageEncoder {
-    /// Loads the visual graph and checks it takes `[N, 3, height, width]` float32.
-    pub fn load(
-        path: &Path,
-        buckets: &Buckets,
-        height: usize,
-        width: usize,
-        precision: Precision,
-    ) -> Result<Self, GraphError> {
-        let graph = Graph::load(path, 4, buckets, 0, precision)?;
+    /// Checks the prepared visual graph takes `[N, 3, height, width]` float32.
+    pub fn check(prepared: &Prepared, height: usize, width: usize) -> Result<(), GraphError> {
         let expected = [3, height, width];
-        let shape = graph.input_shape();
+        let shape = prepared.input_shape();
         let fits = shape[1..]
             .iter()
             .zip(expected)
             .all(|(axis, want)| axis.fixed().is_none_or(|n| n == want));
-        if !fits || graph.input_type() != f32::datum_type() {
+        if !fits || prepared.input_type() != f32::datum_type() {
             return Err(GraphError::Contract {
-                path: path.to_path_buf(),
+                path: prepared.path().to_path_buf(),
                 what: format!(
                     "input 0 is {:?} {:?}, expected float32 [N, 3, {height}, {width}] as visual/preprocess_cfg.json's size says",
-                    graph.input_type(),
+                    prepared.input_type(),
                     shape
                 ),
             });
         }
+        Ok(())
+    }
+
+    /// Builds the plans of a visual graph that passed [`ImageEncoder::check`].
+    pub fn build(
+        prepared: &Prepared,
+        buckets: &Buckets,
+        height: usize,
+        width: usize,
+        arithmetic: Arithmetic,
+    ) -> Result<Self, GraphError> {
         Ok(ImageEncoder {
-            graph,
+            graph: Graph::build(prepared, buckets, 0, arithmetic)?,
             height,
             width,
         })
@@ -140,38 +143,50 @@ pub struct TextEncoder {
 }
 
 impl TextEncoder {
-    /// Loads the textual graph and checks it takes `[N, S]` int32 or int64 ids, with a fixed S
-    /// (if any) long enough for `context_length` tokens. Padding uses id 1 (XLM-RoBERTa's
-    /// `<pad>`) until [`TextEncoder::set_pad_id`] names the tokenizer's: the engine loads the
-    /// tokenizer after the towers, so that its ~250 MB do not add to the towers' load peaks.
-    pub fn load(path: &Path, buckets: &Buckets, context_length: usize) -> Result<Self, GraphError> {
-        let graph = Graph::load(path, 2, buckets, context_length, Precision::F32)?;
-        let int_ids = [i32::datum_type(), i64::datum_type()].contains(&graph.input_type());
+    /// Checks the prepared textual graph takes `[N, S]` int32 or int64 ids, with a fixed S (if
+    /// any) long enough for `context_length` tokens.
+    pub fn check(prepared: &Prepared, context_length: usize) -> Result<(), GraphError> {
+        let path = prepared.path().to_path_buf();
+        let int_ids = [i32::datum_type(), i64::datum_type()].contains(&prepared.input_type());
         if !int_ids {
             return Err(GraphError::Contract {
-                path: path.to_path_buf(),
+                path,
                 what: format!(
                     "input 0 is {:?}, expected int32 or int64 token ids",
-                    graph.input_type()
+                    prepared.input_type()
                 ),
             });
         }
-        if let Axis::Fixed(s) = graph.input_shape()[1] {
+        if let Axis::Fixed(s) = prepared.input_shape()[1] {
             if s < context_length {
                 return Err(GraphError::Contract {
-                    path: path.to_path_buf(),
+                    path,
                     what: format!("input 0 has a fixed length of {s} tokens, shorter than config.json's text_cfg.context_length {context_length}"),
                 });
             }
         }
+        Ok(())
+    }
+
+    /// Builds the plans of a textual graph that passed [`TextEncoder::check`]; padding uses
+    /// `pad_id` (the tokenizer's), which the graph masks out.
+    pub fn build(
+        prepared: &Prepared,
+        buckets: &Buckets,
+        context_length: usize,
+        pad_id: u32,
+        arithmetic: Arithmetic,
+    ) -> Result<Self, GraphError> {
         Ok(TextEncoder {
-            graph,
-            pad_id: 1,
+            graph: Graph::build(prepared, buckets, context_length, arithmetic)?,
+            pad_id,
             context_length,
         })
     }
 
-    /// The id that fills the padding of shorter texts in a batch (masked out of the pooling).
+    /// The id that fills the padding of shorter texts in a batch (masked out of the pooling):
+    /// the engine builds the tower before it loads the tokenizer that names it, so that the
+    /// tokenizer's ~250 MB do not add to the tower's load peak.
     pub fn set_pad_id(&mut self, pad_id: u32) {
         self.pad_id = pad_id;
     }

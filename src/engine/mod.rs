@@ -2,17 +2,20 @@
 //! token ids into embeddings.
 //!
 //! [`Engine::load`] reads the folder ([`folder`]), loads both graphs and builds their plans
-//! ([`graph`]), wraps them as encoders ([`encoders`]) and warms every plan up, so that the first
-//! request pays no first-run cost. The engine is `Send + Sync`: inference threads share it
-//! through an `Arc`.
+//! ([`graph`]) in the arithmetic each tower's setting and the start-up check on the served
+//! weights choose ([`precision`], with the calibration set of [`calibration`]), wraps them as
+//! encoders ([`encoders`]) and warms every plan up, so that the first request pays no
+//! first-run cost. The engine is `Send + Sync`: inference threads share it through an `Arc`.
 
 mod alloc;
 pub mod bf16;
+pub mod calibration;
 pub mod encoders;
 pub mod folder;
 pub mod graph;
 mod narrow;
 mod onnx_file;
+pub mod precision;
 pub mod threads;
 pub mod weights;
 
@@ -24,20 +27,43 @@ use thiserror::Error;
 pub use alloc::release_free_memory;
 pub use encoders::{EncodeError, ImageEncoder, TextEncoder};
 pub use folder::{FolderError, ModelFolder};
-pub use graph::{Buckets, GraphError, Precision};
+pub use graph::{Buckets, GraphError};
+pub use precision::{Arithmetic, Precision, PrecisionReport, Reason, TowerPrecision};
 pub use threads::{intra_op_threads, set_intra_op_threads, TowerPool};
 
+use crate::preprocess::image::ImageError;
 use crate::preprocess::text::{TextError, TextTokenizer};
 
 /// How the engine builds its plans.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EngineSettings {
     /// Shapes that get a specialized plan in the image tower (batch sizes only).
     pub image_buckets: Buckets,
     /// Shapes that get a specialized plan in the text tower (batch sizes x sequence lengths).
     pub text_buckets: Buckets,
-    /// The image tower's products by its weights: f32, or bf16 where the CPU has it.
+    /// The image tower's products by its weights: `auto` (bf16 where the CPU has it and the
+    /// start-up check passes), `f32` or `bf16`.
     pub image_precision: Precision,
+    /// The same for the text tower.
+    pub text_precision: Precision,
+    /// The lowest cosine between a calibration item's bf16 and f32 embeddings that lets `auto`
+    /// keep bf16.
+    pub precision_min_cosine: f64,
+}
+
+/// The threshold `auto` holds bf16 products to by default: the text parity tolerance.
+pub const DEFAULT_PRECISION_MIN_COSINE: f64 = 0.9999;
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            image_buckets: Buckets::default(),
+            text_buckets: Buckets::default(),
+            image_precision: Precision::Auto,
+            text_precision: Precision::Auto,
+            precision_min_cosine: DEFAULT_PRECISION_MIN_COSINE,
+        }
+    }
 }
 
 /// A model that could not be loaded.
@@ -58,6 +84,15 @@ pub enum EngineError {
     /// The warm-up run failed.
     #[error("warm-up failed: {0}")]
     Warmup(#[from] EncodeError),
+    /// The calibration set could not be embedded, so the precision check could not run.
+    #[error("precision check: {0}")]
+    Check(EncodeError),
+    /// A calibration photo compiled into the binary could not be read (a broken build).
+    #[error("calibration photo: {0}")]
+    Calibration(#[from] ImageError),
+    /// The settings ask for something the engine cannot do.
+    #[error("{0}")]
+    Settings(String),
 }
 
 /// Both towers of a CLIP model with their preprocessing, loaded and warmed up.
@@ -71,30 +106,90 @@ pub struct Engine {
     pub image: ImageEncoder,
     /// The text tower.
     pub text: TextEncoder,
+    /// What each tower's products run in, and why.
+    precision: PrecisionReport,
 }
 
 impl Engine {
-    /// Loads the model folder at `root`, builds all plans and warms them up.
+    /// Loads the model folder at `root`, builds all plans in the precision the settings and
+    /// the start-up check choose, and warms them up.
     pub fn load(root: &Path, settings: &EngineSettings) -> Result<Engine, EngineError> {
         let started = Instant::now();
+        let min_cosine = settings.precision_min_cosine;
+        if !(0.0..=1.0).contains(&min_cosine) {
+            return Err(EngineError::Settings(format!(
+                "model.precision_min_cosine is {min_cosine}, expected a cosine between 0 and 1"
+            )));
+        }
         alloc::before_load();
         let folder = ModelFolder::open(root)?;
-        // The text tower first: reading its 1.1 GB file is the largest transient of the load,
-        // and it should not stack on top of the image tower's finished plans. The tokenizer
-        // last, for the same reason.
-        let mut text = TextEncoder::load(
-            &folder.textual_onnx(),
-            &settings.text_buckets,
-            folder.context_length,
-        )?;
+        // The calibration texts' ids, when the text tower's check will run. The tokenizer that
+        // makes them is dropped at once and loaded again after the towers, so that its ~250 MB
+        // do not stack on the towers' load peaks.
+        let (text_ids, pad_id) = if precision::checks(settings.text_precision) {
+            let tokenizer =
+                TextTokenizer::from_file(folder.tokenizer_json(), folder.context_length)?;
+            let ids = calibration::texts()
+                .into_iter()
+                .map(|t| tokenizer.encode(t))
+                .collect::<Result<Vec<_>, _>>()?;
+            (ids, tokenizer.pad_id())
+        } else {
+            // XLM-RoBERTa's `<pad>`, until the tokenizer names its own below.
+            (Vec::new(), 1)
+        };
+        // The text tower before the image tower: reading its 1.1 GB file is the largest
+        // transient of the load, and it should not stack on top of the image tower's finished
+        // plans.
+        let text = {
+            let ids: Vec<&[u32]> = text_ids.iter().map(|t| t.as_slice()).collect();
+            let prepared = graph::Graph::prepare(&folder.textual_onnx(), 2)?;
+            TextEncoder::check(&prepared, folder.context_length)?;
+            precision::choose(
+                "text",
+                settings.text_precision,
+                min_cosine,
+                |arithmetic| {
+                    Ok(TextEncoder::build(
+                        &prepared,
+                        &settings.text_buckets,
+                        folder.context_length,
+                        pad_id,
+                        arithmetic,
+                    )?)
+                },
+                |tower| tower.embed(&ids),
+            )?
+        };
+        drop(text_ids);
         let (height, width) = folder.preprocess.size();
-        let image = ImageEncoder::load(
-            &folder.visual_onnx(),
-            &settings.image_buckets,
-            height as usize,
-            width as usize,
-            settings.image_precision,
-        )?;
+        let (height, width) = (height as usize, width as usize);
+        let image = {
+            let pixels = if precision::checks(settings.image_precision) {
+                calibration::pixels(&folder.preprocess)?
+            } else {
+                Vec::new()
+            };
+            let pixels: Vec<&[f32]> = pixels.iter().map(|p| p.as_slice()).collect();
+            let prepared = graph::Graph::prepare(&folder.visual_onnx(), 4)?;
+            ImageEncoder::check(&prepared, height, width)?;
+            precision::choose(
+                "image",
+                settings.image_precision,
+                min_cosine,
+                |arithmetic| {
+                    Ok(ImageEncoder::build(
+                        &prepared,
+                        &settings.image_buckets,
+                        height,
+                        width,
+                        arithmetic,
+                    )?)
+                },
+                |tower| tower.embed(&pixels),
+            )?
+        };
+        let ((image, image_precision), (mut text, text_precision)) = (image, text);
         let tokenizer = TextTokenizer::from_file(folder.tokenizer_json(), folder.context_length)?;
         text.set_pad_id(tokenizer.pad_id());
         for (tower, dim) in [("visual", image.dim()), ("textual", text.dim())] {
@@ -110,11 +205,17 @@ impl Engine {
             tokenizer,
             image,
             text,
+            precision: PrecisionReport {
+                image: image_precision,
+                text: text_precision,
+            },
         };
         tracing::info!(
             model = %engine.folder.name,
             image_plans = ?engine.image.graph().plan_shapes(),
             text_plans = ?engine.text.graph().plan_shapes(),
+            image_precision = engine.precision.image.active.as_str(),
+            text_precision = engine.precision.text.active.as_str(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "model loaded"
         );
@@ -125,6 +226,12 @@ impl Engine {
             "model warmed up"
         );
         Ok(engine)
+    }
+
+    /// What each tower's products run in (f32 or bf16), what the start-up check measured and
+    /// why, for `/info` and the metrics.
+    pub fn precision(&self) -> PrecisionReport {
+        self.precision
     }
 
     /// Runs each tower once at batch 1 (every sequence bucket for text), so that the first

@@ -129,6 +129,48 @@ pub struct InfoResponse {
     pub exif: crate::preprocess::image::ExifPolicy,
     /// The server's version.
     pub version: String,
+    /// What each tower's products by its weight matrices run in, chosen at start-up.
+    pub precision: PrecisionInfo,
+}
+
+/// What each tower runs (`model.image_precision`, `model.text_precision`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PrecisionInfo {
+    /// The image tower.
+    pub image: TowerPrecisionInfo,
+    /// The text tower.
+    pub text: TowerPrecisionInfo,
+}
+
+/// One tower's arithmetic and the start-up check behind it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TowerPrecisionInfo {
+    /// `bf16` (bf16 inputs, f32 sums) or `f32`.
+    #[schema(example = "bf16")]
+    pub active: String,
+    /// The lowest cosine between a calibration item's bf16 and f32 embeddings, when the check
+    /// ran (`auto` or `bf16` on a CPU with AVX512-BF16); null otherwise.
+    pub check_min_cosine: Option<f64>,
+    /// Why: `f32_requested`, `no_bf16_cpu`, `check_passed`, `check_failed` or `bf16_requested`.
+    #[schema(example = "check_passed")]
+    pub reason: String,
+}
+
+impl From<crate::engine::PrecisionReport> for PrecisionInfo {
+    fn from(report: crate::engine::PrecisionReport) -> Self {
+        let tower = |p: crate::engine::TowerPrecision| TowerPrecisionInfo {
+            active: p.active.as_str().into(),
+            check_min_cosine: p.check_min_cosine,
+            reason: serde_json::to_value(p.reason)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+        };
+        PrecisionInfo {
+            image: tower(report.image),
+            text: tower(report.text),
+        }
+    }
 }
 
 /// `GET /health` and `GET /ready`.

@@ -50,6 +50,8 @@ pub fn engine_settings(model: &ModelSettings) -> EngineSettings {
             seq: model.text_seq_buckets.clone(),
         },
         image_precision: model.image_precision,
+        text_precision: model.text_precision,
+        precision_min_cosine: model.precision_min_cosine,
     }
 }
 
@@ -110,6 +112,7 @@ impl Service {
             #[cfg(feature = "fault-injection")]
             &faults,
         )?;
+        metrics.set_precision(&engine.precision());
         let permits = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Service(Arc::new(Inner {
             engine,
@@ -128,6 +131,11 @@ impl Service {
     /// preprocessing.
     pub fn model(&self) -> &ModelFolder {
         &self.0.engine.folder
+    }
+
+    /// What each tower's products run in (f32 or bf16) and what the start-up check measured.
+    pub fn precision(&self) -> crate::engine::PrecisionReport {
+        self.0.engine.precision()
     }
 
     /// True when both towers can serve (see `Batcher::healthy`).

@@ -1,4 +1,6 @@
-//! Opt-in bf16 products for a tower's weight matrices (`model.image_precision = "bf16"`).
+//! bf16 products for a tower's weight matrices (`model.image_precision` / `text_precision`:
+//! `auto`, the default, keeps them when the start-up check on the served weights passes; see
+//! `precision.rs`).
 //!
 //! Zen 4 and recent Intel parts have AVX512-BF16: `vdpbf16ps` multiplies 32 pairs of bf16
 //! numbers and adds them into 16 f32 accumulators, twice the multiply-adds per cycle of an f32
@@ -6,12 +8,15 @@
 //! [`rewrite`] replaces each product of an activation by a constant weight matrix (an `EinSum`
 //! of the decluttered graph) with a [`Bf16MatMul`] of our own: the weights are rounded to bf16
 //! once, at load, and the activations at every run; the sums stay f32. Everything else (the
-//! attention's products of two activations, norms, softmax) stays f32.
+//! attention's products of two activations, norms, softmax, the text tower's word-embedding
+//! table) stays f32. In the image tower that is the attention's input and output projections,
+//! the MLP's two layers and the final projection; in the text tower the query, key, value and
+//! output projections, the MLP's two layers and the projection head.
 //!
-//! This is lossy: each product's inputs lose 16 bits of mantissa. On the random-weight export
-//! the image embeddings stay at cosine >= 0.99995 to f32 (the parity tolerance is 0.9999), but
-//! real weights, with their outliers, may round worse and could not be checked here; hence off
-//! by default. The arithmetic is in `kernel.rs`, the crate's only AVX512-BF16 code.
+//! This is lossy: each product's inputs lose 16 bits of mantissa. On the random-weight exports
+//! the embeddings stay at cosine >= 0.99995 to f32, but real weights, with their outliers, may
+//! round worse: hence the check at start-up on the weights being served, against a calibration
+//! set (`calibration/`). The arithmetic is in `kernel.rs`, the crate's only AVX512-BF16 code.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -391,5 +396,56 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    /// Which products of the towers become bf16 ones, on the committed tiny model (the real
+    /// architecture, small widths): every product by a weight matrix has a layout the op
+    /// computes, and the others are products of two activations (the attention's scores and
+    /// their weighting of the values). Only the layouts are checked, so this runs on any CPU;
+    /// the engine tests count the rewritten products where the CPU has AVX512-BF16.
+    #[test]
+    fn every_product_by_a_weight_matrix_of_both_towers_has_a_bf16_layout() {
+        let tiny =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny");
+        let blocks = 2;
+        for (file, rank, want) in [
+            // Per block: the attention's input and output projections and the MLP's two
+            // layers; plus the final projection.
+            ("visual/model.onnx", 4, 4 * blocks + 1),
+            // Per block: query, key, value, the attention's output projection and the MLP's
+            // two layers; plus the projection head's two layers.
+            ("textual/model.onnx", 2, 6 * blocks + 2),
+        ] {
+            let prepared = crate::engine::graph::Graph::prepare(&tiny.join(file), rank).unwrap();
+            let model = prepared.typed();
+            let (mut planned, mut activations) = (0, 0);
+            for node in model.nodes() {
+                let Some(einsum) = node.op_as::<EinSum>() else {
+                    continue;
+                };
+                let facts: Vec<_> = node
+                    .inputs
+                    .iter()
+                    .map(|i| model.outlet_fact(*i).unwrap())
+                    .collect();
+                match facts[1].konst.as_ref() {
+                    Some(w) => {
+                        assert!(
+                            plan(&einsum.axes.to_string(), w).is_some(),
+                            "{file}: {} {} has no bf16 layout",
+                            node.name,
+                            einsum.axes
+                        );
+                        planned += 1;
+                    }
+                    None => {
+                        assert!(facts[0].konst.is_none(), "{file}: {}", node.name);
+                        activations += 1;
+                    }
+                }
+            }
+            assert_eq!(planned, want, "{file}");
+            assert_eq!(activations, 2 * blocks, "{file}");
+        }
     }
 }

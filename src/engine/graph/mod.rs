@@ -3,7 +3,7 @@
 //!
 //! The file is parsed once, typed and decluttered once, and a gather of one row (the image
 //! tower's class token) becomes a slice, so that the ops above it compute only that row (see
-//! `narrow.rs`). With [`Precision::Bf16`], the products by weight matrices then become bf16 ops
+//! `narrow.rs`). With [`Arithmetic::Bf16`], the products by weight matrices then become bf16 ops
 //! of our own (see `bf16/`). From that model:
 //! - a graph with fixed shapes (immich's static export) gets one plan, and every run uses it;
 //! - a graph with symbolic batch (and sequence) axes gets one plan per configured bucket, made by
@@ -25,6 +25,7 @@ use tract_onnx::prelude::*;
 
 use super::narrow::{declutter_keeping_axes, narrow_scalar_gathers};
 use super::onnx_file;
+use super::precision::Arithmetic;
 use super::weights::{half_embedding_tables, matmul_kernels, WeightPool};
 
 mod schedule;
@@ -94,18 +95,6 @@ pub struct Buckets {
     pub seq: Vec<usize>,
 }
 
-/// The arithmetic of a graph's products by its weight matrices.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// f32 throughout, as exported: the embeddings match PyTorch's (the parity tests).
-    #[default]
-    F32,
-    /// Products by weight matrices with bf16 inputs and f32 sums, where the CPU has
-    /// AVX512-BF16 (`bf16/`); elsewhere the graph stays f32, with a warning. Lossy.
-    Bf16,
-}
-
 /// A loaded tower graph with its plans.
 pub struct Graph {
     path: PathBuf,
@@ -120,8 +109,10 @@ pub struct Graph {
     weight_bytes: usize,
     /// Scalar-index gathers made slices, so that only the rows they read are computed.
     narrowed: usize,
-    /// Products rewritten to bf16 (`Precision::Bf16`).
+    /// Products rewritten to bf16 (`Arithmetic::Bf16`).
     bf16: usize,
+    /// Bytes the word-embedding table saved by being stored in f16.
+    halved: usize,
 }
 
 impl std::fmt::Debug for Graph {
@@ -165,16 +156,46 @@ fn narrowed(typed: TypedModel, path: &Path) -> (TypedModel, usize) {
     }
 }
 
+/// A tower's graph read, typed, decluttered, narrowed and checked against the contract, with
+/// its word-embedding table halved: the f32 model that the plans of either arithmetic are built
+/// from ([`Graph::build`]), so a tower can be built twice (f32, then bf16) from one read of its
+/// file.
+pub struct Prepared {
+    path: PathBuf,
+    typed: TypedModel,
+    input_type: DatumType,
+    input_shape: Vec<Axis>,
+    output_dim: usize,
+    narrowed: usize,
+    halved: usize,
+}
+
+impl Prepared {
+    /// The ONNX file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Element type of input 0.
+    pub fn input_type(&self) -> DatumType {
+        self.input_type
+    }
+
+    /// The f32 model, for inspection.
+    pub fn typed(&self) -> &TypedModel {
+        &self.typed
+    }
+
+    /// The axes of input 0.
+    pub fn input_shape(&self) -> &[Axis] {
+        &self.input_shape
+    }
+}
+
 impl Graph {
-    /// Loads `path`, checks input 0 has `rank` axes and output 0 is `[N, D]` float32, and builds
-    /// the plans for `buckets`. `seq_cap` bounds the sequence buckets (the context length).
-    pub fn load(
-        path: &Path,
-        rank: usize,
-        buckets: &Buckets,
-        seq_cap: usize,
-        precision: Precision,
-    ) -> Result<Graph, GraphError> {
+    /// Loads `path` and checks input 0 has `rank` axes and output 0 is `[N, D]` float32, ready
+    /// for [`Graph::build`].
+    pub fn prepare(path: &Path, rank: usize) -> Result<Prepared, GraphError> {
         let load_err = |e: TractError| GraphError::Load {
             path: path.to_path_buf(),
             message: format!("{e:#}"),
@@ -198,20 +219,9 @@ impl Graph {
             .and_then(|m| m.into_decluttered())
             .map_err(load_err)?;
         let (mut typed, narrowed) = narrowed(typed, path);
-        let bf16 = match precision {
-            Precision::F32 => 0,
-            Precision::Bf16 if !super::bf16::supported() => {
-                tracing::warn!(
-                    graph = %path.display(),
-                    "bf16 products asked for, but this CPU has no AVX512-BF16: running f32"
-                );
-                0
-            }
-            Precision::Bf16 => super::bf16::rewrite(&mut typed).map_err(load_err)?,
-        };
-        if bf16 > 0 {
-            tracing::info!(graph = %path.display(), products = bf16, "bf16 products");
-        }
+        // Before any plan, so that both arithmetics share the one f16 table and the f32 one
+        // is freed now rather than held while the plans are built.
+        let halved = half_embedding_tables(&mut typed).map_err(load_err)?;
 
         let input = typed.input_fact(0).map_err(load_err)?;
         let input_type = input.datum_type;
@@ -253,17 +263,52 @@ impl Graph {
                 )))
             }
         };
-
-        let mut graph = Graph {
+        Ok(Prepared {
             path: path.to_path_buf(),
+            typed,
             input_type,
             input_shape,
             output_dim,
+            narrowed,
+            halved,
+        })
+    }
+
+    /// Builds the plans for `buckets` from `prepared`, with the products by weight matrices in
+    /// `arithmetic` (bf16 ones are made only where the CPU has AVX512-BF16; see `bf16/`).
+    /// `seq_cap` bounds the sequence buckets (the context length).
+    pub fn build(
+        prepared: &Prepared,
+        buckets: &Buckets,
+        seq_cap: usize,
+        arithmetic: Arithmetic,
+    ) -> Result<Graph, GraphError> {
+        let path = &prepared.path;
+        let mut typed = prepared.typed.clone();
+        let bf16 = match arithmetic {
+            Arithmetic::F32 => 0,
+            // Never on a CPU without the instructions (the choice in `precision.rs` checks it
+            // first): the graph stays f32.
+            Arithmetic::Bf16 if !super::bf16::supported() => 0,
+            Arithmetic::Bf16 => super::bf16::rewrite(&mut typed).map_err(|e| GraphError::Load {
+                path: path.clone(),
+                message: format!("{e:#}"),
+            })?,
+        };
+        if bf16 > 0 {
+            tracing::info!(graph = %path.display(), products = bf16, "bf16 products");
+        }
+        let mut graph = Graph {
+            path: path.clone(),
+            input_type: prepared.input_type,
+            input_shape: prepared.input_shape.clone(),
+            output_dim: prepared.output_dim,
             fixed: BTreeMap::new(),
             symbolic: None,
             weight_bytes: 0,
-            narrowed,
+            narrowed: prepared.narrowed,
             bf16,
+            halved: prepared.halved,
         };
         graph.build_plans(typed, buckets, seq_cap)?;
         Ok(graph)
@@ -271,7 +316,7 @@ impl Graph {
 
     fn build_plans(
         &mut self,
-        mut typed: TypedModel,
+        typed: TypedModel,
         buckets: &Buckets,
         seq_cap: usize,
     ) -> Result<(), GraphError> {
@@ -280,7 +325,6 @@ impl Graph {
             message: format!("{e:#}"),
         };
         let started = Instant::now();
-        let halved = half_embedding_tables(&mut typed).map_err(load_err)?;
         // Held by the bf16 ops themselves, outside tract's constants, shared by every plan.
         let bf16_bytes = super::bf16::weight_bytes(&typed);
         let batch_axis = self.input_shape[0].clone();
@@ -354,7 +398,7 @@ impl Graph {
             weights_mb = pool.held >> 20,
             bf16_weights_mb = bf16_bytes >> 20,
             shared_mb = pool.deduplicated >> 20,
-            f16_table_saved_mb = halved >> 20,
+            f16_table_saved_mb = self.halved >> 20,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "plans built"
         );

@@ -71,7 +71,8 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     security((), ("api_key" = [])),
 )]
 pub async fn info(State(state): State<AppState>) -> Result<Json<InfoResponse>, ApiError> {
-    let folder = state.service()?.model();
+    let service = state.service()?;
+    let folder = service.model();
     let (h, w) = folder.preprocess.size();
     Ok(Json(InfoResponse {
         model: folder.name.clone(),
@@ -82,6 +83,7 @@ pub async fn info(State(state): State<AppState>) -> Result<Json<InfoResponse>, A
         limits: state.settings().limits.clone(),
         exif: state.settings().model.exif,
         version: env!("CARGO_PKG_VERSION").into(),
+        precision: service.precision().into(),
     }))
 }
 
