@@ -354,7 +354,7 @@ fn a_precision_setting_out_of_range_or_unknown_stops_start_up() {
     assert_refused(
         &out,
         elapsed,
-        "model.precision_min_cosine = 1.5: expected a cosine between 0 and 1",
+        "CLIPSERVE_MODEL_PRECISION_MIN_COSINE=1.5: expected a cosine between 0 and 1",
     );
     let (out, elapsed) = failed_start(&[], &[("CLIPSERVE_MODEL_IMAGE_PRECISION", "fast")]);
     assert_refused(&out, elapsed, "CLIPSERVE_MODEL_IMAGE_PRECISION=fast");
