@@ -49,7 +49,7 @@ pub enum ConfigError {
 }
 
 /// The sections, in order; environment names are `CLIPSERVE_<SECTION>_<KEY>`.
-const SECTIONS: [&str; 5] = ["server", "model", "batching", "limits", "log"];
+const SECTIONS: [&str; 6] = ["server", "model", "batching", "limits", "log", "immich"];
 
 /// String settings that are absent by default (so the defaults table cannot tell their type).
 const STRING_KEYS: [&str; 1] = ["server.api_key"];
@@ -220,6 +220,9 @@ impl Settings {
                 "is empty: leave it unset to disable authentication".into(),
             );
         }
+        self.immich
+            .validate()
+            .or_else(|message| invalid("immich.upstream_url", message))?;
         Ok(())
     }
 }
