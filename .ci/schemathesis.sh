@@ -12,8 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-bin="${CLIPSERVE_BIN:-target/debug/clipserve}"
-venv="${SCHEMATHESIS_VENV:-target/schemathesis-venv}"
+bin=$(realpath -m "${CLIPSERVE_BIN:-target/debug/clipserve}")
+venv=$(realpath -m "${SCHEMATHESIS_VENV:-target/schemathesis-venv}")
 seconds="${SCHEMATHESIS_SECONDS:-180}"
 version="${SCHEMATHESIS_VERSION:-4.32.5}"
 
@@ -45,6 +45,9 @@ done
 [ -n "$addr" ] || { echo "schemathesis: the server did not start" >&2; cat "$log" >&2; exit 1; }
 echo "server on $addr"
 
+# Run from a scratch folder under target/: schemathesis and hypothesis keep state in the cwd.
+mkdir -p target/schemathesis
+cd target/schemathesis
 SCHEMATHESIS_HOOKS=schemathesis_hooks PYTHONPATH="$root/.ci" CLIPSERVE_PHOTOS="$root/tests/fixtures/photos" \
     timeout $((seconds + 120)) "$venv/bin/schemathesis" \
     --config-file "$root/.ci/schemathesis.toml" \
