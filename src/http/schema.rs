@@ -396,8 +396,10 @@ impl Rules {
                 })),
                 object(&["entries", "text"], json!({
                     "entries": entries("textual", language),
-                    // A form part is text whatever it spells (`12`, `true`): no type to violate.
+                    // A form part is text whatever it spells (`12`, `true`), so no type to
+                    // violate; only a missing part (what a null becomes) is refused.
                     "text": {
+                        "not": { "type": "null" },
                         "maxLength": self.max_text_chars,
                         "description": "The text, in any language; a part's content is read as text.",
                     },
