@@ -397,9 +397,10 @@ impl Rules {
                 object(&["entries", "text"], json!({
                     "entries": entries("textual", language),
                     // A form part is text whatever it spells (`12`, `true`), so no type to
-                    // violate; only a missing part (what a null becomes) is refused.
+                    // violate; only a missing part (what a null becomes) or a repeated one (what
+                    // a list becomes) is refused.
                     "text": {
-                        "not": { "type": "null" },
+                        "not": { "type": ["null", "array"] },
                         "maxLength": self.max_text_chars,
                         "description": "The text, in any language; a part's content is read as text.",
                     },
