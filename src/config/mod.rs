@@ -43,6 +43,34 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// Logging.
     pub log: LogSettings,
+    /// immich's machine-learning protocol (`/ping`, `/predict`).
+    pub immich: ImmichSettings,
+}
+
+/// immich's machine-learning protocol: what `/predict` does with the tasks it does not serve.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImmichSettings {
+    /// An immich-machine-learning instance (e.g. `http://immich-machine-learning:3003`) that
+    /// `/predict` forwards the tasks clipserve does not serve (facial recognition, OCR) to, with
+    /// the same image or text; its answers are merged into clipserve's. Empty: those tasks are
+    /// refused with a 4xx that says to set this or to turn them off in immich.
+    pub upstream_url: String,
+}
+
+impl ImmichSettings {
+    /// Checks `upstream_url`: empty, or an `http(s)://` URL.
+    pub fn validate(&self) -> Result<(), String> {
+        let url = self.upstream_url.trim();
+        if url.is_empty() {
+            return Ok(());
+        }
+        match reqwest::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(()),
+            Ok(_) => Err(format!("`{url}` is not an http(s) URL")),
+            Err(e) => Err(format!("`{url}` is not a URL: {e}")),
+        }
+    }
 }
 
 /// Listening, timeouts, authentication, CORS.

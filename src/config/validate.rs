@@ -166,6 +166,9 @@ impl Settings {
         if let Err(message) = check_log_filter(&self.log.level) {
             return Some(("log.level", message));
         }
+        if let Err(message) = self.immich.validate() {
+            return Some(("immich.upstream_url", message));
+        }
         None
     }
 }

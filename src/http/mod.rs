@@ -26,7 +26,7 @@ use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
 use subtle::ConstantTimeEq;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -34,7 +34,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
 pub use error::ApiError;
@@ -53,6 +53,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/similarity", post(routes::scores::similarity))
         .route("/v1/classify", post(routes::scores::classify))
         .route("/v1/embeddings", post(routes::openai::embeddings))
+        .route(
+            "/v1/models",
+            get(routes::openai::models).layer(Extension(routes::openai::StartedAt::now())),
+        )
+        .route("/embed", post(routes::tei::embed))
+        // immich's protocol: with the API routes, so the API key and the drain apply.
+        .route("/ping", get(routes::immich::ping))
+        .route(
+            "/predict",
+            post(routes::immich::predict)
+                .layer(Extension(routes::immich::Upstream::new(&settings))),
+        )
         .route("/info", get(routes::ops::info))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -62,9 +74,16 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             refuse_while_draining,
         ));
-    let open = Router::new()
+    // Probes, polled every few seconds, log their answers at debug (see `log_response`).
+    let probes = Router::new()
         .route("/health", get(routes::ops::health))
         .route("/ready", get(routes::ops::ready))
+        .route_layer(middleware::map_response(|mut response: Response| async {
+            response.extensions_mut().insert(Probe);
+            response
+        }));
+    let open = Router::new()
+        .merge(probes)
         .route("/metrics", get(routes::ops::metrics))
         .merge(routes::page::routes())
         .merge(openapi::docs_router());
@@ -100,7 +119,7 @@ pub fn router(state: AppState) -> Router {
                 tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request_id = %id)
             })
             // One line per answered request; errors already log their cause where they arise.
-            .on_response(DefaultOnResponse::new().level(Level::INFO))
+            .on_response(log_response)
             .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
@@ -127,10 +146,26 @@ pub fn router(state: AppState) -> Router {
     if let Some(cors) = cors {
         app = app.layer(cors);
     }
-    // Outermost: errors on the OpenAI route take OpenAI's shape, whichever layer answered.
+    // Outermost: errors on the OpenAI and TEI routes take their shape, whichever layer answered.
     app.layer(stack)
         .layer(middleware::from_fn(routes::openai::openai_errors))
+        .layer(middleware::from_fn(routes::tei::tei_errors))
         .with_state(state)
+}
+
+/// Marks the answers of the probes (`/health`, `/ready`), which are logged at debug.
+#[derive(Clone, Copy)]
+struct Probe;
+
+/// The trace layer's line per answer: at info, or at debug for the probes.
+fn log_response<B>(response: &axum::http::Response<B>, latency: Duration, _span: &tracing::Span) {
+    let status = response.status().as_u16();
+    let latency_ms = latency.as_secs_f64() * 1000.0;
+    if response.extensions().get::<Probe>().is_some() {
+        tracing::debug!(status, latency_ms, "finished processing request");
+    } else {
+        tracing::info!(status, latency_ms, "finished processing request");
+    }
 }
 
 /// Rejects API requests without the configured bearer key, comparing in constant time.

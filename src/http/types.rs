@@ -1,8 +1,65 @@
 //! The JSON bodies of the API, in one place. Field names are fixed: clients rely on them.
-//! Requests refuse unknown fields, so a misspelt field is an error rather than ignored.
+//! Requests refuse unknown fields, so a misspelt field is an error rather than ignored, and a
+//! list of texts may be sent as a single string.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
+
+/// A string or a list of strings: what `texts`, `labels` and `inputs` take.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum TextsInput {
+    /// One text: the same as a list of one.
+    One(String),
+    /// Texts, answered in order.
+    Many(Vec<String>),
+}
+
+impl From<TextsInput> for Vec<String> {
+    fn from(input: TextsInput) -> Vec<String> {
+        match input {
+            TextsInput::One(text) => vec![text],
+            TextsInput::Many(texts) => texts,
+        }
+    }
+}
+
+/// Reads a string or a list of strings as a list.
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    TextsInput::deserialize(d)
+        .map(Vec::from)
+        .map_err(|_| serde::de::Error::custom("expected a string or a list of strings"))
+}
+
+/// An optional field that, when present, is a string or a list of strings (`null` is refused,
+/// as the document says: a field is sent or left out).
+fn some_one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    one_or_many(d).map(Some)
+}
+
+/// An optional count such as `dimensions`: a whole number, written `8` or `8.0` (JSON Schema's
+/// `integer` allows both), or `null`.
+fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(n) = n.as_u64() {
+        return usize::try_from(n)
+            .map(Some)
+            .map_err(serde::de::Error::custom);
+    }
+    match n.as_f64() {
+        Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= u32::MAX as f64 => Ok(Some(f as usize)),
+        _ => Err(serde::de::Error::custom(format!(
+            "expected a whole number of at least 0, got {n}"
+        ))),
+    }
+}
+
+/// An optional list that, when present, is a list (`null` is refused).
+fn some_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    Vec::<String>::deserialize(d).map(Some)
+}
 
 /// `POST /v1/embed/image` as JSON: each image as base64 or a `data:` URI.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -16,7 +73,9 @@ pub struct ImagesRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TextsRequest {
-    /// Texts in any language; an empty text is valid (it embeds as `<s></s>`).
+    /// Texts in any language, or one text; an empty text is valid (it embeds as `<s></s>`).
+    #[serde(deserialize_with = "one_or_many")]
+    #[schema(value_type = TextsInput)]
     pub texts: Vec<String>,
 }
 
@@ -45,16 +104,18 @@ pub struct TokenizeResponse {
 #[serde(deny_unknown_fields)]
 pub struct SimilarityRequest {
     /// Row images (base64 or data URIs).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "some_list")]
     pub images: Option<Vec<String>>,
-    /// Column texts against images, or row texts against `texts_b`.
-    #[serde(default)]
+    /// Column texts against images, or row texts against `texts_b` (a list, or one text).
+    #[serde(default, deserialize_with = "some_one_or_many")]
+    #[schema(value_type = Option<TextsInput>)]
     pub texts: Option<Vec<String>>,
-    /// Column texts for text-to-text similarity.
-    #[serde(default)]
+    /// Column texts for text-to-text similarity (a list, or one text).
+    #[serde(default, deserialize_with = "some_one_or_many")]
+    #[schema(value_type = Option<TextsInput>)]
     pub texts_b: Option<Vec<String>>,
     /// Column images for image-to-image similarity.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "some_list")]
     pub images_b: Option<Vec<String>>,
 }
 
@@ -75,11 +136,30 @@ pub struct SimilarityResponse {
 pub struct ClassifyRequest {
     /// Images (base64 or data URIs).
     pub images: Vec<String>,
-    /// Candidate labels, in any language.
+    /// Candidate labels, in any language (a list, or one label).
+    #[serde(deserialize_with = "one_or_many")]
+    #[schema(value_type = TextsInput)]
     pub labels: Vec<String>,
     /// A prompt with `{}` where the label goes; default `a photo of a {}.`.
     #[serde(default)]
     pub template: Option<String>,
+}
+
+/// The longest `template` `/v1/classify` takes, in characters, when texts may have
+/// `max_text_chars`: a quarter of it, at least the default template's length and at most 256.
+/// With [`label_max_chars`] it keeps every prompt within the text limit, and lets the document
+/// state both as plain lengths.
+pub fn template_max_chars(max_text_chars: usize) -> usize {
+    let default = crate::http::routes::scores::DEFAULT_TEMPLATE
+        .chars()
+        .count();
+    (max_text_chars / 4).clamp(default, 256)
+}
+
+/// The longest label `/v1/classify` takes: whatever the longest template leaves of the text
+/// limit (its `{}` is replaced by the label).
+pub fn label_max_chars(max_text_chars: usize) -> usize {
+    (max_text_chars + 2).saturating_sub(template_max_chars(max_text_chars))
 }
 
 /// One label's probability for one image.
@@ -229,7 +309,7 @@ pub struct OpenAiEmbeddingsRequest {
     pub encoding_format: EncodingFormat,
     /// Keep the first `dimensions` components and renormalize to unit length (1 to the model's
     /// dimensions).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub dimensions: Option<usize>,
     /// Accepted and ignored.
     #[serde(default)]
@@ -337,4 +417,133 @@ pub struct OpenAiErrorDetail {
     pub param: Option<String>,
     /// clipserve's own error code (the `type` of its other routes), e.g. `text_too_long`.
     pub code: Option<String>,
+}
+
+/// `GET /v1/models`: the models served, in OpenAI's list shape.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OpenAiModelList {
+    /// Always `list`.
+    #[schema(value_type = String, pattern = "^list$")]
+    pub object: String,
+    /// The one model this server serves.
+    pub data: Vec<OpenAiModel>,
+}
+
+/// One model, as OpenAI describes it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OpenAiModel {
+    /// The name to send as `model` (any name is accepted; this is what answers).
+    pub id: String,
+    /// Always `model`.
+    #[schema(value_type = String, pattern = "^model$")]
+    pub object: String,
+    /// When the server started serving it, in Unix seconds.
+    pub created: u64,
+    /// Always `clipserve`.
+    pub owned_by: String,
+}
+
+// --- The text-embeddings-inference route ----------------------------------------------------
+
+/// `POST /embed`, as text-embeddings-inference takes it.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TeiEmbedRequest {
+    /// A text or a list of texts, in any language.
+    #[serde(deserialize_with = "one_or_many")]
+    #[schema(value_type = TextsInput)]
+    pub inputs: Vec<String>,
+    /// Only `true`: embeddings are unit length.
+    #[serde(default = "always")]
+    pub normalize: bool,
+    /// Cut texts at the model's context length (the default); `false` refuses a text that
+    /// fills it.
+    #[serde(default)]
+    pub truncate: Option<bool>,
+    /// Keep the first `dimensions` components and renormalize to unit length.
+    #[serde(default, deserialize_with = "whole_number")]
+    pub dimensions: Option<usize>,
+}
+
+fn always() -> bool {
+    true
+}
+
+/// TEI's error shape.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TeiErrorResponse {
+    /// What went wrong and what to do next.
+    pub error: String,
+    /// The kind of error, which fixes the status.
+    pub error_type: TeiErrorType,
+}
+
+/// TEI's error kinds, each with its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum TeiErrorType {
+    /// 503: the model is not loaded, or the server is shutting down.
+    Unhealthy,
+    /// 424: inference failed (the cause is in the server log).
+    Backend,
+    /// 429: the queue is full; retry after `Retry-After` seconds.
+    Overloaded,
+    /// 413 for too many or too long inputs; other refused requests keep their own status.
+    Validation,
+    /// 422: a text could not be tokenized.
+    Tokenizer,
+    /// 400: no inputs.
+    Empty,
+}
+
+// --- immich's /predict ------------------------------------------------------------------------
+
+/// The `clip` task of immich's `entries`: one model type.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipTask {
+    /// Embed the `image` part.
+    #[serde(default)]
+    pub visual: Option<VisualEntry>,
+    /// Embed the `text` part.
+    #[serde(default)]
+    pub textual: Option<TextualEntry>,
+}
+
+/// `clip.visual`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VisualEntry {
+    /// immich's model name.
+    #[serde(rename = "modelName")]
+    pub model_name: String,
+    /// immich sends none; an empty object is accepted.
+    #[serde(default)]
+    pub options: Option<NoOptions>,
+}
+
+/// Options of a model type that takes none.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoOptions {}
+
+/// `clip.textual`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextualEntry {
+    /// immich's model name.
+    #[serde(rename = "modelName")]
+    pub model_name: String,
+    /// The search language.
+    #[serde(default)]
+    pub options: Option<TextualOptions>,
+}
+
+/// `clip.textual.options`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextualOptions {
+    /// The user's language (e.g. `de`): immich uses it only for NLLB models; this model reads
+    /// every language as it is.
+    #[serde(default)]
+    pub language: Option<String>,
 }

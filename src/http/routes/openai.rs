@@ -1,28 +1,32 @@
 //! `POST /v1/embeddings`: the OpenAI embeddings API over the same pipeline as `/v1/embed/*`, so
 //! existing clients (the `openai` SDKs, LangChain's `OpenAIEmbeddings`) work unchanged. Images go
 //! through the same route with `"modality": "image"`, as the `infinity` server takes them.
+//! `GET /v1/models` lists the one model served, for clients that look before they embed.
 //!
 //! Every error on this route, those of the outer layers (401, 405, 413, timeouts) included, has
 //! OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`, where `code` is the
 //! `type` the other routes would answer.
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Request, State};
 use axum::http::response::Parts;
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use base64::Engine as _;
 use serde_json::Value;
 
 use crate::embedding::Embedding;
 use crate::http::error::ApiError;
 use crate::http::extract::ApiJson;
-use crate::http::schema::OpenAiErrors;
+use crate::http::schema::{ModelErrors, OpenAiErrors};
 use crate::http::state::AppState;
 use crate::http::types::{
     EncodingFormat, ErrorResponse, Modality, OpenAiEmbedding, OpenAiEmbeddingsRequest,
-    OpenAiEmbeddingsResponse, OpenAiErrorDetail, OpenAiErrorResponse, OpenAiUsage, OpenAiVector,
+    OpenAiEmbeddingsResponse, OpenAiErrorDetail, OpenAiErrorResponse, OpenAiModel, OpenAiModelList,
+    OpenAiUsage, OpenAiVector,
 };
 use crate::preprocess::text::TokenIds;
 use crate::service::validate;
@@ -108,6 +112,48 @@ pub async fn embeddings(
             prompt_tokens,
             total_tokens: prompt_tokens,
         },
+    }))
+}
+
+/// When the router was built, in Unix seconds: the `created` of the model `/v1/models` lists.
+#[derive(Debug, Clone, Copy)]
+pub struct StartedAt(pub u64);
+
+impl StartedAt {
+    /// Now.
+    pub fn now() -> StartedAt {
+        StartedAt(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        )
+    }
+}
+
+/// The model served, in OpenAI's list shape.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "openai",
+    responses(
+        (status = 200, description = "The one model this server serves.", body = OpenAiModelList),
+        ModelErrors,
+    ),
+    security((), ("api_key" = [])),
+)]
+pub async fn models(
+    State(state): State<AppState>,
+    Extension(started): Extension<StartedAt>,
+) -> Result<Json<OpenAiModelList>, ApiError> {
+    let service = state.service()?;
+    Ok(Json(OpenAiModelList {
+        object: "list".into(),
+        data: vec![OpenAiModel {
+            id: service.model().name.clone(),
+            object: "model".into(),
+            created: started.0,
+            owned_by: "clipserve".into(),
+        }],
     }))
 }
 

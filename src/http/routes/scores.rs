@@ -10,8 +10,8 @@ use crate::http::extract::ApiJson;
 use crate::http::schema::BodyErrors;
 use crate::http::state::AppState;
 use crate::http::types::{
-    ClassifyRequest, ClassifyResponse, ImageLabels, LabelScore, SimilarityRequest,
-    SimilarityResponse,
+    label_max_chars, template_max_chars, ClassifyRequest, ClassifyResponse, ImageLabels,
+    LabelScore, SimilarityRequest, SimilarityResponse,
 };
 use crate::service::{validate, Service, ServiceError};
 
@@ -110,6 +110,32 @@ pub async fn classify(
     }
     let limits = &state.settings().limits;
     validate::count("labels", body.labels.len(), limits.max_texts_per_request)?;
+    // Each bound alone keeps every prompt within the text limit, so the document states both.
+    let (template_max, label_max) = (
+        template_max_chars(limits.max_text_chars),
+        label_max_chars(limits.max_text_chars),
+    );
+    let chars = template.chars().count();
+    if chars > template_max {
+        return Err(ApiError::over_limit(
+            "text_too_long",
+            format!("`template` has {chars} characters; the limit is {template_max}"),
+            None,
+        ));
+    }
+    if let Some((index, chars)) = body
+        .labels
+        .iter()
+        .map(|l| l.chars().count())
+        .enumerate()
+        .find(|&(_, chars)| chars > label_max)
+    {
+        return Err(ApiError::over_limit(
+            "text_too_long",
+            format!("label {index} has {chars} characters; the limit is {label_max}"),
+            Some(index),
+        ));
+    }
     let prompts: Vec<String> = body
         .labels
         .iter()

@@ -1,0 +1,601 @@
+//! `GET /ping` and `POST /predict`: the protocol of immich-machine-learning, so that immich's
+//! Machine Learning URL can point at clipserve for smart search (CLIP).
+//!
+//! immich's server sends `multipart/form-data` with an `entries` part, a JSON object of tasks
+//! (`{"clip": {"visual": {"modelName": "..."}}}`), and either an `image` file part or a `text`
+//! part; it reads `clip` as a string holding a JSON array (stored as a pgvector literal) and, for
+//! images, `imageHeight` and `imageWidth` as PIL measures them: the stored size, before any
+//! EXIF rotation. Embeddings are the service's, equal to `/v1/embed/*` for the same input.
+//!
+//! Tasks clipserve does not serve (`facial-recognition`, `ocr`) are forwarded with the same
+//! input to `immich.upstream_url`, an immich-machine-learning instance; a request that mixes
+//! both is split, run concurrently and the answers merged. immich sends no credentials, so with
+//! `server.api_key` set these routes answer 401 to it (see the README).
+
+use std::io::Cursor;
+use std::time::Duration;
+
+use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::config::Settings;
+use crate::http::error::ApiError;
+use crate::http::schema::PredictErrors;
+use crate::http::state::AppState;
+use crate::http::types::{ClipTask, ErrorDetail, ErrorResponse};
+use crate::service::Service;
+
+/// immich's name for the model this server serves (its `_OPENCLIP_MODELS` entry).
+pub const IMMICH_MODEL: &str = "XLM-Roberta-Base-ViT-B-32__laion5b_s13b_b90k";
+
+/// The organisation immich downloads its exports from, which its model names may carry.
+const IMMICH_ORG: &str = "immich-app/";
+
+/// The task clipserve serves itself; every other one is forwarded.
+pub const CLIP_TASK: &str = "clip";
+
+/// The immich-machine-learning instance that gets the tasks clipserve does not serve: a cheap
+/// handle (the client pools connections), built once from the settings.
+#[derive(Clone)]
+pub struct Upstream {
+    /// `<immich.upstream_url>/predict`, resolved as immich resolves it.
+    predict: Option<reqwest::Url>,
+    /// What `immich.upstream_url` says, for messages.
+    configured: String,
+    client: reqwest::Client,
+}
+
+impl Upstream {
+    /// The upstream the settings name, if any. A URL that does not parse leaves none, and the
+    /// refusal of a forwarded task says why (settings validation refuses it at start-up).
+    pub fn new(settings: &Settings) -> Upstream {
+        let configured = settings.immich.upstream_url.trim().to_string();
+        let predict = Upstream::predict_url(settings);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(settings.server.request_timeout_ms))
+            .build()
+            .unwrap_or_default();
+        Upstream {
+            predict,
+            configured,
+            client,
+        }
+    }
+
+    /// `<immich.upstream_url>/predict`, resolved as immich resolves it (the path replaced), if
+    /// the setting names a URL.
+    pub fn predict_url(settings: &Settings) -> Option<reqwest::Url> {
+        let configured = settings.immich.upstream_url.trim();
+        (!configured.is_empty())
+            .then(|| reqwest::Url::parse(configured).and_then(|u| u.join("/predict")))
+            .and_then(Result::ok)
+    }
+
+    /// Whether forwarded tasks have somewhere to go.
+    pub fn is_set(&self) -> bool {
+        self.predict.is_some()
+    }
+}
+
+/// immich's name of this model, with and without its organisation.
+pub fn immich_names() -> Vec<String> {
+    vec![
+        IMMICH_MODEL.to_string(),
+        format!("{IMMICH_ORG}{IMMICH_MODEL}"),
+    ]
+}
+
+/// The model names `/predict` accepts: immich's name with and without its organisation, and
+/// the name `/info` reports (a local folder of this architecture included).
+pub fn accepted_model_names(service: &Service) -> Vec<String> {
+    let mut names = immich_names();
+    let served = &service.model().name;
+    if !names.contains(served) {
+        names.push(served.clone());
+    }
+    names
+}
+
+/// immich's health check: `pong` once the model is loaded and the server is not draining.
+#[utoipa::path(
+    get,
+    path = "/ping",
+    tag = "immich",
+    responses(
+        (status = 200, description = "`pong`: ready to serve.", body = String, content_type = "text/plain"),
+        (status = 401, description = "Missing or wrong API key (only when the server sets `server.api_key`; immich sends none).", body = ErrorResponse),
+        (status = 503, description = "The model is loading or the server is shutting down: retry after `Retry-After` seconds.", body = ErrorResponse,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+    security((), ("api_key" = [])),
+)]
+pub async fn ping(State(state): State<AppState>) -> Response {
+    if state.ready() {
+        (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "pong",
+        )
+            .into_response()
+    } else {
+        ApiError::NotReady.into_response()
+    }
+}
+
+/// Runs immich's `clip` task here and forwards the others (see the module docs).
+#[utoipa::path(
+    post,
+    path = "/predict",
+    tag = "immich",
+    request_body(
+        description = "immich's form: `entries` (a JSON object of tasks) with an `image` file or a `text`.",
+        content((crate::http::schema::PredictForm = "multipart/form-data")),
+    ),
+    responses(
+        (status = 200, description = "`clip`: the embedding as a string holding a JSON array; for images `imageHeight` and `imageWidth`; forwarded tasks' answers as the upstream gave them.", body = crate::http::schema::PredictAnswer),
+        PredictErrors,
+    ),
+    security((), ("api_key" = [])),
+)]
+pub async fn predict(
+    State(state): State<AppState>,
+    Extension(upstream): Extension<Upstream>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let service = state.service()?.clone();
+    let form = read_form(req, &state).await?;
+    let mut tasks: Map<String, Value> = serde_json::from_str(&form.entries).map_err(|e| {
+        ApiError::bad_request(format!(
+            "`entries` must be a JSON object of tasks, e.g. {{\"clip\": {{\"visual\": {{\"modelName\": \"{IMMICH_MODEL}\"}}}}}}: {e}"
+        ))
+    })?;
+    if tasks.is_empty() {
+        return Err(ApiError::bad_request("`entries` names no task"));
+    }
+    let input = match (form.image, form.text) {
+        (Some(image), None) => Input::Image(image),
+        (None, Some(text)) => Input::Text(text),
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "send an `image` file part or a `text` part",
+            ))
+        }
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "send an `image` file part or a `text` part, not both",
+            ))
+        }
+    };
+    let clip = tasks
+        .remove(CLIP_TASK)
+        .map(|value| clip_job(value, &input, &service))
+        .transpose()?;
+    if let Some((name, value)) = tasks.iter().find(|(_, v)| !v.is_object()) {
+        return Err(ApiError::bad_request(format!(
+            "task `{name}` must be an object of model types, got {value}"
+        )));
+    }
+    let forwarded = if tasks.is_empty() {
+        None
+    } else if upstream.is_set() {
+        // A request of forwarded tasks only goes on exactly as it came.
+        Some(if clip.is_none() {
+            form.entries
+        } else {
+            Value::Object(tasks).to_string()
+        })
+    } else {
+        let names: Vec<&str> = tasks.keys().map(String::as_str).collect();
+        return Err(ApiError::bad_request(not_served_message(&names, &upstream)));
+    };
+
+    let clip_answer = async {
+        match clip {
+            Some(ClipJob::Image(bytes)) => embed_image(&service, bytes).await.map(Some),
+            Some(ClipJob::Text(text)) => embed_text(&service, text).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let upstream_answer = async {
+        match &forwarded {
+            Some(entries) => Some(forward(&upstream, entries.clone(), &input).await),
+            None => None,
+        }
+    };
+    let (clip_answer, upstream_answer) = tokio::join!(clip_answer, upstream_answer);
+    let clip_answer = clip_answer?;
+    match (clip_answer, upstream_answer) {
+        (Some(ours), None) => Ok(Json(Value::Object(ours)).into_response()),
+        (None, Some(theirs)) => Ok(theirs.into_response()),
+        (Some(ours), Some(theirs)) => Ok(merge(ours, theirs)),
+        (None, None) => Err(ApiError::Internal {
+            log: "a /predict request with tasks ran none".into(),
+        }),
+    }
+}
+
+/// The parts of immich's form.
+struct PredictForm {
+    entries: String,
+    image: Option<FilePart>,
+    text: Option<String>,
+}
+
+/// An uploaded file, kept as it came so that it can be forwarded unchanged.
+#[derive(Clone)]
+struct FilePart {
+    bytes: Bytes,
+    file_name: Option<String>,
+    content_type: Option<String>,
+}
+
+enum Input {
+    Image(FilePart),
+    Text(String),
+}
+
+enum ClipJob {
+    Image(Bytes),
+    Text(String),
+}
+
+/// Reads the form, refusing unknown or repeated parts, within `server.body_timeout_ms`.
+async fn read_form(req: Request, state: &AppState) -> Result<PredictForm, ApiError> {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if !ct.starts_with("multipart/form-data") {
+        return Err(ApiError::UnsupportedMediaType {
+            message: format!(
+                "/predict reads multipart/form-data (`entries` with `image` or `text`), as immich sends it; got `{}`",
+                if ct.is_empty() { "no content type" } else { &ct }
+            ),
+        });
+    }
+    let limit = state.settings().limits.max_body_bytes;
+    let timeout = Duration::from_millis(state.settings().server.body_timeout_ms);
+    let mut multipart = Multipart::from_request(req, state)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("invalid multipart body: {e}")))?;
+    let mut entries = None;
+    let mut image = None;
+    let mut text = None;
+    loop {
+        let field = match tokio::time::timeout(timeout, multipart.next_field()).await {
+            Err(_) => return Err(ApiError::RequestTimeout),
+            Ok(Err(e)) => return Err(multipart_error(e, limit)),
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(field))) => field,
+        };
+        let name = field.name().unwrap_or("").to_string();
+        let file_name = field.file_name().map(str::to_string);
+        let content_type = field.content_type().map(str::to_string);
+        let bytes = tokio::time::timeout(timeout, field.bytes())
+            .await
+            .map_err(|_| ApiError::RequestTimeout)?
+            .map_err(|e| multipart_error(e, limit))?;
+        let slot_taken = match name.as_str() {
+            "entries" => entries.replace(utf8(&name, bytes)?).is_some(),
+            "text" => text.replace(utf8(&name, bytes)?).is_some(),
+            "image" => image
+                .replace(FilePart {
+                    bytes,
+                    file_name,
+                    content_type,
+                })
+                .is_some(),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "multipart part `{name}` is not read by /predict: send `entries` with `image` or `text`"
+                )))
+            }
+        };
+        if slot_taken {
+            return Err(ApiError::bad_request(format!(
+                "multipart part `{name}` is sent twice"
+            )));
+        }
+    }
+    let entries = entries.ok_or_else(|| {
+        ApiError::bad_request("no `entries` part: send the tasks as JSON, as immich does")
+    })?;
+    Ok(PredictForm {
+        entries,
+        image,
+        text,
+    })
+}
+
+fn utf8(name: &str, bytes: Bytes) -> Result<String, ApiError> {
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| ApiError::bad_request(format!("multipart part `{name}` is not UTF-8 text")))
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError, limit: usize) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge { limit }
+    } else {
+        ApiError::bad_request(format!("invalid multipart body: {}", e.body_text()))
+    }
+}
+
+/// Checks the `clip` task against the input and the served model.
+fn clip_job(value: Value, input: &Input, service: &Service) -> Result<ClipJob, ApiError> {
+    let task: ClipTask = serde_json::from_value(value).map_err(|e| {
+        ApiError::bad_request(format!(
+            "`clip` must be {{\"visual\": {{\"modelName\": ...}}}} or {{\"textual\": {{\"modelName\": ..., \"options\": {{\"language\": ...}}}}}}: {e}"
+        ))
+    })?;
+    let (model_name, job) =
+        match (task.visual, task.textual, input) {
+            (Some(visual), None, Input::Image(image)) => {
+                (visual.model_name, ClipJob::Image(image.bytes.clone()))
+            }
+            // `language` only changes the prompt of NLLB models; this model reads any language.
+            (None, Some(textual), Input::Text(text)) => {
+                (textual.model_name, ClipJob::Text(text.clone()))
+            }
+            (Some(_), None, Input::Text(_)) => {
+                return Err(ApiError::bad_request(
+                    "`clip.visual` embeds an image: send an `image` part",
+                ))
+            }
+            (None, Some(_), Input::Image(_)) => {
+                return Err(ApiError::bad_request(
+                    "`clip.textual` embeds a text: send a `text` part",
+                ))
+            }
+            _ => return Err(ApiError::bad_request(
+                "`clip` takes one model type: `visual` (with an image) or `textual` (with a text)",
+            )),
+        };
+    let accepted = accepted_model_names(service);
+    if !accepted.contains(&model_name) {
+        return Err(ApiError::bad_request(format!(
+            "model `{model_name}` is not served here: this server serves `{IMMICH_MODEL}` (also \
+             accepted as {}); set it as immich's CLIP model",
+            accepted[1..]
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(" and ")
+        )));
+    }
+    Ok(job)
+}
+
+fn not_served_message(tasks: &[&str], upstream: &Upstream) -> String {
+    let tasks = tasks
+        .iter()
+        .map(|t| format!("`{t}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if upstream.configured.is_empty() {
+        format!(
+            "task {tasks} is not served by clipserve, which serves `clip` only: set \
+             `immich.upstream_url` to an immich-machine-learning instance to forward it, or turn \
+             the task off in immich (Administration > Settings > Machine Learning)"
+        )
+    } else {
+        format!(
+            "task {tasks} cannot be forwarded: `immich.upstream_url` (`{}`) is not a valid URL",
+            upstream.configured
+        )
+    }
+}
+
+/// `clip` as immich stores it: the embedding as a string holding a JSON array.
+fn clip_value(embedding: &[f32]) -> Result<Value, ApiError> {
+    serde_json::to_string(embedding)
+        .map(Value::String)
+        .map_err(|e| ApiError::Internal {
+            log: format!("serializing an embedding: {e}"),
+        })
+}
+
+async fn embed_image(service: &Service, bytes: Bytes) -> Result<Map<String, Value>, ApiError> {
+    // PIL's size: what the header says, before any EXIF rotation (immich reads it that way).
+    let size = image::ImageReader::new(Cursor::new(bytes.clone()))
+        .with_guessed_format()
+        .ok()
+        .and_then(|r| r.into_dimensions().ok());
+    let embedding = service.embed_images(vec![bytes]).await?.remove(0);
+    let (width, height) = size.ok_or_else(|| ApiError::InvalidImage {
+        message: "image 0: its size could not be read".into(),
+        index: 0,
+    })?;
+    let mut answer = Map::new();
+    answer.insert(CLIP_TASK.into(), clip_value(embedding.as_slice())?);
+    answer.insert("imageHeight".into(), height.into());
+    answer.insert("imageWidth".into(), width.into());
+    Ok(answer)
+}
+
+async fn embed_text(service: &Service, text: String) -> Result<Map<String, Value>, ApiError> {
+    let embedding = service.embed_texts(vec![text]).await?.remove(0);
+    let mut answer = Map::new();
+    answer.insert(CLIP_TASK.into(), clip_value(embedding.as_slice())?);
+    Ok(answer)
+}
+
+/// What the upstream answered, as it answered it.
+struct UpstreamAnswer {
+    status: StatusCode,
+    content_type: Option<HeaderValue>,
+    body: Bytes,
+}
+
+impl IntoResponse for UpstreamAnswer {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, self.body).into_response();
+        if let Some(ct) = self.content_type {
+            response.headers_mut().insert(header::CONTENT_TYPE, ct);
+        }
+        response
+    }
+}
+
+/// An upstream that could not be reached or answered nonsense: 502, in the API's error shape.
+struct BadGateway(String);
+
+impl IntoResponse for BadGateway {
+    fn into_response(self) -> Response {
+        tracing::warn!(message = %self.0, "immich upstream failed");
+        let body = ErrorResponse {
+            error: ErrorDetail {
+                kind: "upstream_unavailable".into(),
+                message: self.0,
+                index: None,
+            },
+        };
+        (StatusCode::BAD_GATEWAY, Json(body)).into_response()
+    }
+}
+
+/// Sends `entries` with the request's own input to the upstream's `/predict`.
+async fn forward(
+    upstream: &Upstream,
+    entries: String,
+    input: &Input,
+) -> Result<UpstreamAnswer, BadGateway> {
+    let url = upstream
+        .predict
+        .clone()
+        .ok_or_else(|| BadGateway("no upstream configured".into()))?;
+    let form = reqwest::multipart::Form::new().text("entries", entries);
+    let form = match input {
+        Input::Text(text) => form.text("text", text.clone()),
+        Input::Image(image) => {
+            let length = image.bytes.len() as u64;
+            let mut part = reqwest::multipart::Part::stream_with_length(
+                reqwest::Body::from(image.bytes.clone()),
+                length,
+            );
+            if let Some(name) = &image.file_name {
+                part = part.file_name(name.clone());
+            }
+            if let Some(ct) = &image.content_type {
+                part = part
+                    .mime_str(ct)
+                    .map_err(|e| BadGateway(format!("the image part's content type: {e}")))?;
+            }
+            form.part("image", part)
+        }
+    };
+    let response = upstream
+        .client
+        .post(url.clone())
+        .multipart(form)
+        .send()
+        .await
+        .map_err(|e| BadGateway(format!("immich upstream {url}: {e}")))?;
+    let status = response.status();
+    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| BadGateway(format!("immich upstream {url}: reading its answer: {e}")))?;
+    Ok(UpstreamAnswer {
+        status,
+        content_type,
+        body,
+    })
+}
+
+/// Our `clip` answer merged into the upstream's: its bytes are kept as they came, our keys are
+/// added in front. A failed upstream answer is the answer.
+fn merge(ours: Map<String, Value>, theirs: Result<UpstreamAnswer, BadGateway>) -> Response {
+    let theirs = match theirs {
+        Ok(answer) if answer.status.is_success() => answer,
+        Ok(answer) => return answer.into_response(),
+        Err(failure) => return failure.into_response(),
+    };
+    let Ok(their_keys) = serde_json::from_slice::<Map<String, Value>>(&theirs.body) else {
+        return BadGateway(
+            "the immich upstream answered something that is not a JSON object".into(),
+        )
+        .into_response();
+    };
+    // The image size is in both answers, measured alike: keep the upstream's, once.
+    let mut ours = ours;
+    ours.retain(|key, _| !their_keys.contains_key(key));
+    let text = String::from_utf8_lossy(&theirs.body);
+    let rest = text.trim_start().trim_start_matches('{').trim_start();
+    let ours = Value::Object(ours).to_string();
+    let ours = ours.trim_end_matches('}');
+    let merged = if rest.starts_with('}') {
+        format!("{ours}}}")
+    } else {
+        format!("{ours},{rest}")
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        merged,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(body: &str) -> Result<UpstreamAnswer, BadGateway> {
+        Ok(UpstreamAnswer {
+            status: StatusCode::OK,
+            content_type: None,
+            body: Bytes::from(body.to_string()),
+        })
+    }
+
+    async fn text(response: Response) -> String {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_merged_answer_keeps_the_upstream_bytes_and_adds_ours() {
+        let mut ours = Map::new();
+        ours.insert("clip".into(), Value::String("[1.0,2.0]".into()));
+        let merged = text(merge(
+            ours.clone(),
+            answer(r#" { "ocr": {"text": ["a"]}, "imageWidth": 3}"#),
+        ))
+        .await;
+        assert_eq!(
+            merged,
+            r#"{"clip":"[1.0,2.0]","ocr": {"text": ["a"]}, "imageWidth": 3}"#
+        );
+        let v: Value = serde_json::from_str(&merged).unwrap();
+        assert_eq!(v["imageWidth"], 3);
+        assert_eq!(
+            text(merge(ours, answer("{ }"))).await,
+            r#"{"clip":"[1.0,2.0]"}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn an_upstream_answer_that_is_not_an_object_is_a_bad_gateway() {
+        let r = merge(Map::new(), answer("[1, 2]"));
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    #[test]
+    fn the_upstream_path_is_resolved_as_immich_resolves_it() {
+        let mut settings = Settings::default();
+        settings.immich.upstream_url = "http://ml:3003/some/path".into();
+        let upstream = Upstream::new(&settings);
+        assert_eq!(upstream.predict.unwrap().as_str(), "http://ml:3003/predict");
+        settings.immich.upstream_url = "not a url".into();
+        assert!(!Upstream::new(&settings).is_set());
+        assert!(!Upstream::new(&Settings::default()).is_set());
+    }
+}
