@@ -48,7 +48,7 @@ echo "server on $addr"
 # Run from a scratch folder under target/: schemathesis and hypothesis keep state in the cwd.
 mkdir -p target/schemathesis
 cd target/schemathesis
-SCHEMATHESIS_HOOKS=schemathesis_hooks PYTHONPATH="$root/.ci" CLIPSERVE_PHOTOS="$root/tests/fixtures/photos" \
+SCHEMATHESIS_HOOKS=schemathesis_hooks PYTHONPATH="$root/.ci" SCHEMATHESIS_PHOTOS="$root/tests/fixtures/photos" \
     timeout $((seconds + 120)) "$venv/bin/schemathesis" \
     --config-file "$root/.ci/schemathesis.toml" \
     run "http://$addr/openapi.json" \

@@ -13,7 +13,7 @@ from pathlib import Path
 import schemathesis
 from hypothesis import strategies as st
 
-PHOTOS = Path(os.environ.get("CLIPSERVE_PHOTOS", Path(__file__).parent.parent / "tests/fixtures/photos"))
+PHOTOS = Path(os.environ.get("SCHEMATHESIS_PHOTOS", Path(__file__).parent.parent / "tests/fixtures/photos"))
 
 # Small photos of each format the server reads (a broken one would be a schema-valid request
 # the server rightly refuses).
