@@ -274,3 +274,34 @@ async fn responses_carry_a_request_id_and_keep_the_callers() {
         .unwrap();
     assert_eq!(r.headers()["x-request-id"], "abc-123");
 }
+
+/// axum's multipart extractor caps a body at 2 MiB unless told otherwise; the server's own
+/// limit (`limits.max_body_bytes`, 32 MiB by default) is the one that must apply.
+#[tokio::test]
+async fn a_multipart_upload_above_two_mib_is_embedded_like_the_same_bytes_sent_raw() {
+    let server = TestServer::start(|_| {}).await;
+    let png = common::noise_png(1024);
+    assert!(png.len() > 3_000_000, "{} bytes", png.len());
+    let client = reqwest::Client::new();
+    let form = Form::new().part("image", Part::bytes(png.clone()).file_name("noise.png"));
+    let r = client
+        .post(server.url("/v1/embed/image"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let multi: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{multi}");
+    let raw: Value = client
+        .post(server.url("/v1/embed/image"))
+        .header("content-type", "image/png")
+        .body(png)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(embeddings(&multi), embeddings(&raw));
+}

@@ -389,3 +389,14 @@ async fn predict_requests_are_counted_in_the_metrics() {
         "{metrics}"
     );
 }
+
+/// A preview above axum's 2 MiB multipart default is embedded (immich sends whole files).
+#[tokio::test]
+async fn predict_takes_an_image_above_two_mib() {
+    let server = TestServer::start(|_| {}).await;
+    let png = common::noise_png(1024);
+    assert!(png.len() > 3_000_000, "{} bytes", png.len());
+    let (status, body) = predict(&server, image_form(&visual(IMMICH_NAME), png.clone())).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(clip(&body), native_image(&server, png).await);
+}

@@ -21,7 +21,7 @@ pub mod types;
 
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -132,6 +132,9 @@ pub fn router(state: AppState) -> Router {
             .into_response()
         }))
         .layer(RequestBodyLimitLayer::new(settings.limits.max_body_bytes))
+        // axum's extractors (Multipart) would cap bodies at their own 2 MiB default;
+        // `limits.max_body_bytes` above, and the extractors' reads, are the limit.
+        .layer(DefaultBodyLimit::disable())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_millis(settings.server.request_timeout_ms),

@@ -161,3 +161,24 @@ pub fn b64(bytes: &[u8]) -> String {
 }
 
 pub mod parity;
+
+/// A PNG of pseudo-random noise, `side` pixels square: it does not compress, so it is about
+/// `3 * side * side` bytes (a 1024 square is over 3 MB). For uploads above a size.
+pub fn noise_png(side: u32) -> Vec<u8> {
+    let mut state: u32 = 0x9e37_79b9;
+    let image = image::RgbImage::from_fn(side, side, |_, _| {
+        let mut px = [0u8; 3];
+        for c in &mut px {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            *c = (state >> 24) as u8;
+        }
+        image::Rgb(px)
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    image
+        .write_to(&mut out, image::ImageFormat::Png)
+        .expect("a PNG encodes");
+    out.into_inner()
+}
