@@ -132,7 +132,7 @@ pub struct ModelSettings {
     pub intra_op_threads: usize,
     /// Threads an image run may use when no other image run is in flight (a run that starts
     /// beside another stays on its own thread); 0 means `intra_op_threads` (bench/RESULTS.md,
-    /// row 19).
+    /// optimisation log, "tower pools for lone runs").
     pub image_intra_op_threads: usize,
     /// The same for the text tower.
     pub text_intra_op_threads: usize,
