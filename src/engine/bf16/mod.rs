@@ -5,8 +5,9 @@
 //! Zen 4 and recent Intel parts have AVX512-BF16: `vdpbf16ps` multiplies 32 pairs of bf16
 //! numbers and adds them into 16 f32 accumulators, twice the multiply-adds per cycle of an f32
 //! FMA (bench/bf16_peak.c against bench/fma_peak.c on Zen 4: 234 against 117 GFLOP/s per
-//! core). tract 0.23.9 has no kernel for it on these CPUs, so [`rewrite`] replaces each product of an activation by a constant weight matrix (an `EinSum`
-//! of the decluttered graph) with a [`Bf16MatMul`] of our own: the weights are rounded to bf16
+//! core). tract 0.23.9 has no kernel for it on these CPUs, so [`rewrite`] replaces each
+//! product of an activation by a constant weight matrix (an `EinSum` of the decluttered graph)
+//! with a [`Bf16MatMul`] of our own: the weights are rounded to bf16
 //! once, at load, and the activations at every run; the sums stay f32. Everything else (the
 //! attention's products of two activations, norms, softmax, the text tower's word-embedding
 //! table) stays f32. In the image tower that is the attention's input and output projections,
