@@ -17,8 +17,9 @@ struct Cli {
     /// A model folder, or a Hugging Face repository id to download [env: CLIPSERVE_MODEL].
     #[arg(long, global = true)]
     model: Option<String>,
-    /// host:port to listen on [env: CLIPSERVE_ADDR].
-    #[arg(long, global = true)]
+    /// host:port to listen on [env: CLIPSERVE_ADDR]. Also after `serve`; `embed` does not
+    /// listen, so it has no --addr.
+    #[arg(long)]
     addr: Option<String>,
     /// Any setting as section.key=value (repeatable), e.g. --set batching.linger_ms=5.
     #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
@@ -30,7 +31,11 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve the HTTP API (the default).
-    Serve,
+    Serve {
+        /// host:port to listen on [env: CLIPSERVE_ADDR].
+        #[arg(long)]
+        addr: Option<String>,
+    },
     /// Print the effective settings as TOML and exit (the API key shows as "***").
     Config,
     /// GET a URL of this host once; exit 0 on a 200 answer, 1 otherwise. The container
@@ -64,7 +69,10 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
         file_required: cli.config.is_some(),
         overrides,
         model: cli.model.clone(),
-        addr: cli.addr.clone(),
+        addr: match &cli.command {
+            Some(Command::Serve { addr: Some(addr) }) => Some(addr.clone()),
+            _ => cli.addr.clone(),
+        },
     };
     let mut env = Vec::new();
     for (name, value) in std::env::vars_os() {
@@ -81,8 +89,14 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let (Some(addr), Some(Command::Embed(_))) = (&cli.addr, &cli.command) {
+        anyhow::bail!(
+            "--addr {addr}: `clipserve embed` does not listen; to embed through a running \
+             server, pass its URL with --server"
+        );
+    }
     let settings = settings(&cli)?;
-    match cli.command.unwrap_or(Command::Serve) {
+    match cli.command.unwrap_or(Command::Serve { addr: None }) {
         Command::Embed(args) => clipserve::bulk::command::execute(args, settings),
         Command::Healthcheck { url } => {
             healthcheck(&url.unwrap_or_else(|| default_health_url(&settings.server.addr)))
@@ -91,7 +105,7 @@ fn main() -> anyhow::Result<()> {
             print!("{}", toml::to_string_pretty(&settings)?);
             Ok(())
         }
-        Command::Serve => {
+        Command::Serve { .. } => {
             clipserve::telemetry::init_tracing(&settings.log);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

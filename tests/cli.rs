@@ -443,3 +443,65 @@ fn progress_is_logged_off_a_terminal_and_the_bar_draws_when_forced() {
     assert_ok(&quiet);
     assert!(!text(&quiet.stderr).contains("progress:"));
 }
+
+/// `embed` does not listen: its help has no --addr, and an --addr given before it is refused
+/// with a message that says what to use instead (it would otherwise be ignored silently).
+#[test]
+fn embed_offers_no_addr_and_refuses_one_given_before_it() {
+    let bin = env!("CARGO_BIN_EXE_clipserve");
+    let help = Command::new(bin)
+        .args(["embed", "--help"])
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout).to_string();
+    assert!(
+        help.contains("--server") && !help.contains("--addr"),
+        "{help}"
+    );
+
+    let after = Command::new(bin)
+        .args([
+            "embed",
+            "--addr",
+            "127.0.0.1:1",
+            "--output",
+            "x.jsonl",
+            "--texts",
+            "y",
+        ])
+        .output()
+        .unwrap();
+    assert!(!after.status.success());
+    assert!(
+        String::from_utf8_lossy(&after.stderr).contains("--addr"),
+        "{}",
+        String::from_utf8_lossy(&after.stderr)
+    );
+
+    let before = Command::new(bin)
+        .args([
+            "--addr",
+            "127.0.0.1:1",
+            "embed",
+            "--output",
+            "x.jsonl",
+            "--texts",
+            "y",
+        ])
+        .output()
+        .unwrap();
+    assert!(!before.status.success());
+    let stderr = String::from_utf8_lossy(&before.stderr).to_string();
+    assert!(
+        stderr.contains("--addr 127.0.0.1:1: `clipserve embed` does not listen"),
+        "{stderr}"
+    );
+
+    // The server keeps both spellings.
+    let help = Command::new(bin)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--addr"));
+}
