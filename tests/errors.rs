@@ -45,13 +45,16 @@ async fn malformed_requests_are_400() {
     let url = server.url("/v1/embed/text");
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("syntax", b"{\"texts\": [".to_vec()),
-        ("wrong type", br#"{"texts": "not a list"}"#.to_vec()),
+        ("wrong type", br#"{"texts": 42}"#.to_vec()),
         ("wrong item type", br#"{"texts": [1, 2]}"#.to_vec()),
         (
             "unknown field",
             br#"{"texts": ["a"], "colour": "red"}"#.to_vec(),
         ),
         ("missing field", br#"{}"#.to_vec()),
+        // serde's derived structs would take an array of their fields as the struct.
+        ("an array, not an object", br#"[""]"#.to_vec()),
+        ("a bare string", br#""a cat""#.to_vec()),
         ("invalid utf-8", b"{\"texts\": [\"\xff\xfe\"]}".to_vec()),
         (
             "deep nesting",

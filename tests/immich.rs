@@ -172,6 +172,18 @@ async fn malformed_forms_are_refused_with_a_reason() {
         ),
         (image_form("{not json", jpeg.clone()), "JSON object"),
         (image_form("{}", jpeg.clone()), "no task"),
+        // Arrays where the document says objects (serde would read them as the fields).
+        (
+            text_form(
+                r#"{"clip": {"textual": {"modelName": "tiny", "options": []}}}"#,
+                "a cat",
+            ),
+            "expected an object or null, got an array",
+        ),
+        (
+            text_form(r#"{"clip": [null, {"modelName": "tiny"}]}"#, "a cat"),
+            "expected an object, got an array",
+        ),
         (text_form(&visual(IMMICH_NAME), "a cat"), "send an `image`"),
         (
             image_form(&textual(IMMICH_NAME), jpeg.clone()),

@@ -87,8 +87,22 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     }
 }
 
-/// Deserializes JSON bytes with the API's 400 error.
+/// Deserializes a JSON object body with the API's 400 error. Every request body is an object:
+/// serde's derived structs would also take an array of their fields (`[""]` as `{"texts": ""}`),
+/// which the OpenAPI document refuses, so anything else is refused here first.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first.is_some_and(|&b| b != b'{') {
+        let kind = match serde_json::from_slice::<serde_json::Value>(bytes) {
+            Ok(v) => super::types::json_kind(&v),
+            Err(e) => return Err(ApiError::bad_request(format!("invalid JSON body: {e}"))),
+        };
+        return Err(ApiError::bad_request(format!(
+            "invalid JSON body: expected an object, got {kind}"
+        )));
+    }
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }

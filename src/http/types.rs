@@ -502,10 +502,10 @@ pub enum TeiErrorType {
 #[serde(deny_unknown_fields)]
 pub struct ClipTask {
     /// Embed the `image` part.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_or_null")]
     pub visual: Option<VisualEntry>,
     /// Embed the `text` part.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_or_null")]
     pub textual: Option<TextualEntry>,
 }
 
@@ -517,7 +517,7 @@ pub struct VisualEntry {
     #[serde(rename = "modelName")]
     pub model_name: String,
     /// immich sends none; an empty object is accepted.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_or_null")]
     pub options: Option<NoOptions>,
 }
 
@@ -534,7 +534,7 @@ pub struct TextualEntry {
     #[serde(rename = "modelName")]
     pub model_name: String,
     /// The search language.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "object_or_null")]
     pub options: Option<TextualOptions>,
 }
 
@@ -546,4 +546,37 @@ pub struct TextualOptions {
     /// every language as it is.
     #[serde(default)]
     pub language: Option<String>,
+}
+
+/// An optional nested object, strictly: serde's derived structs also accept a JSON array of
+/// their fields (`[]` would pass as an empty options object), which the documented schema, and
+/// so a client that trusts it, says is refused.
+fn object_or_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::de::Error;
+    match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Null => Ok(None),
+        value @ serde_json::Value::Object(_) => serde_json::from_value(value)
+            .map(Some)
+            .map_err(D::Error::custom),
+        other => Err(D::Error::custom(format!(
+            "expected an object or null, got {}",
+            json_kind(&other)
+        ))),
+    }
+}
+
+/// A JSON value's type, as an error message names it.
+pub fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }

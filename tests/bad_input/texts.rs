@@ -163,12 +163,13 @@ async fn wrong_field_types_are_malformed_requests_on_every_route() {
         ("/v1/tokenize", json!({ "texts": [1.5] })),
         ("/v1/embed/image", json!({ "images": [42] })),
         ("/v1/embed/image", json!({ "images": img })),
-        ("/v1/similarity", json!({ "texts": "a", "texts_b": ["b"] })),
+        // One string is a list of one (`"texts": "a"`); a number is neither.
+        ("/v1/similarity", json!({ "texts": 7, "texts_b": ["b"] })),
         (
             "/v1/similarity",
             json!({ "images": [true], "texts": ["b"] }),
         ),
-        ("/v1/classify", json!({ "images": [img], "labels": "cat" })),
+        ("/v1/classify", json!({ "images": [img], "labels": 7 })),
         (
             "/v1/classify",
             json!({ "images": [img], "labels": ["cat"], "template": 7 }),

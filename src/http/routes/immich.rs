@@ -327,7 +327,16 @@ fn multipart_error(e: axum::extract::multipart::MultipartError, limit: usize) ->
 
 /// Checks the `clip` task against the input and the served model.
 fn clip_job(value: Value, input: &Input, service: &Service) -> Result<ClipJob, ApiError> {
-    let task: ClipTask = serde_json::from_value(value).map_err(|e| {
+    // An object only: serde's derived struct would also take an array of its fields.
+    let value = if value.is_object() {
+        Ok(value)
+    } else {
+        Err(format!(
+            "expected an object, got {}",
+            crate::http::types::json_kind(&value)
+        ))
+    };
+    let task: ClipTask = value.and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string())).map_err(|e| {
         ApiError::bad_request(format!(
             "`clip` must be {{\"visual\": {{\"modelName\": ...}}}} or {{\"textual\": {{\"modelName\": ..., \"options\": {{\"language\": ...}}}}}}: {e}"
         ))
