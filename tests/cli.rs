@@ -439,6 +439,17 @@ fn progress_is_logged_off_a_terminal_and_the_bar_draws_when_forced() {
     assert!(stderr.contains('█'), "the bar is drawn: {stderr}");
     assert!(stderr.contains("\u{1b}["), "with cursor movement: {stderr}");
 
+    // The rate has at most one decimal (indicatif's default is four).
+    let rate = stderr
+        .split_whitespace()
+        .filter_map(|w| w.strip_suffix("/s"))
+        .last()
+        .unwrap_or_else(|| panic!("no rate: {stderr}"));
+    assert!(
+        rate.split_once('.').is_none_or(|(_, f)| f.len() == 1),
+        "{rate}/s"
+    );
+
     let quiet = embed_in_process(&photos, &tmp.path("c.jsonl"), &["--progress", "off"]);
     assert_ok(&quiet);
     assert!(!text(&quiet.stderr).contains("progress:"));
@@ -504,4 +515,65 @@ fn embed_offers_no_addr_and_refuses_one_given_before_it() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("--addr"));
+}
+
+/// Ctrl-C stops `embed` after the batches in flight, and its bar stays where the work stopped
+/// (indicatif's `finish` would draw it complete).
+#[test]
+fn an_interrupted_bar_stays_where_the_work_stopped() {
+    use std::io::Read;
+    let tmp = TempDir::new("interrupt");
+    let root = tmp.path("many");
+    std::fs::create_dir_all(&root).unwrap();
+    // Enough images, one per batch and one batch at a time, that the run is still going when
+    // the signal comes (about 10 ms an image here, far longer in a debug build under load).
+    let total = 400;
+    let jpeg = std::fs::read(fixture("photos/pillow_hopper.jpg")).unwrap();
+    for i in 0..total {
+        std::fs::write(root.join(format!("{i:04}.jpg")), &jpeg).unwrap();
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_clipserve"))
+        .args(["embed", "--model", tiny_leak(), "--images"])
+        .arg(&root)
+        .arg("-o")
+        .arg(tmp.path("out.jsonl"))
+        .args(["--progress", "bar", "--batch-size", "1", "--in-flight", "1"])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    // Wait until the bar has counted some work, then press Ctrl-C.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let counted = |s: &str| {
+        s.split_whitespace()
+            .filter_map(|w| w.strip_suffix(&format!("/{total}")))
+            .any(|n| n.parse::<usize>().is_ok_and(|n| n > 0))
+    };
+    while !counted(&text(&seen)) {
+        let n = stderr.read(&mut buf).unwrap();
+        assert!(n > 0, "embed ended before the signal: {}", text(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    stderr.read_to_end(&mut seen).unwrap();
+    child.wait().unwrap();
+    let all = text(&seen);
+    assert!(all.contains("interrupted"), "{all}");
+    let last = all
+        .rsplit(['\r', '\n'])
+        .find(|l| l.contains(&format!("/{total} images")))
+        .unwrap_or_else(|| panic!("no bar: {all}"));
+    assert!(
+        !last.contains(&format!("{total}/{total}")),
+        "the bar was drawn complete: {last}"
+    );
+    let written = std::fs::read_to_string(tmp.path("out.jsonl")).unwrap();
+    assert!(written.lines().count() < total, "all {total} embedded");
 }

@@ -52,7 +52,7 @@ impl Progress {
             let bar = ProgressBar::with_draw_target(Some(total), target);
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg} {per_sec} eta {eta}",
+                    "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg} {per_sec:1} eta {eta}",
                 )
                 .expect("the template is valid")
                 .progress_chars("█▉▊▋▌▍▎▏ "),
@@ -123,11 +123,16 @@ impl Progress {
         )
     }
 
-    /// Ends the display: the bar stays drawn at its final position; a log line says where the
-    /// run stopped.
+    /// Ends the display: the bar stays drawn where the work stopped (indicatif's `finish` would
+    /// move it to the end, so an interrupted run would look complete); a log line says where
+    /// the run stopped.
     pub fn finish(&mut self) {
         if let Some(bar) = &self.bar {
-            bar.finish();
+            if self.done >= self.total {
+                bar.finish();
+            } else {
+                bar.abandon();
+            }
         } else if self.log {
             eprintln!("{}", self.line());
         }
