@@ -17,11 +17,23 @@ use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 use crate::batcher::BatchObserver;
 use crate::config::{LogFormat, LogSettings};
 
-/// Installs the global tracing subscriber. A non-empty `RUST_LOG` wins over `settings.level`;
-/// both were checked by [`crate::config::check_log_filter`] when the settings loaded, so the
-/// `info` fallback is only for callers that skipped that. Calling it twice is harmless (the
-/// second call keeps the first subscriber).
+/// Installs the global tracing subscriber, writing to stdout (the server's log). A non-empty
+/// `RUST_LOG` wins over `settings.level`; both were checked by
+/// [`crate::config::check_log_filter`] when the settings loaded, so the `info` fallback is only
+/// for callers that skipped that. Calling it twice is harmless (the second call keeps the first
+/// subscriber).
 pub fn init_tracing(settings: &LogSettings) {
+    install_tracing(settings, false);
+}
+
+/// [`init_tracing`] writing to stderr: for commands whose stdout is their result
+/// (`clipserve embed`).
+pub fn init_tracing_stderr(settings: &LogSettings) {
+    install_tracing(settings, true);
+}
+
+fn install_tracing(settings: &LogSettings, stderr: bool) {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter_text = std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.trim().is_empty())
@@ -30,6 +42,17 @@ pub fn init_tracing(settings: &LogSettings) {
         Ok(()) => EnvFilter::try_new(&filter_text).unwrap_or_else(|_| EnvFilter::new("info")),
         Err(_) => EnvFilter::new("info"),
     };
+    let (writer, terminal) = if stderr {
+        (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        )
+    } else {
+        (
+            BoxMakeWriter::new(std::io::stdout),
+            std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        )
+    };
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match settings.format {
         LogFormat::Json => registry
@@ -37,12 +60,13 @@ pub fn init_tracing(settings: &LogSettings) {
                 fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(true),
+                    .with_current_span(true)
+                    .with_writer(writer),
             )
             .try_init(),
         // Colour codes only for a terminal; piped or collected logs stay plain text.
         LogFormat::Text => registry
-            .with(fmt::layer().with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())))
+            .with(fmt::layer().with_ansi(terminal).with_writer(writer))
             .try_init(),
     };
 }

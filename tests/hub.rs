@@ -356,3 +356,40 @@ async fn a_source_that_is_neither_a_folder_nor_a_repository_id_is_refused_by_nam
         "{error}"
     );
 }
+
+/// `clipserve embed` on a first start: the download is shown on stderr (its log lines), not a
+/// silent wait, and the run then embeds with the downloaded model.
+#[tokio::test]
+async fn embed_shows_a_first_start_download() {
+    let hub = StandIn::start(&tiny()).await;
+    let cache = TempCache::new("embed");
+    let texts = cache.0.join("texts.txt");
+    std::fs::write(&texts, "a photo of a cat\nun chat\n").unwrap();
+    let out = cache.0.join("out.jsonl");
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_clipserve"))
+        .args([
+            "embed",
+            "--model",
+            "owner/name",
+            "--progress",
+            "log",
+            "--texts",
+        ])
+        .arg(&texts)
+        .arg("-o")
+        .arg(&out)
+        .arg("--set")
+        .arg(format!("model.hub_endpoint={}", hub.base))
+        .arg("--set")
+        .arg(format!("model.cache_dir={}", cache.0.display()))
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    for line in ["fetching the model from the hub", "model downloaded"] {
+        assert!(stderr.contains(line), "no `{line}` in: {stderr}");
+    }
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 2);
+}

@@ -83,10 +83,11 @@ pub fn execute(args: EmbedArgs, settings: Settings) -> anyhow::Result<()> {
         limit: args.limit,
         progress: args.progress,
     };
-    // Model loading logs only warnings unless RUST_LOG asks for more: stderr is for progress.
+    // stderr is for progress: model loading logs only warnings, except the hub's download
+    // (a first start fetches about 1.5 GB, which must not look like a hang).
     let mut log = settings.log.clone();
-    log.level = "warn".into();
-    crate::telemetry::init_tracing(&log);
+    log.level = "warn,clipserve::hub=info".into();
+    crate::telemetry::init_tracing_stderr(&log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
