@@ -189,6 +189,29 @@ def multipart_seeds(png: bytes, gif: bytes) -> dict[str, bytes]:
     return out
 
 
+def predict_seeds(png: bytes) -> dict[str, bytes]:
+    """immich's /predict forms: `entries` JSON with an `image` file part or a `text` part."""
+    bd = "X-CLIPSERVE-BOUNDARY"
+
+    def form(parts: list[bytes]) -> bytes:
+        b = bd.encode()
+        return bd.encode() + b"\n" + b"".join(b"--" + b + b"\r\n" + p + b"\r\n" for p in parts) + b"--" + b + b"--\r\n"
+
+    visual = b'{"clip": {"visual": {"modelName": "XLM-Roberta-Base-ViT-B-32__laion5b_s13b_b90k"}}}'
+    textual = b'{"clip": {"textual": {"modelName": "XLM-Roberta-Base-ViT-B-32__laion5b_s13b_b90k", "options": {"language": "de"}}}}'
+    faces = b'{"facial-recognition": {"detection": {"modelName": "buffalo_l", "options": {"minScore": 0.7}}, "recognition": {"modelName": "buffalo_l"}}}'
+    return {
+        "visual.txt": form([part("entries", visual), part("image", png, "blob", "application/octet-stream")]),
+        "textual.txt": form([part("entries", textual), part("text", "eine Katze".encode())]),
+        "faces.txt": form([part("entries", faces), part("image", png, "blob")]),
+        "mixed.txt": form([part("entries", visual[:-1] + b", " + faces[1:]), part("image", png, "blob")]),
+        "twice.txt": form([part("entries", visual), part("entries", visual), part("text", b"x")]),
+        "options_array.txt": form([part("entries", b'{"clip": {"textual": {"modelName": "tiny", "options": []}}}'), part("text", b"x")]),
+        "unknown_part.txt": form([part("entries", visual), part("assetId", b"123")]),
+        "no_entries.txt": form([part("text", b"a cat")]),
+    }
+
+
 def main() -> None:
     imgs = images()
     corpora = {
@@ -196,6 +219,7 @@ def main() -> None:
         "request_json": request_bodies(imgs["coffee_palette.png"]),
         "text_tokenize": texts(),
         "multipart": multipart_seeds(imgs["coffee_palette.png"], imgs["hopper.gif"]),
+        "predict_form": predict_seeds(imgs["coffee_palette.png"]),
     }
     for target, files in corpora.items():
         d = OUT / target

@@ -218,18 +218,24 @@ pub async fn predict(
 }
 
 /// The parts of immich's form.
-struct PredictForm {
-    entries: String,
-    image: Option<FilePart>,
-    text: Option<String>,
+pub struct PredictForm {
+    /// The `entries` part: the tasks, as JSON text.
+    pub entries: String,
+    /// The `image` file part.
+    pub image: Option<FilePart>,
+    /// The `text` part.
+    pub text: Option<String>,
 }
 
 /// An uploaded file, kept as it came so that it can be forwarded unchanged.
 #[derive(Clone)]
-struct FilePart {
-    bytes: Bytes,
-    file_name: Option<String>,
-    content_type: Option<String>,
+pub struct FilePart {
+    /// The file's bytes.
+    pub bytes: Bytes,
+    /// Its file name, if the part gave one.
+    pub file_name: Option<String>,
+    /// Its content type, if the part gave one.
+    pub content_type: Option<String>,
 }
 
 enum Input {
@@ -243,7 +249,8 @@ enum ClipJob {
 }
 
 /// Reads the form, refusing unknown or repeated parts, within `server.body_timeout_ms`.
-async fn read_form(req: Request, state: &AppState) -> Result<PredictForm, ApiError> {
+/// Public for the fuzz target `predict_form`.
+pub async fn read_form(req: Request, state: &AppState) -> Result<PredictForm, ApiError> {
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
