@@ -67,6 +67,8 @@ echo "== openai_langchain.py"
 "$PYTHON" "$here/openai_langchain.py" --base-url "$url/v1" || status=1
 echo "== client.py"
 "$PYTHON" "$here/client.py" --url "$url" || status=1
+echo "== tei_client.py"
+"$PYTHON" "$here/tei_client.py" --url "$url" || status=1
 if [[ $status -ne 0 ]]; then
     echo "server log (last 40 lines):" >&2
     tail -n 40 "$log" >&2
