@@ -443,7 +443,7 @@ fn progress_is_logged_off_a_terminal_and_the_bar_draws_when_forced() {
     let rate = stderr
         .split_whitespace()
         .filter_map(|w| w.strip_suffix("/s"))
-        .last()
+        .next_back()
         .unwrap_or_else(|| panic!("no rate: {stderr}"));
     assert!(
         rate.split_once('.').is_none_or(|(_, f)| f.len() == 1),
