@@ -84,17 +84,19 @@ async fn a_panic_inside_a_batch_fails_only_that_batch_and_the_worker_goes_on() {
     assert_eq!(ready(&server).await.0, 200);
     assert_eq!(serving.texts().live_workers(), 1);
 
-    // Concurrent requests: the panicking batch's callers get 500, every other gets its own
-    // answer.
+    // Concurrent requests: a batch that panics is run again item by item, so only an item
+    // that panics alone fails. Two panics: the first batch's run and then the first run after
+    // it (its first item alone, or the next batch) panic, so one or two requests get a 500
+    // however the twelve were batched, and every other gets its own answer.
     let texts: Vec<String> = (0..12).map(|i| format!("caption number {i}")).collect();
     let mut alone = Vec::new();
     for t in &texts {
         alone.push(first_embedding(&embed(&server, t).await.1));
     }
-    serving.texts().inject_panics(1);
+    serving.texts().inject_panics(2);
     let answers = join_all(texts.iter().map(|t| embed(&server, t))).await;
     let failed = answers.iter().filter(|(s, _)| *s == 500).count();
-    assert!(failed >= 1 && failed < texts.len(), "{failed} of 12 failed");
+    assert!((1..=2).contains(&failed), "{failed} of 12 failed");
     for (i, (status, body)) in answers.iter().enumerate() {
         if *status == 200 {
             assert!(
