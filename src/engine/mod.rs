@@ -16,6 +16,7 @@ pub mod graph;
 mod narrow;
 mod onnx_file;
 pub mod precision;
+mod table;
 pub mod threads;
 pub mod weights;
 

@@ -13,7 +13,8 @@
 //!
 //! Optimization packs each weight for the kernel it picked; [`WeightPool`] then makes plans
 //! that packed a weight the same way share one copy, so plans cost memory only where their
-//! kernels differ (see `weights.rs`). The word-embedding table is stored in f16.
+//! kernels differ (see `weights.rs`). The word-embedding table stays in the model file and its
+//! rows are read as they are gathered (see `table.rs`); a table that cannot is stored in f16.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,8 +25,9 @@ use thiserror::Error;
 use tract_onnx::prelude::*;
 
 use super::narrow::{declutter_keeping_axes, narrow_scalar_gathers};
-use super::onnx_file;
+use super::onnx_file::{self, InPlace, TableInFile};
 use super::precision::Arithmetic;
+use super::table::read_tables_in_place;
 use super::weights::{half_embedding_tables, matmul_kernels, WeightPool};
 
 mod schedule;
@@ -113,6 +115,8 @@ pub struct Graph {
     bf16: usize,
     /// Bytes the word-embedding table saved by being stored in f16.
     halved: usize,
+    /// Bytes of the word-embedding table read from the file rather than held.
+    in_file: usize,
 }
 
 impl std::fmt::Debug for Graph {
@@ -168,6 +172,7 @@ pub struct Prepared {
     output_dim: usize,
     narrowed: usize,
     halved: usize,
+    in_file: usize,
 }
 
 impl Prepared {
@@ -204,23 +209,52 @@ impl Graph {
             path: path.to_path_buf(),
             what,
         };
-        let model =
-            onnx_file::model_for_path(&tract_onnx::onnx().with_ignore_output_shapes(true), path)
-                .map_err(load_err)?;
-        if model.inputs.is_empty() || model.outputs.is_empty() {
+        let load = |in_place: InPlace| -> TractResult<(TypedModel, Vec<TableInFile>)> {
+            let (mut model, tables) = onnx_file::model_for_path(
+                &tract_onnx::onnx().with_ignore_output_shapes(true),
+                path,
+                in_place,
+            )?;
+            if model.inputs.is_empty() || model.outputs.is_empty() {
+                return Ok((TypedModel::default(), tables));
+            }
+            // Bind input 0 and output 0 only: extra outputs (token states, say) are dropped.
+            let out0 = model.outputs[0];
+            model.select_output_outlets(&[out0])?;
+            Ok((model.into_typed()?.into_decluttered()?, tables))
+        };
+        let (typed, tables) = load(InPlace::WeightsAndTables).map_err(load_err)?;
+        if typed.inputs.is_empty() || typed.outputs.is_empty() {
             return Err(contract("the graph has no inputs or no outputs".into()));
         }
-        // Bind input 0 and output 0 only: extra outputs (token states, say) are dropped.
-        let mut model = model;
-        let out0 = model.outputs[0];
-        model.select_output_outlets(&[out0]).map_err(load_err)?;
-        let typed = model
-            .into_typed()
-            .and_then(|m| m.into_decluttered())
-            .map_err(load_err)?;
+        // The word-embedding table stays in the file (see `table.rs`); should its stand-in be
+        // read by anything but one gather of rows, the file is read again with the table
+        // loaded (it is then stored in f16 below).
+        let table_bytes: usize = tables.iter().map(|t| t.rows * t.cols * 4).sum();
+        let typed = match tables.is_empty() {
+            true => typed,
+            false => {
+                let mut in_place = typed.clone();
+                match read_tables_in_place(&mut in_place, tables) {
+                    Ok(()) => in_place,
+                    Err(e) => {
+                        tracing::warn!(
+                            graph = %path.display(),
+                            error = %format!("{e:#}"),
+                            "cannot read the embedding table from the file; loading it"
+                        );
+                        drop(typed);
+                        load(InPlace::Weights).map_err(load_err)?.0
+                    }
+                }
+            }
+        };
+        let in_file = super::table::bytes_in_file(&typed);
+        debug_assert!(in_file == 0 || in_file == table_bytes);
         let (mut typed, narrowed) = narrowed(typed, path);
         // Before any plan, so that both arithmetics share the one f16 table and the f32 one
-        // is freed now rather than held while the plans are built.
+        // is freed now rather than held while the plans are built. Only a table that could
+        // not stay in the file is left to halve.
         let halved = half_embedding_tables(&mut typed).map_err(load_err)?;
 
         let input = typed.input_fact(0).map_err(load_err)?;
@@ -271,6 +305,7 @@ impl Graph {
             output_dim,
             narrowed,
             halved,
+            in_file,
         })
     }
 
@@ -309,6 +344,7 @@ impl Graph {
             narrowed: prepared.narrowed,
             bf16,
             halved: prepared.halved,
+            in_file: prepared.in_file,
         };
         graph.build_plans(typed, buckets, seq_cap)?;
         Ok(graph)
@@ -399,6 +435,7 @@ impl Graph {
             bf16_weights_mb = bf16_bytes >> 20,
             shared_mb = pool.deduplicated >> 20,
             f16_table_saved_mb = self.halved >> 20,
+            table_in_file_mb = self.in_file >> 20,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "plans built"
         );
