@@ -161,7 +161,7 @@ fn narrowed(typed: TypedModel, path: &Path) -> (TypedModel, usize) {
 }
 
 /// A tower's graph read, typed, decluttered, narrowed and checked against the contract, with
-/// its word-embedding table halved: the f32 model that the plans of either arithmetic are built
+/// its word-embedding table left in the file (or, failing that, halved): the f32 model that the plans of either arithmetic are built
 /// from ([`Graph::build`]), so a tower can be built twice (f32, then bf16) from one read of its
 /// file.
 pub struct Prepared {
