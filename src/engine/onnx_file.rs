@@ -380,22 +380,24 @@ enum Field<'a> {
     Fixed,
 }
 
+/// Reads a varint from the front of `bytes` and moves past it.
+fn varint(bytes: &mut &[u8]) -> io::Result<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&b, rest) = bytes
+            .split_first()
+            .ok_or_else(|| malformed("message ends inside a varint"))?;
+        *bytes = rest;
+        v |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(malformed("varint longer than 10 bytes"))
+}
+
 /// The fields of a message held in memory (a node, or an initializer without its raw data).
 fn fields(mut bytes: &[u8]) -> io::Result<Vec<(u64, Field<'_>)>> {
-    fn varint(bytes: &mut &[u8]) -> io::Result<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&b, rest) = bytes
-                .split_first()
-                .ok_or_else(|| malformed("message ends inside a varint"))?;
-            *bytes = rest;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(malformed("varint longer than 10 bytes"))
-    }
     let mut out = Vec::new();
     while !bytes.is_empty() {
         let key = varint(&mut bytes)?;
@@ -469,20 +471,7 @@ fn tensor_header(tensor: &[u8], location: &str) -> io::Result<TensorHeader> {
             (TENSOR_DIMS, Field::Varint(d)) => header.dims.push(d),
             (TENSOR_DIMS, Field::Bytes(mut packed)) => {
                 while !packed.is_empty() {
-                    let mut v = 0u64;
-                    let mut shift = 0;
-                    loop {
-                        let (&b, rest) = packed
-                            .split_first()
-                            .ok_or_else(|| malformed("packed dims end inside a varint"))?;
-                        packed = rest;
-                        v |= u64::from(b & 0x7f) << shift;
-                        shift += 7;
-                        if b & 0x80 == 0 || shift >= 64 {
-                            break;
-                        }
-                    }
-                    header.dims.push(v);
+                    header.dims.push(varint(&mut packed)?);
                 }
             }
             (TENSOR_DATA_TYPE, Field::Varint(t)) => header.data_type = t,
@@ -620,12 +609,14 @@ mod tests {
         for v in [0u64, 1, 127, 128, 300, 1 << 35, u64::MAX] {
             let mut buf = Vec::new();
             put_varint(&mut buf, v);
-            let mut decoded = 0u64;
-            for (i, b) in buf.iter().enumerate() {
-                decoded |= u64::from(b & 0x7f) << (7 * i);
-            }
-            assert_eq!(decoded, v);
             assert_eq!(buf.last().map(|b| b & 0x80), Some(0));
+            let mut rest = buf.as_slice();
+            assert_eq!(varint(&mut rest).unwrap(), v);
+            assert!(rest.is_empty());
+            assert!(
+                varint(&mut &buf[..buf.len() - 1]).is_err(),
+                "a cut varint is an error"
+            );
         }
     }
 }
