@@ -99,15 +99,9 @@ impl LeanUnigram {
         self.scores.len()
     }
 
-    /// The pieces ending the best path at each byte boundary, as `(start, end, id)` from the
-    /// end of `sentence` back to its start: `Unigram::encode_optimized`'s forward pass.
-    fn best_path(&self, sentence: &str) -> Result<Vec<(usize, usize, u32)>> {
-        #[derive(Clone, Copy)]
-        struct Best {
-            score: f64,
-            start: u32,
-            id: u32,
-        }
+    /// The best path's last piece ending at each byte position of `sentence` (where a
+    /// character ends): `Unigram::encode_optimized`'s forward pass.
+    fn best_path(&self, sentence: &str) -> Result<Vec<Best>> {
         let bytes = sentence.as_bytes();
         let size = bytes.len();
         let unreached = Best {
@@ -146,22 +140,20 @@ impl LeanUnigram {
             }
             start += char_len;
         }
-        let mut path = Vec::new();
-        let mut end = size;
-        while end > 0 {
-            let node = best[end];
-            // Every character boundary is reached: by a piece or by the unknown node.
-            let start = node.start as usize;
-            path.push((start, end, node.id));
-            end = start;
-        }
-        Ok(path)
+        Ok(best)
     }
 
-    /// The tokens of one unknown run (fused `<unk>` pieces): the piece of that text if there
-    /// is one, else its bytes as `<0xNN>` pieces if the model has them all, else `<unk>`.
-    fn unknown_run(&self, run: &str, offset: usize, tokens: &mut Vec<Token>) -> Result<()> {
-        let offsets = (offset, offset + run.len());
+    /// Pushes the tokens of one unknown run (fused `<unk>` pieces) in reverse order: the
+    /// piece of that text if there is one, else its bytes as `<0xNN>` pieces if the model has
+    /// them all, else `<unk>`.
+    fn unknown_run(
+        &self,
+        sentence: &str,
+        (start, end): (usize, usize),
+        tokens: &mut Vec<Token>,
+    ) -> Result<()> {
+        let run = &sentence[start..end];
+        let offsets = (start, end);
         if let Some(id) = self.trie.get(run.as_bytes()) {
             tokens.push(Token::new(id, run.to_owned(), offsets));
             return Ok(());
@@ -176,7 +168,7 @@ impl LeanUnigram {
                 })
                 .collect();
             if let Some(bytes) = bytes {
-                tokens.extend(bytes);
+                tokens.extend(bytes.into_iter().rev());
                 return Ok(());
             }
         }
@@ -201,24 +193,30 @@ impl Model for LeanUnigram {
     type Trainer = UnigramTrainer;
 
     fn tokenize(&self, sentence: &str) -> Result<Vec<Token>> {
-        let path = self.best_path(sentence)?;
-        let mut tokens = Vec::with_capacity(path.len());
-        let mut i = path.len();
-        while i > 0 {
-            i -= 1;
-            let (start, mut end, id) = path[i];
+        let best = self.best_path(sentence)?;
+        let mut tokens = Vec::new();
+        // Backtracks from the end, as the crate does, fusing consecutive unknowns.
+        let mut unknown_end = None;
+        let mut end = sentence.len();
+        while end > 0 {
+            // Every character boundary is reached: by a piece or by the unknown node.
+            let Best { start, id, .. } = best[end];
+            let start = start as usize;
             if Some(id) == self.unk_id {
-                // Fuse this unknown with the ones right after it, as the crate does.
-                while i > 0 && Some(path[i - 1].2) == self.unk_id {
-                    i -= 1;
-                    end = path[i].1;
-                }
-                self.unknown_run(&sentence[start..end], start, &mut tokens)?;
+                unknown_end.get_or_insert(end);
             } else {
+                if let Some(run_end) = unknown_end.take() {
+                    self.unknown_run(sentence, (end, run_end), &mut tokens)?;
+                }
                 let value = sentence[start..end].to_owned();
                 tokens.push(Token::new(id, value, (start, end)));
             }
+            end = start;
         }
+        if let Some(run_end) = unknown_end {
+            self.unknown_run(sentence, (0, run_end), &mut tokens)?;
+        }
+        tokens.reverse();
         Ok(tokens)
     }
 
@@ -257,10 +255,21 @@ impl Model for LeanUnigram {
     }
 }
 
+/// The best path to one byte position: its score, and its last piece (start and id).
+#[derive(Clone, Copy)]
+struct Best {
+    score: f64,
+    start: u32,
+    id: u32,
+}
+
 /// A byte trie in breadth-first order: node 0 is the root, node `n`'s children are nodes
 /// `first_child[n]..first_child[n + 1]`, sorted by their `labels`.
 #[derive(Clone)]
 struct Trie {
+    /// The root's child for each byte, or [`NONE`]: every start position of the Viterbi pass
+    /// begins there, and the root has the most children (141 in XLM-R).
+    root: Box<[u32; 256]>,
     first_child: Box<[u32]>,
     labels: Box<[u8]>,
     /// The id of the piece that ends at each node, or [`NONE`].
@@ -300,7 +309,12 @@ impl Trie {
             node += 1;
         }
         first_child.push(labels.len() as u32);
+        let mut root = Box::new([NONE; 256]);
+        for child in first_child[0]..first_child[1] {
+            root[labels[child as usize] as usize] = child;
+        }
         Self {
+            root,
             first_child: first_child.into(),
             labels: labels.into(),
             ids: ids.into(),
@@ -316,14 +330,24 @@ impl Trie {
 
     /// Calls `found(len, id)` for every piece that is a prefix of `text`, shortest first.
     fn prefixes(&self, text: &[u8], mut found: impl FnMut(usize, u32)) {
-        let mut node = 0;
-        for (i, &byte) in text.iter().enumerate() {
+        let Some((&first, rest)) = text.split_first() else {
+            return;
+        };
+        let node = self.root[first as usize];
+        if node == NONE {
+            return;
+        }
+        let mut node = node as usize;
+        if self.ids[node] != NONE {
+            found(1, self.ids[node]);
+        }
+        for (i, &byte) in rest.iter().enumerate() {
             match self.child(node, byte) {
                 Some(next) => node = next,
                 None => return,
             }
             if self.ids[node] != NONE {
-                found(i + 1, self.ids[node]);
+                found(i + 2, self.ids[node]);
             }
         }
     }
@@ -599,7 +623,7 @@ mod tests {
     }
 
     /// Pieces over `a b c é ▁` with scores from a handful of values, so that ties are common,
-    /// some duplicates, and sometimes byte pieces for `z` and part of `é`.
+    /// some duplicates, and sometimes byte pieces for `z` and `é` (or only its first byte).
     fn random_vocab(rng: &mut Rng) -> Vec<(String, f64)> {
         let mut vocab = vec![("<unk>".to_owned(), 0.0)];
         for _ in 0..rng.below(40) {
@@ -611,6 +635,10 @@ mod tests {
         if rng.below(2) == 0 {
             vocab.push(("<0x7A>".to_owned(), -3.0));
             vocab.push(("<0xC3>".to_owned(), -3.0));
+            if rng.below(2) == 0 {
+                // `é` is C3 A9: its bytes' order shows in the tokens.
+                vocab.push(("<0xA9>".to_owned(), -3.0));
+            }
         }
         vocab
     }
