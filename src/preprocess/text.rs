@@ -5,8 +5,8 @@
 //!
 //! The `tokenizers` crate runs every step but the model: its normalizer, pre-tokenizer, added
 //! tokens and post-processor, read from the file as usual. The Unigram model is
-//! [`LeanUnigram`], which gives the crate's ids from flat arrays (XLM-R's 250k pieces: about
-//! 250 MB resident in the crate's `Unigram`, a few MB here; see `unigram.rs`).
+//! [`LeanUnigram`], which gives the crate's ids from flat arrays: the loaded tokenizer holds
+//! 14.5 MB resident where it held 288.6 MB with the crate's `Unigram` (see `unigram.rs`).
 
 use std::path::{Path, PathBuf};
 
