@@ -108,6 +108,10 @@ impl LeanUnigram {
     fn best_path(&self, sentence: &str) -> Result<Vec<Best>> {
         let bytes = sentence.as_bytes();
         let size = bytes.len();
+        if size >= NONE as usize {
+            // Positions are stored as u32; no request comes near 4 GB in one word.
+            return Err(format!("a word of {size} bytes is too long to tokenize").into());
+        }
         let unreached = Best {
             score: 0.0,
             start: NONE,
