@@ -1,6 +1,6 @@
 //! Criterion benchmarks of each stage a request goes through: image decode, resize and
-//! normalize (reported per megapixel of input), text cleaning and tokenization, and the two
-//! encoders at batch 1, 8 and 32.
+//! normalize (reported per megapixel of input), loading the tokenizer, text cleaning and
+//! tokenization, and the two encoders at batch 1, 8 and 32.
 //!
 //! ```text
 //! cargo bench --bench pipeline                                  # encoders on the tiny fixture
@@ -72,12 +72,15 @@ fn preprocessing(c: &mut Criterion) {
 }
 
 fn tokenization(c: &mut Criterion) {
-    let tokenizer = TextTokenizer::from_file(
-        repo().join("tests/fixtures/models/tiny/textual/tokenizer.json"),
-        77,
-    )
-    .unwrap();
+    let path = repo().join("tests/fixtures/models/tiny/textual/tokenizer.json");
+    let tokenizer = TextTokenizer::from_file(&path, 77).unwrap();
     let mut group = c.benchmark_group("tokenize");
+    // Start-up cost: parsing XLM-R's 9 MB tokenizer.json and building the model.
+    group.sample_size(10);
+    group.bench_function("load", |b| {
+        b.iter(|| TextTokenizer::from_file(&path, 77).unwrap())
+    });
+    group.sample_size(100);
     group.throughput(Throughput::Elements(TEXTS.len() as u64));
     group.bench_function("clean_and_encode/6_queries", |b| {
         b.iter(|| {

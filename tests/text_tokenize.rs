@@ -242,21 +242,43 @@ fn a_context_too_short_for_the_special_tokens_is_rejected() {
     assert!(matches!(err, TextError::ContextTooShort { .. }), "{err}");
 }
 
+/// Loads `json` from a temporary file whose name starts with `name`, and removes the file.
+fn load_temp(name: &str, json: &str) -> Result<TextTokenizer, TextError> {
+    let path = std::env::temp_dir().join(format!("{name}-{}.json", std::process::id()));
+    std::fs::write(&path, json).expect("write temp tokenizer");
+    let result = TextTokenizer::from_file(&path, CONTEXT_LENGTH);
+    std::fs::remove_file(&path).ok();
+    result
+}
+
 #[test]
 fn a_tokenizer_without_pad_is_an_error_naming_the_token_and_file() {
     let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
         "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,
-        "decoder":null,"model":{"type":"WordLevel","vocab":{"<s>":0,"</s>":1,"[UNK]":2},
-        "unk_token":"[UNK]"}}"#;
-    let path = std::env::temp_dir().join(format!("clipserve-nopad-{}.json", std::process::id()));
-    std::fs::write(&path, json).expect("write temp tokenizer");
-    let err = TextTokenizer::from_file(&path, CONTEXT_LENGTH).expect_err("must fail");
-    std::fs::remove_file(&path).ok();
+        "decoder":null,"model":{"type":"Unigram","unk_id":2,
+        "vocab":[["<s>",0.0],["</s>",0.0],["<unk>",0.0]]}}"#;
+    let err = load_temp("clipserve-nopad", json).expect_err("must fail");
     match &err {
         TextError::MissingSpecialToken { token, .. } => assert_eq!(*token, "<pad>"),
         other => panic!("unexpected error {other}"),
     }
     assert!(err.to_string().contains("clipserve-nopad"), "{err}");
+}
+
+#[test]
+fn a_tokenizer_whose_model_is_not_unigram_is_refused_naming_the_file_and_type() {
+    let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
+        "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,
+        "decoder":null,"model":{"type":"WordLevel","vocab":{"<s>":0,"</s>":1,"<pad>":2},
+        "unk_token":"<pad>"}}"#;
+    let err = load_temp("clipserve-wordlevel", json).expect_err("must fail");
+    assert!(matches!(err, TextError::Load { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("clipserve-wordlevel"), "{message}");
+    assert!(
+        message.contains("\"WordLevel\" is not supported"),
+        "{message}"
+    );
 }
 
 /// Timing only (run with `--ignored --nocapture`, ideally in release): tokenizing ~1 MB

@@ -5,3 +5,4 @@ pub mod image;
 pub mod pixels;
 pub mod resize;
 pub mod text;
+pub mod unigram;
