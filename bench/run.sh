@@ -195,6 +195,14 @@ if [[ " $PHASES " == *" engines "* ]]; then
   log "tract encoders (benches/compare.rs)"
   (cd "$REPO" && CLIPSERVE_BENCH_MODEL="${MODEL#"$REPO"/}" cargo bench --quiet --bench compare -- \
     --variants "${BENCH_VARIANTS:-bucketed,symbolic,bucketed_intra2,bucketed_bf16,bucketed_bf16_intra2}" --budget "$BUDGET" --json "$OUT/tract.json")
+  # The encoders' JSON names the model as the rest of the run does, never by this machine's path.
+  MODEL_SHOWN="$MODEL_SHOWN" "$PY" - "$OUT/tract.json" <<'PYEOF'
+import json, os, sys
+path = sys.argv[1]
+data = json.load(open(path))
+data["model"] = os.environ["MODEL_SHOWN"]
+json.dump(data, open(path, "w"))
+PYEOF
 fi
 if [[ " $PHASES " == *" baselines "* ]]; then
   for rt in ort torch; do
