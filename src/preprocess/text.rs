@@ -6,7 +6,7 @@
 //! The `tokenizers` crate runs every step but the model: its normalizer, pre-tokenizer, added
 //! tokens and post-processor, read from the file as usual. The Unigram model is
 //! [`LeanUnigram`], which gives the crate's ids from flat arrays: the loaded tokenizer holds
-//! 14.5 MB resident where it held 288.6 MB with the crate's `Unigram` (see `unigram.rs`); the
+//! 14.5 MB resident where it held 288.6 MB with the crate's `Unigram` (see `unigram/mod.rs`); the
 //! server on the tiny fixture model went from 324 to 60 MB once ready.
 
 use std::path::{Path, PathBuf};
