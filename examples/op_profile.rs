@@ -123,7 +123,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let mut rows: Vec<_> = per_op.into_iter().collect();
-    rows.sort_by(|a, b| b.1 .0.cmp(&a.1 .0));
+    rows.sort_by_key(|(_, (d, _))| std::cmp::Reverse(*d));
     let per_run = total.as_secs_f64() / runs as f64;
     println!(
         "{:<28} {:>10} {:>7} {:>8}",
