@@ -24,12 +24,11 @@ use std::time::Instant;
 use thiserror::Error;
 use tract_onnx::prelude::*;
 
-use super::narrow::{declutter_keeping_axes, narrow_scalar_gathers};
-use super::onnx_file::{self, InPlace, TableInFile};
+use super::narrow::declutter_keeping_axes;
 use super::precision::Arithmetic;
-use super::table::read_tables_in_place;
 use super::weights::{half_embedding_tables, matmul_kernels, WeightPool};
 
+mod load;
 mod schedule;
 
 pub use schedule::Run;
@@ -132,38 +131,10 @@ impl std::fmt::Debug for Graph {
     }
 }
 
-/// `typed` with its scalar-index gathers made slices and decluttered again, so that rows the
-/// output never reads are not computed (see `narrow.rs`). Should that fail on some export, the
-/// model is kept as it was: the rewrite saves time, it is never needed for a right answer.
-fn narrowed(typed: TypedModel, path: &Path) -> (TypedModel, usize) {
-    let mut model = typed.clone();
-    let rewritten = narrow_scalar_gathers(&mut model).and_then(|n| {
-        if n > 0 {
-            declutter_keeping_axes(&mut model)?;
-        }
-        Ok((n, model))
-    });
-    match rewritten {
-        Ok((0, _)) => (typed, 0),
-        Ok((rewritten, model)) => {
-            tracing::debug!(graph = %path.display(), rewritten, "scalar gathers made slices");
-            (model, rewritten)
-        }
-        Err(e) => {
-            tracing::warn!(
-                graph = %path.display(),
-                error = %format!("{e:#}"),
-                "could not narrow the graph to the rows its output reads; running it whole"
-            );
-            (typed, 0)
-        }
-    }
-}
-
 /// A tower's graph read, typed, decluttered, narrowed and checked against the contract, with
-/// its word-embedding table left in the file (or, failing that, halved): the f32 model that the plans of either arithmetic are built
-/// from ([`Graph::build`]), so a tower can be built twice (f32, then bf16) from one read of its
-/// file.
+/// its word-embedding table left in the file (or, failing that, halved): the f32 model that the
+/// plans of either arithmetic are built from ([`Graph::build`]), so a tower can be built twice
+/// (f32, then bf16) from one read of its file.
 pub struct Prepared {
     path: PathBuf,
     typed: TypedModel,
@@ -209,49 +180,10 @@ impl Graph {
             path: path.to_path_buf(),
             what,
         };
-        let load = |in_place: InPlace| -> TractResult<(TypedModel, Vec<TableInFile>)> {
-            let (mut model, tables) = onnx_file::model_for_path(
-                &tract_onnx::onnx().with_ignore_output_shapes(true),
-                path,
-                in_place,
-            )?;
-            if model.inputs.is_empty() || model.outputs.is_empty() {
-                return Ok((TypedModel::default(), tables));
-            }
-            // Bind input 0 and output 0 only: extra outputs (token states, say) are dropped.
-            let out0 = model.outputs[0];
-            model.select_output_outlets(&[out0])?;
-            Ok((model.into_typed()?.into_decluttered()?, tables))
-        };
-        let (typed, tables) = load(InPlace::WeightsAndTables).map_err(load_err)?;
-        if typed.inputs.is_empty() || typed.outputs.is_empty() {
-            return Err(contract("the graph has no inputs or no outputs".into()));
-        }
-        // The word-embedding table stays in the file (see `table.rs`); should its stand-in be
-        // read by anything but one gather of rows, the file is read again with the table
-        // loaded (it is then stored in f16 below).
-        let table_bytes: usize = tables.iter().map(|t| t.rows * t.cols * 4).sum();
-        let typed = match tables.is_empty() {
-            true => typed,
-            false => {
-                let mut in_place = typed.clone();
-                match read_tables_in_place(&mut in_place, tables) {
-                    Ok(()) => in_place,
-                    Err(e) => {
-                        tracing::warn!(
-                            graph = %path.display(),
-                            error = %format!("{e:#}"),
-                            "cannot read the embedding table from the file; loading it"
-                        );
-                        drop(typed);
-                        load(InPlace::Weights).map_err(load_err)?.0
-                    }
-                }
-            }
-        };
-        let in_file = super::table::bytes_in_file(&typed);
-        debug_assert!(in_file == 0 || in_file == table_bytes);
-        let (mut typed, narrowed) = narrowed(typed, path);
+        let (typed, in_file) = load::typed(path)
+            .map_err(load_err)?
+            .ok_or_else(|| contract("the graph has no inputs or no outputs".into()))?;
+        let (mut typed, narrowed) = load::narrowed(typed, path);
         // Before any plan, so that both arithmetics share the one f16 table and the f32 one
         // is freed now rather than held while the plans are built. Only a table that could
         // not stay in the file is left to halve.
