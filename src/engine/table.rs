@@ -2,7 +2,7 @@
 //!
 //! The table is 250,002 x 768 f32 (768 MB), yet a batch reads a few dozen of its rows. Held in
 //! memory it was the largest single cost of a ready server (384 MB even in f16, 768 MB while it
-//! loaded). `onnx_file.rs` leaves it in the file and gives tract a two-row stand-in;
+//! loaded). `onnx_file/` leaves it in the file and gives tract a two-row stand-in;
 //! [`read_tables_in_place`] then replaces the `Gather` of that stand-in with a [`FileGather`],
 //! which reads the rows a batch asks for with positioned reads (`pread`) of the file it keeps
 //! open. The rows are the exported f32 values, bit for bit.
