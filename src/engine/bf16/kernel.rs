@@ -99,22 +99,18 @@ pub(super) fn bf16_bits(x: f32) -> u16 {
 pub(super) fn matmul(x: &[f32], rows: usize, w: &PackedWeights) -> Vec<f32> {
     let (k, n, kp) = (w.k, w.n, w.kp);
     let Bf16Cpu(()) = w.cpu;
-    // The activations as bf16, row by row: u32 `q` of a row holds its `x[2q]` and `x[2q + 1]`.
-    let mut xb = vec![0u32; rows * kp];
-    for (src, dst) in x.chunks_exact(k).zip(xb.chunks_exact_mut(kp)) {
-        for (q, d) in dst.iter_mut().enumerate() {
-            let lo = bf16_bits(src[2 * q]);
-            let hi = src.get(2 * q + 1).map_or(0, |&v| bf16_bits(v));
-            *d = u32::from(lo) | (u32::from(hi) << 16);
-        }
-    }
     let mut y = vec![0f32; rows * n];
+    // Each thread rounds its own rows of activations to bf16, then runs their tiles.
     let run = |first_row: usize, y: &mut [f32]| {
         let chunk_rows = y.len() / n;
-        let xb = &xb[first_row * kp..(first_row + chunk_rows) * kp];
+        let x = &x[first_row * k..(first_row + chunk_rows) * k];
+        let mut xb = vec![0u32; chunk_rows * kp];
         // SAFETY: `w` holds a `Bf16Cpu` (packing takes one), which only exists where the CPU
-        // has AVX512-F and AVX512-BF16, the features `tiles` is compiled for.
-        unsafe { tiles(xb, chunk_rows, w, y) }
+        // has AVX512-F and AVX512-BF16, the features `round_rows` and `tiles` are compiled for.
+        unsafe {
+            round_rows(x, k, &mut xb, kp);
+            tiles(&xb, chunk_rows, w, y)
+        }
     };
     let threads = match tract_linalg::multithread::current_tract_executor() {
         tract_linalg::multithread::Executor::MultiThread(pool) => Some(pool),
@@ -134,6 +130,34 @@ pub(super) fn matmul(x: &[f32], rows: usize, w: &PackedWeights) -> Vec<f32> {
         _ => run(0, &mut y),
     }
     y
+}
+
+/// The activations `x` (rows of `k` floats) as bf16 pairs: u32 `q` of a row of `xb` (`kp`
+/// each) holds the row's `x[2q]` (low half) and `x[2q + 1]` (high half, 0 past the end), which
+/// is the row's bf16 numbers in order. Rounded to nearest even by `vcvtne2ps2bf16`, 32 at a
+/// time, which reads denormal inputs as zero; [`bf16_bits`] for the tail of a row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn round_rows(x: &[f32], k: usize, xb: &mut [u32], kp: usize) {
+    use std::arch::x86_64::*;
+    for (src, dst) in x.chunks_exact(k).zip(xb.chunks_exact_mut(kp)) {
+        let whole = k / 32;
+        for (c, out) in dst.chunks_exact_mut(16).take(whole).enumerate() {
+            let lo = &src[c * 32..c * 32 + 16];
+            let hi = &src[c * 32 + 16..c * 32 + 32];
+            // SAFETY: `lo` and `hi` hold 16 floats each, `out` 16 u32.
+            unsafe {
+                let pair =
+                    _mm512_cvtne2ps_pbh(_mm512_loadu_ps(hi.as_ptr()), _mm512_loadu_ps(lo.as_ptr()));
+                _mm512_storeu_si512(out.as_mut_ptr().cast(), as_bits(pair));
+            }
+        }
+        for (q, d) in dst.iter_mut().enumerate().skip(whole * 16) {
+            let lo = bf16_bits(src[2 * q]);
+            let hi = src.get(2 * q + 1).map_or(0, |&v| bf16_bits(v));
+            *d = u32::from(lo) | (u32::from(hi) << 16);
+        }
+    }
 }
 
 /// All tiles of `rows` activation rows (bf16 pairs, `w.kp` per row) against every weight panel,
@@ -188,12 +212,25 @@ fn tiles(xb: &[u32], rows: usize, w: &PackedWeights, y: &mut [f32]) {
     }
 }
 
+/// The bits of the 32 bf16 numbers `v`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn as_bits(v: std::arch::x86_64::__m512bh) -> std::arch::x86_64::__m512i {
+    // SAFETY: both are 64 bytes of plain bits, valid for any bit pattern.
+    unsafe { std::mem::transmute::<std::arch::x86_64::__m512bh, std::arch::x86_64::__m512i>(v) }
+}
+
 /// The 32 bf16 numbers whose bits `v` holds.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn as_bf16(v: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512bh {
     // SAFETY: both are 64 bytes of plain bits, valid for any bit pattern.
     unsafe { std::mem::transmute::<std::arch::x86_64::__m512i, std::arch::x86_64::__m512bh>(v) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn round_rows(_: &[f32], _: usize, _: &mut [u32], _: usize) {
+    unreachable!("bf16 products are only enabled on x86-64 with AVX512-BF16")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -245,6 +282,34 @@ mod tests {
         assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3f80);
         assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3f82);
         assert_eq!(bf16_bits(-2.5), 0xc020);
+    }
+
+    /// The vector rounding of activations gives the bits of the scalar one, ties included,
+    /// on whole chunks of 32 and on a row's tail.
+    #[test]
+    fn activations_round_as_the_scalar_rounding_does() {
+        let Some(Bf16Cpu(())) = Bf16Cpu::detect() else {
+            eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
+            return;
+        };
+        let (rows, k) = (3, 71);
+        let mut x = values(rows * k, 7);
+        // Exact ties between two bf16 numbers, either way of even.
+        x[0] = 1.0 + 1.0 / 256.0;
+        x[1] = 1.0 + 3.0 / 256.0;
+        x[40] = -(1.0 + 1.0 / 256.0);
+        x[70] = 1.0 + 3.0 / 256.0;
+        let kp = k.div_ceil(2);
+        let mut xb = vec![0u32; rows * kp];
+        // SAFETY: the CPU has AVX512-F and AVX512-BF16 (checked above).
+        unsafe { round_rows(&x, k, &mut xb, kp) };
+        for r in 0..rows {
+            for q in 0..kp {
+                let at = |i: usize| if i < k { bf16_bits(x[r * k + i]) } else { 0 };
+                let want = u32::from(at(2 * q)) | (u32::from(at(2 * q + 1)) << 16);
+                assert_eq!(xb[r * kp + q], want, "row {r}, pair {q}");
+            }
+        }
     }
 
     /// Edge tiles of every kind: rows not a multiple of 5, features not a multiple of 32, an
