@@ -202,6 +202,37 @@ fn a_text_padded_to_77_embeds_as_at_its_own_length() {
     }
 }
 
+/// A batch mixing texts of very different lengths runs in several runs (a run stops before a
+/// text under half its longest), and every text still gets the embedding it has alone, in the
+/// order it was given.
+#[test]
+fn texts_of_mixed_lengths_in_one_batch_embed_as_alone() {
+    let engine = load("models/tiny", &f32());
+    let long = "a long description of a photograph taken at dusk, with a cat asleep on a red \
+                sofa beside an open window, curtains moving, a cup of coffee on the table, \
+                books in a pile on the floor and a lamp lit in the corner of the room";
+    let texts = [
+        "a cat",
+        long,
+        "кошка",
+        "a photo of a dog on a beach",
+        long,
+        "猫",
+    ];
+    let ids: Vec<_> = texts
+        .iter()
+        .map(|t| engine.tokenizer.encode(t).unwrap())
+        .collect();
+    assert!(ids[1].len() > 4 * ids[0].len(), "{} tokens", ids[1].len());
+    let views: Vec<&[u32]> = ids.iter().map(|t| t.as_slice()).collect();
+    let batch = engine.text.embed(&views).unwrap();
+    for (i, v) in views.iter().enumerate() {
+        let alone = engine.text.embed(&[v]).unwrap();
+        let c = cosine(alone[0].as_slice(), batch[i].as_slice());
+        assert!(c >= 0.99999, "text {i} ({:?}): {c}", texts[i]);
+    }
+}
+
 #[test]
 fn the_static_immich_shaped_export_gives_the_same_embeddings() {
     let dynamic = load("models/tiny", &f32());
