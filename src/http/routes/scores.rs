@@ -11,12 +11,9 @@ use crate::http::schema::BodyErrors;
 use crate::http::state::AppState;
 use crate::http::types::{
     label_max_chars, template_max_chars, ClassifyRequest, ClassifyResponse, ImageLabels,
-    LabelScore, SimilarityRequest, SimilarityResponse,
+    LabelScore, SimilarityRequest, SimilarityResponse, DEFAULT_TEMPLATE,
 };
 use crate::service::{validate, Service, ServiceError};
-
-/// The zero-shot prompt used when a request names none.
-pub const DEFAULT_TEMPLATE: &str = "a photo of a {}.";
 
 enum Side {
     Images(Vec<String>),

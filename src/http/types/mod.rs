@@ -149,14 +149,15 @@ pub struct ClassifyRequest {
     pub template: Option<String>,
 }
 
+/// The zero-shot prompt `/v1/classify` uses when a request names none.
+pub const DEFAULT_TEMPLATE: &str = "a photo of a {}.";
+
 /// The longest `template` `/v1/classify` takes, in characters, when texts may have
 /// `max_text_chars`: a quarter of it, at least the default template's length and at most 256.
 /// With [`label_max_chars`] it keeps every prompt within the text limit, and lets the document
 /// state both as plain lengths.
 pub fn template_max_chars(max_text_chars: usize) -> usize {
-    let default = crate::http::routes::scores::DEFAULT_TEMPLATE
-        .chars()
-        .count();
+    let default = DEFAULT_TEMPLATE.chars().count();
     (max_text_chars / 4).clamp(default, 256)
 }
 
