@@ -260,6 +260,45 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// An error response that a compatibility route (OpenAI's, TEI's) gives its own shape, read
+/// back by that route's middleware: the response's parts and, when its body is the native error
+/// body, that body (`None` for a body of another kind, e.g. from a layer). A success, or a
+/// response already marked with the route's `Shaped` extension, comes back as it is, in `Err`.
+pub(crate) async fn native_error<Shaped: Send + Sync + 'static>(
+    response: Response,
+) -> Result<(axum::http::response::Parts, Option<ErrorResponse>), Response> {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || response.extensions().get::<Shaped>().is_some()
+    {
+        return Err(response);
+    }
+    let (parts, body) = response.into_parts();
+    // Native error bodies are a few hundred bytes; anything unreadable keeps only its status.
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    Ok((parts, serde_json::from_slice::<ErrorResponse>(&bytes).ok()))
+}
+
+/// Copies `headers` (`Retry-After`, `WWW-Authenticate`, ...) onto a reshaped error `response`,
+/// all but the body's own type and length.
+pub(crate) fn keep_headers(headers: &axum::http::HeaderMap, response: &mut Response) {
+    for (name, value) in headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            response.headers_mut().append(name, value.clone());
+        }
+    }
+}
+
+/// What a status is called, for an error whose body said nothing readable.
+pub(crate) fn fallback_message(status: StatusCode) -> String {
+    status
+        .canonical_reason()
+        .unwrap_or("request failed")
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

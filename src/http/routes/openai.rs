@@ -11,7 +11,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Request, State};
 use axum::http::response::Parts;
-use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -19,14 +18,14 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use crate::embedding::Embedding;
-use crate::http::error::ApiError;
+use crate::http::error::{fallback_message, keep_headers, native_error, ApiError};
 use crate::http::extract::ApiJson;
 use crate::http::schema::{ModelErrors, OpenAiErrors};
 use crate::http::state::AppState;
 use crate::http::types::{
-    EncodingFormat, ErrorResponse, Modality, OpenAiEmbedding, OpenAiEmbeddingsRequest,
-    OpenAiEmbeddingsResponse, OpenAiErrorDetail, OpenAiErrorResponse, OpenAiModel, OpenAiModelList,
-    OpenAiUsage, OpenAiVector,
+    EncodingFormat, Modality, OpenAiEmbedding, OpenAiEmbeddingsRequest, OpenAiEmbeddingsResponse,
+    OpenAiErrorDetail, OpenAiErrorResponse, OpenAiModel, OpenAiModelList, OpenAiUsage,
+    OpenAiVector,
 };
 use crate::preprocess::text::TokenIds;
 use crate::service::validate;
@@ -268,11 +267,7 @@ fn reshaped(parts: Parts, code: Option<String>, message: String, param: Option<&
         },
     };
     let mut response = (parts.status, Json(body)).into_response();
-    for (name, value) in &parts.headers {
-        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-            response.headers_mut().append(name, value.clone());
-        }
-    }
+    keep_headers(&parts.headers, &mut response);
     response.extensions_mut().insert(OpenAiShaped);
     response
 }
@@ -283,28 +278,13 @@ pub async fn openai_errors(req: Request, next: Next) -> Response {
     if req.uri().path() != PATH {
         return next.run(req).await;
     }
-    let response = next.run(req).await;
-    let status = response.status();
-    if !(status.is_client_error() || status.is_server_error())
-        || response.extensions().get::<OpenAiShaped>().is_some()
-    {
-        return response;
-    }
-    let (parts, body) = response.into_parts();
-    // Native error bodies are a few hundred bytes; anything unreadable keeps only its status.
-    let bytes = axum::body::to_bytes(body, 64 * 1024)
-        .await
-        .unwrap_or_default();
-    let (code, message) = match serde_json::from_slice::<ErrorResponse>(&bytes) {
-        Ok(native) => (Some(native.error.kind), native.error.message),
-        Err(_) => (None, fallback_message(parts.status)),
+    let (parts, native) = match native_error::<OpenAiShaped>(next.run(req).await).await {
+        Ok(error) => error,
+        Err(response) => return response,
+    };
+    let (code, message) = match native {
+        Some(native) => (Some(native.error.kind), native.error.message),
+        None => (None, fallback_message(parts.status)),
     };
     reshaped(parts, code, message, None)
-}
-
-fn fallback_message(status: StatusCode) -> String {
-    status
-        .canonical_reason()
-        .unwrap_or("request failed")
-        .to_string()
 }

@@ -15,17 +15,17 @@
 
 use axum::extract::{Request, State};
 use axum::http::response::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::embedding::Embedding;
-use crate::http::error::ApiError;
+use crate::http::error::{fallback_message, keep_headers, native_error, ApiError};
 use crate::http::extract::ApiJson;
 use crate::http::schema::TeiErrors;
 use crate::http::state::AppState;
-use crate::http::types::{ErrorResponse, TeiEmbedRequest, TeiErrorResponse, TeiErrorType};
+use crate::http::types::{TeiEmbedRequest, TeiErrorResponse, TeiErrorType};
 use crate::service::validate;
 
 /// The route's path, which [`tei_errors`] watches.
@@ -198,10 +198,8 @@ fn reshaped(
         error_type: kind,
     };
     let mut response = (status, Json(body)).into_response();
-    for (name, value) in parts.iter().flat_map(|p| &p.headers) {
-        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-            response.headers_mut().append(name, value.clone());
-        }
+    if let Some(parts) = &parts {
+        keep_headers(&parts.headers, &mut response);
     }
     response.extensions_mut().insert(TeiShaped);
     response
@@ -213,31 +211,19 @@ pub async fn tei_errors(req: Request, next: Next) -> Response {
     if req.uri().path() != PATH {
         return next.run(req).await;
     }
-    let response = next.run(req).await;
-    let status = response.status();
-    if !(status.is_client_error() || status.is_server_error())
-        || response.extensions().get::<TeiShaped>().is_some()
-    {
-        return response;
-    }
-    let (parts, body) = response.into_parts();
-    // Native error bodies are a few hundred bytes; anything unreadable keeps only its status.
-    let bytes = axum::body::to_bytes(body, 64 * 1024)
-        .await
-        .unwrap_or_default();
-    let (kind, status, message) = match serde_json::from_slice::<ErrorResponse>(&bytes) {
-        Ok(native) => {
+    let (parts, native) = match native_error::<TeiShaped>(next.run(req).await).await {
+        Ok(error) => error,
+        Err(response) => return response,
+    };
+    let (kind, status, message) = match native {
+        Some(native) => {
             let (kind, status) = tei_type(&native.error.kind, parts.status);
             (kind, status, native.error.message)
         }
-        Err(_) => (
+        None => (
             TeiErrorType::Validation,
             parts.status,
-            parts
-                .status
-                .canonical_reason()
-                .unwrap_or("request failed")
-                .to_string(),
+            fallback_message(parts.status),
         ),
     };
     reshaped(Some(parts), status, kind, message)
