@@ -209,14 +209,7 @@ impl Catalogue {
             let Some(fields) = value.as_table() else {
                 return Err(ConfigError::Unknown {
                     written: origin.name(&section),
-                    hint: format!(
-                        ": settings sit in the sections {}",
-                        sections
-                            .iter()
-                            .map(|s| format!("[{s}]"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
+                    hint: format!(": settings sit in the sections {}", bracketed(&sections)),
                 });
             };
             if !sections.contains(&section.as_str()) {
@@ -341,16 +334,18 @@ fn unknown_variable_help() -> String {
     )
 }
 
+/// `[server], [model], ...`: the sections as a file writes them.
+fn bracketed(sections: &[&str]) -> String {
+    sections
+        .iter()
+        .map(|s| format!("[{s}]"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn section_hint(matches: &[String], sections: &[&str]) -> String {
     if matches.is_empty() {
-        format!(
-            "; the sections are {}",
-            sections
-                .iter()
-                .map(|s| format!("[{s}]"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
+        format!("; the sections are {}", bracketed(sections))
     } else {
         let bracketed: Vec<String> = matches.iter().map(|m| format!("[{m}]")).collect();
         names::did_you_mean(&bracketed)
