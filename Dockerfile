@@ -35,7 +35,8 @@ FROM ${RUNTIME_IMAGE} AS runtime-base
 # ca-certificates: hub downloads verify TLS against the system store too.
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ca-certificates \
-    && rm -rf /var/lib/apt/lists/* \
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
     && groupadd --gid 10001 clipserve \
     && useradd --uid 10001 --gid clipserve --home-dir /nonexistent \
        --no-create-home --shell /usr/sbin/nologin clipserve \
