@@ -202,9 +202,10 @@ fn a_text_padded_to_77_embeds_as_at_its_own_length() {
     }
 }
 
-/// A batch mixing texts of very different lengths runs in several runs (a run stops before a
-/// text under half its longest), and every text still gets the embedding it has alone, in the
-/// order it was given.
+/// A batch mixing texts of very different lengths, which the encoder cuts into runs of similar
+/// length (a run stops before a text under half its longest): every text still gets the
+/// embedding it has alone, in the order it was given. The cut itself is not observed here,
+/// only that it keeps each text's result and place.
 #[test]
 fn texts_of_mixed_lengths_in_one_batch_embed_as_alone() {
     let engine = load("models/tiny", &f32());
