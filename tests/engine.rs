@@ -99,6 +99,9 @@ fn bf16_products_stay_within_the_parity_tolerance() {
         let blocks = 2;
         assert_eq!(image.bf16_products(), 4 * blocks + 1);
         assert_eq!(text.bf16_products(), 6 * blocks + 2);
+        // Both towers, per block: the attention's scores and their weighting of the values.
+        assert_eq!(image.bf16_activation_products(), 2 * blocks);
+        assert_eq!(text.bf16_activation_products(), 2 * blocks);
         // The bf16 weights are counted once, at half the f32 size of what they replace.
         let f32_engine = load("models/tiny", &bucketed());
         assert!(image.weight_bytes() < f32_engine.image.graph().weight_bytes());
@@ -106,6 +109,8 @@ fn bf16_products_stay_within_the_parity_tolerance() {
     } else {
         eprintln!("no AVX512-BF16 on this CPU: the towers stay f32");
         assert_eq!((image.bf16_products(), text.bf16_products()), (0, 0));
+        assert_eq!(image.bf16_activation_products(), 0);
+        assert_eq!(text.bf16_activation_products(), 0);
     }
     assert_within(&engine, &reference, 0.9999, 0.9999);
 }

@@ -66,8 +66,13 @@ fn auto_picks_bf16_for_both_towers_where_the_cpu_has_avx512_bf16() {
         let blocks = 2;
         assert_eq!(image.bf16_products(), 4 * blocks + 1);
         assert_eq!(text.bf16_products(), 6 * blocks + 2);
+        // Both towers, per block: the attention's scores and their weighting of the values.
+        assert_eq!(image.bf16_activation_products(), 2 * blocks);
+        assert_eq!(text.bf16_activation_products(), 2 * blocks);
     } else {
         assert_eq!((image.bf16_products(), text.bf16_products()), (0, 0));
+        assert_eq!(image.bf16_activation_products(), 0);
+        assert_eq!(text.bf16_activation_products(), 0);
     }
 }
 
@@ -89,6 +94,8 @@ fn an_unreachable_threshold_keeps_both_towers_in_f32() {
     // The bf16 plans were dropped: no product runs in bf16.
     assert_eq!(engine.image.graph().bf16_products(), 0);
     assert_eq!(engine.text.graph().bf16_products(), 0);
+    assert_eq!(engine.image.graph().bf16_activation_products(), 0);
+    assert_eq!(engine.text.graph().bf16_activation_products(), 0);
 }
 
 #[test]

@@ -3,6 +3,8 @@
 //! rows split over the tower pool.
 #![allow(unsafe_code)]
 
+use tract_onnx::prelude::tract_ndarray::{ArrayView1, ArrayView2};
+
 /// Output features per weight panel: two 16-lane accumulators.
 const MR: usize = 32;
 /// Activation rows per tile.
@@ -11,7 +13,7 @@ const NR: usize = 5;
 /// Proof that this CPU runs AVX512-F and AVX512-BF16: only [`Bf16Cpu::detect`] makes one,
 /// after asking the CPU, and packed weights cannot exist without one, so [`matmul`] never
 /// reaches the vector code on a CPU without it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) struct Bf16Cpu(());
 
 impl Bf16Cpu {
@@ -79,6 +81,26 @@ impl PackedWeights {
         }
     }
 
+    fn view(&self) -> Panels<'_> {
+        Panels {
+            n: self.n,
+            kp: self.kp,
+            data: &self.data,
+        }
+    }
+}
+
+/// The right operand of a product in [`PackedWeights`]' layout: panels of `MR` output features,
+/// `kp` u32 (bf16 pairs along `k`) per feature and panel. Packed once for weights, per run for
+/// the attention's activations (`activation_product`).
+#[derive(Clone, Copy)]
+struct Panels<'a> {
+    n: usize,
+    kp: usize,
+    data: &'a [u32],
+}
+
+impl Panels<'_> {
     fn panel(&self, p: usize) -> &[u32] {
         &self.data[p * self.kp * MR..(p + 1) * self.kp * MR]
     }
@@ -109,7 +131,7 @@ pub(super) fn matmul(x: &[f32], rows: usize, w: &PackedWeights) -> Vec<f32> {
         // has AVX512-F and AVX512-BF16, the features `round_rows` and `tiles` are compiled for.
         unsafe {
             round_rows(x, k, &mut xb, kp);
-            tiles(&xb, chunk_rows, w, y)
+            tiles(&xb, chunk_rows, w.view(), y)
         }
     };
     let threads = match tract_linalg::multithread::current_tract_executor() {
@@ -134,29 +156,161 @@ pub(super) fn matmul(x: &[f32], rows: usize, w: &PackedWeights) -> Vec<f32> {
 
 /// The activations `x` (rows of `k` floats) as bf16 pairs: u32 `q` of a row of `xb` (`kp`
 /// each) holds the row's `x[2q]` (low half) and `x[2q + 1]` (high half, 0 past the end), which
-/// is the row's bf16 numbers in order. Rounded to nearest even by `vcvtne2ps2bf16`, 32 at a
-/// time, which reads denormal inputs as zero; [`bf16_bits`] for the tail of a row.
+/// is the row's bf16 numbers in order. Rounded as [`round_row`] does.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 fn round_rows(x: &[f32], k: usize, xb: &mut [u32], kp: usize) {
-    use std::arch::x86_64::*;
     for (src, dst) in x.chunks_exact(k).zip(xb.chunks_exact_mut(kp)) {
-        let whole = k / 32;
-        for (c, out) in dst.chunks_exact_mut(16).take(whole).enumerate() {
-            let lo = &src[c * 32..c * 32 + 16];
-            let hi = &src[c * 32 + 16..c * 32 + 32];
-            // SAFETY: `lo` and `hi` hold 16 floats each, `out` 16 u32.
-            unsafe {
-                let pair =
-                    _mm512_cvtne2ps_pbh(_mm512_loadu_ps(hi.as_ptr()), _mm512_loadu_ps(lo.as_ptr()));
-                _mm512_storeu_si512(out.as_mut_ptr().cast(), as_bits(pair));
+        round_row(src, dst);
+    }
+}
+
+/// One row `src` as bf16 pairs into `dst` (`ceil(src.len() / 2)` u32): rounded to nearest
+/// even by `vcvtne2ps2bf16`, 32 at a time, which reads denormal inputs as zero; [`bf16_bits`]
+/// for the tail.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn round_row(src: &[f32], dst: &mut [u32]) {
+    use std::arch::x86_64::*;
+    let whole = src.len() / 32;
+    for (c, out) in dst.chunks_exact_mut(16).take(whole).enumerate() {
+        let lo = &src[c * 32..c * 32 + 16];
+        let hi = &src[c * 32 + 16..c * 32 + 32];
+        // SAFETY: `lo` and `hi` hold 16 floats each, `out` 16 u32.
+        unsafe {
+            let pair =
+                _mm512_cvtne2ps_pbh(_mm512_loadu_ps(hi.as_ptr()), _mm512_loadu_ps(lo.as_ptr()));
+            _mm512_storeu_si512(out.as_mut_ptr().cast(), as_bits(pair));
+        }
+    }
+    for (q, d) in dst.iter_mut().enumerate().skip(whole * 16) {
+        let lo = bf16_bits(src[2 * q]);
+        let hi = src.get(2 * q + 1).map_or(0, |&v| bf16_bits(v));
+        *d = u32::from(lo) | (u32::from(hi) << 16);
+    }
+}
+
+/// Buffers a thread reuses from one [`activation_product`] to the next.
+#[derive(Default)]
+pub(super) struct Scratch {
+    /// The left operand's rows as bf16 pairs.
+    xb: Vec<u32>,
+    /// The right operand in panels.
+    panels: Vec<u32>,
+    /// One column of the right operand as bf16 pairs.
+    pairs: Vec<u32>,
+    /// A strided row or column gathered into order.
+    lo: Vec<f32>,
+    hi: Vec<f32>,
+}
+
+/// `y[i][j] = sum_l a[i][l] * b[l][j]` for two activations (`a` is `m x k`, `b` is `k x n`, any
+/// strides; the attention's scores and their weighting of the values), both rounded to bf16
+/// here, the sums in f32, into `y` (`m x n`, row-major). `b` is packed into the panels of
+/// [`PackedWeights`] on the fly, from its rows or its columns, whichever are contiguous.
+pub(super) fn activation_product(
+    cpu: Bf16Cpu,
+    a: ArrayView2<'_, f32>,
+    b: ArrayView2<'_, f32>,
+    scratch: &mut Scratch,
+    y: &mut [f32],
+) {
+    let Bf16Cpu(()) = cpu;
+    let (m, k) = a.dim();
+    let n = b.dim().1;
+    assert_eq!(b.dim().0, k, "the operands' summed axes differ");
+    assert_eq!(y.len(), m * n, "the output holds m x n");
+    let kp = k.div_ceil(2);
+    let Scratch {
+        xb,
+        panels,
+        pairs,
+        lo,
+        hi,
+    } = scratch;
+    xb.resize(m * kp, 0);
+    panels.resize(n.div_ceil(MR) * kp * MR, 0);
+    pairs.resize(kp, 0);
+    /// `v` as a slice, gathered into `buf` when its elements are not contiguous.
+    fn contiguous<'v>(v: ArrayView1<'v, f32>, buf: &'v mut Vec<f32>) -> &'v [f32] {
+        match v.to_slice() {
+            Some(s) => s,
+            None => {
+                buf.clear();
+                buf.extend(v.iter());
+                buf
             }
         }
-        for (q, d) in dst.iter_mut().enumerate().skip(whole * 16) {
-            let lo = bf16_bits(src[2 * q]);
-            let hi = src.get(2 * q + 1).map_or(0, |&v| bf16_bits(v));
-            *d = u32::from(lo) | (u32::from(hi) << 16);
+    }
+    // SAFETY: `cpu` proves that this CPU has AVX512-F and AVX512-BF16, the features
+    // `round_row`, `pack_row_pair` and `tiles` are compiled for.
+    unsafe {
+        for (i, dst) in xb.chunks_exact_mut(kp).enumerate() {
+            round_row(contiguous(a.row(i), lo), dst);
         }
+        if b.strides()[1] == 1 || b.strides()[0] != 1 {
+            // Rows of `b` are contiguous (the values, `[keys, head size]`): two at a time.
+            for q in 0..kp {
+                let first = contiguous(b.row(2 * q), lo);
+                let second = (2 * q + 1 < k).then(|| contiguous(b.row(2 * q + 1), hi));
+                pack_row_pair(first, second, panels, q, kp);
+            }
+        } else {
+            // Columns are (the keys, `[head size, keys]` as read): each is one output's pairs.
+            for j in 0..n {
+                round_row(contiguous(b.column(j), lo), pairs);
+                let (p, r) = (j / MR, j % MR);
+                for (q, &pair) in pairs.iter().enumerate() {
+                    panels[(p * kp + q) * MR + r] = pair;
+                }
+            }
+        }
+        tiles(
+            xb,
+            m,
+            Panels {
+                n,
+                kp,
+                data: panels,
+            },
+            y,
+        );
+    }
+}
+
+/// Rows `2q` (`lo`) and `2q + 1` (`hi`, zeros past the end of `k`) of a product's right
+/// operand into pair `q` of every panel: u32 `j` holds `lo[j]` (low half) and `hi[j]` (high
+/// half) as bf16, rounded by `vcvtneps2bf16` 16 at a time (denormals read as zero), [`bf16_bits`]
+/// for the tail.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn pack_row_pair(lo: &[f32], hi: Option<&[f32]>, panels: &mut [u32], q: usize, kp: usize) {
+    use std::arch::x86_64::*;
+    let n = lo.len();
+    assert!(hi.is_none_or(|h| h.len() == n), "rows of one operand");
+    let whole = n / 16;
+    let widen = |v: &[f32], j: usize| -> __m512i {
+        // SAFETY: the caller's `j + 16 <= v.len()`.
+        unsafe {
+            let bf = _mm512_cvtneps_pbh(_mm512_loadu_ps(v.as_ptr().add(j)));
+            _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(bf))
+        }
+    };
+    for j in (0..whole).map(|c| c * 16) {
+        let at = (j / MR * kp + q) * MR + j % MR;
+        let out = &mut panels[at..at + 16];
+        let low = widen(lo, j);
+        let high = match hi {
+            Some(h) => _mm512_slli_epi32::<16>(widen(h, j)),
+            None => _mm512_setzero_si512(),
+        };
+        // SAFETY: `out` holds 16 u32.
+        unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), _mm512_or_si512(low, high)) };
+    }
+    for j in whole * 16..n {
+        let low = u32::from(bf16_bits(lo[j]));
+        let high = hi.map_or(0, |h| u32::from(bf16_bits(h[j])));
+        panels[(j / MR * kp + q) * MR + j % MR] = low | (high << 16);
     }
 }
 
@@ -164,7 +318,7 @@ fn round_rows(x: &[f32], k: usize, xb: &mut [u32], kp: usize) {
 /// into `y` (`rows x w.n`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-fn tiles(xb: &[u32], rows: usize, w: &PackedWeights, y: &mut [f32]) {
+fn tiles(xb: &[u32], rows: usize, w: Panels<'_>, y: &mut [f32]) {
     use std::arch::x86_64::*;
     let (n, kp) = (w.n, w.kp);
     // Blocks of row tiles small enough to stay in L2 while every weight panel passes by.
@@ -229,12 +383,22 @@ fn as_bf16(v: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512bh {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
+unsafe fn round_row(_: &[f32], _: &mut [u32]) {
+    unreachable!("bf16 products are only enabled on x86-64 with AVX512-BF16")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pack_row_pair(_: &[f32], _: Option<&[f32]>, _: &mut [u32], _: usize, _: usize) {
+    unreachable!("bf16 products are only enabled on x86-64 with AVX512-BF16")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
 unsafe fn round_rows(_: &[f32], _: usize, _: &mut [u32], _: usize) {
     unreachable!("bf16 products are only enabled on x86-64 with AVX512-BF16")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tiles(_: &[u32], _: usize, _: &PackedWeights, _: &mut [f32]) {
+unsafe fn tiles(_: &[u32], _: usize, _: Panels<'_>, _: &mut [f32]) {
     unreachable!("bf16 products are only enabled on x86-64 with AVX512-BF16")
 }
 

@@ -3,8 +3,8 @@
 //!
 //! The file is parsed once, typed and decluttered once, and a gather of one row (the image
 //! tower's class token) becomes a slice, so that the ops above it compute only that row (see
-//! `narrow.rs`). With [`Arithmetic::Bf16`], the products by weight matrices then become bf16 ops
-//! of our own (see `bf16/`). From that model:
+//! `narrow.rs`). With [`Arithmetic::Bf16`], the products by weight matrices and the attention's
+//! products of two activations then become bf16 ops of our own (see `bf16/`). From that model:
 //! - a graph with fixed shapes (immich's static export) gets one plan, and every run uses it;
 //! - a graph with symbolic batch (and sequence) axes gets one plan per configured bucket, made by
 //!   binding the symbols to concrete values and optimizing (tract picks faster kernels for
@@ -111,7 +111,7 @@ pub struct Graph {
     /// Scalar-index gathers made slices, so that only the rows they read are computed.
     narrowed: usize,
     /// Products rewritten to bf16 (`Arithmetic::Bf16`).
-    bf16: usize,
+    bf16: super::bf16::Rewritten,
     /// Bytes the word-embedding table saved by being stored in f16.
     halved: usize,
     /// Bytes of the word-embedding table read from the file rather than held.
@@ -253,17 +253,22 @@ impl Graph {
         let path = &prepared.path;
         let mut typed = prepared.typed.clone();
         let bf16 = match arithmetic {
-            Arithmetic::F32 => 0,
+            Arithmetic::F32 => Default::default(),
             // Never on a CPU without the instructions (the choice in `precision.rs` checks it
             // first): the graph stays f32.
-            Arithmetic::Bf16 if !super::bf16::supported() => 0,
+            Arithmetic::Bf16 if !super::bf16::supported() => Default::default(),
             Arithmetic::Bf16 => super::bf16::rewrite(&mut typed).map_err(|e| GraphError::Load {
                 path: path.clone(),
                 message: format!("{e:#}"),
             })?,
         };
-        if bf16 > 0 {
-            tracing::info!(graph = %path.display(), products = bf16, "bf16 products");
+        if bf16.by_weights + bf16.of_activations > 0 {
+            tracing::info!(
+                graph = %path.display(),
+                by_weights = bf16.by_weights,
+                of_activations = bf16.of_activations,
+                "bf16 products"
+            );
         }
         let mut graph = Graph {
             path: path.clone(),
@@ -382,7 +387,12 @@ impl Graph {
 
     /// How many products by weight matrices run in bf16.
     pub fn bf16_products(&self) -> usize {
-        self.bf16
+        self.bf16.by_weights
+    }
+
+    /// How many products of two activations (the attention's) run in bf16.
+    pub fn bf16_activation_products(&self) -> usize {
+        self.bf16.of_activations
     }
 
     /// Bytes of constants (weights, packed for their kernels) the plans hold, each counted once.
