@@ -29,14 +29,17 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::cnn::Conv;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
 mod activations;
 mod kernel;
+mod patches;
 
 use activations::ActLayout;
 pub use activations::Bf16ActMatMul;
 use kernel::{matmul, Bf16Cpu, PackedWeights};
+pub use patches::Bf16Patches;
 
 /// Whether this CPU has the instructions the bf16 products need.
 pub fn supported() -> bool {
@@ -182,15 +185,17 @@ pub fn weight_bytes(model: &TypedModel) -> usize {
 /// What [`rewrite`] made bf16.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Rewritten {
-    /// Products of an activation by a weight matrix ([`Bf16MatMul`]).
+    /// Products of an activation by a weight matrix ([`Bf16MatMul`]), the image tower's patch
+    /// embedding among them ([`Bf16Patches`]).
     pub by_weights: usize,
     /// Products of two activations, the attention's ([`Bf16ActMatMul`]).
     pub of_activations: usize,
 }
 
 /// Replaces every f32 product of an activation by a constant matrix that fits the
-/// [`Bf16MatMul`] layout, and every product of two activations that fits [`Bf16ActMatMul`]'s;
-/// returns how many of each. Products it cannot express stay f32.
+/// [`Bf16MatMul`] layout, every convolution that is a patch embedding ([`Bf16Patches`]), and
+/// every product of two activations that fits [`Bf16ActMatMul`]'s; returns how many of each.
+/// Products it cannot express stay f32.
 pub fn rewrite(model: &mut TypedModel) -> TractResult<Rewritten> {
     // Nothing is rewritten on a CPU without the instructions.
     let Some(cpu) = Bf16Cpu::detect() else {
@@ -198,7 +203,25 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<Rewritten> {
     };
     let mut by_weights: Vec<(usize, Bf16MatMul)> = vec![];
     let mut of_activations: Vec<(usize, Bf16ActMatMul)> = vec![];
+    let mut patches: Vec<(usize, Bf16Patches)> = vec![];
     for node in model.nodes() {
+        if let Some(conv) = node.op_as::<Conv>() {
+            let x = model.outlet_fact(node.inputs[0])?;
+            let konst = |i: usize| -> TractResult<Option<Arc<Tensor>>> {
+                Ok(match node.inputs.get(i) {
+                    Some(&input) => model.outlet_fact(input)?.konst.clone(),
+                    None => None,
+                })
+            };
+            let (kernel, bias) = (konst(1)?, konst(2)?);
+            let bias_is_const = node.inputs.len() < 3 || bias.is_some();
+            if let (Some(kernel), true) = (kernel, bias_is_const && x.konst.is_none()) {
+                if let Some(op) = Bf16Patches::plan(conv, x, &kernel, bias.as_deref(), cpu) {
+                    patches.push((node.id, op));
+                }
+            }
+            continue;
+        }
         let Some(einsum) = node.op_as::<EinSum>() else {
             continue;
         };
@@ -231,10 +254,13 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<Rewritten> {
         }
     }
     let counts = Rewritten {
-        by_weights: by_weights.len(),
+        by_weights: by_weights.len() + patches.len(),
         of_activations: of_activations.len(),
     };
     for (id, op) in by_weights {
+        replace(model, id, op, 1)?;
+    }
+    for (id, op) in patches {
         replace(model, id, op, 1)?;
     }
     for (id, op) in of_activations {
