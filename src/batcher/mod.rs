@@ -102,12 +102,18 @@ pub struct RunContext {
     pub waiting: usize,
     /// Other batches of the tower running as this one starts.
     pub beside: usize,
+    /// Items announced ([`Batcher::expect`]) and not yet queued as this run starts: images
+    /// being decoded, whose batch another worker will start in a few milliseconds.
+    pub expected: usize,
 }
 
 impl RunContext {
-    /// True when the run has the tower to itself: no other batch running, none waiting.
+    /// True when the run has the tower to itself: no other batch running, none waiting, none
+    /// on its way. A run that takes the pool's threads while another starts beside it puts
+    /// three threads on two cores, and its split products wait for whichever of its threads the
+    /// other run displaced (bench/RESULTS.md's optimisation log, row 38).
     pub fn alone(&self) -> bool {
-        self.waiting == 0 && self.beside == 0
+        self.waiting == 0 && self.beside == 0 && self.expected == 0
     }
 }
 

@@ -176,9 +176,35 @@ async fn a_run_is_alone_only_with_no_other_batch_running_and_none_waiting() {
     );
     assert!(!RunContext {
         waiting: 3,
-        beside: 0
+        beside: 0,
+        expected: 0
     }
     .alone());
+}
+
+/// A run that starts while items are announced (images being decoded) does not count on the
+/// cores: another worker will start on them in a moment. Once they are counted out, the next
+/// run is alone again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_with_items_on_their_way_is_not_alone() {
+    let (batcher, seen) = unheld(policy(Vec::new(), 1));
+    let announced = batcher.expect(2);
+    assert_eq!(
+        answers(batcher.submit(vec![(0, 1)]).unwrap()).await,
+        vec![0]
+    );
+    drop(announced);
+    assert_eq!(
+        answers(batcher.submit(vec![(1, 1)]).unwrap()).await,
+        vec![1]
+    );
+    let contexts: Vec<(Vec<u32>, usize, bool)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(items, c)| (items.clone(), c.expected, c.alone()))
+        .collect();
+    assert_eq!(contexts, vec![(vec![0], 2, false), (vec![1], 0, true)]);
 }
 
 /// A policy that lingers for a minute, but only for announced items.

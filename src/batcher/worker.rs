@@ -131,7 +131,12 @@ impl<I: Send + 'static> Worker<I> {
         let cost = rest.iter().map(|(c, _)| *c).max().unwrap_or(0) * count;
         let started = Instant::now();
         let beside = self.shared.running.fetch_add(1, Ordering::SeqCst);
-        let context = RunContext { waiting, beside };
+        let expected = self.shared.expected.load(Ordering::SeqCst);
+        let context = RunContext {
+            waiting,
+            beside,
+            expected,
+        };
         let (results, ok) = self.run_isolating(items, context);
         let elapsed = started.elapsed();
         self.shared.completed.fetch_add(1, Ordering::SeqCst);
