@@ -10,7 +10,7 @@ use tract_onnx::prelude::tract_ndarray::{ArrayViewD, Axis, Ix2};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
-use super::kernel::{activation_product, Bf16Cpu, Scratch};
+use super::kernel::{activation_products, Bf16Cpu};
 
 /// `out = x . y` for two activations, with bf16 products: `x`'s axes read as `[batch..., m, k]`,
 /// `y`'s as `[batch..., k, n]`, the result `[batch..., m, n]` laid out as the replaced einsum's
@@ -159,35 +159,12 @@ impl EvalOp for Bf16ActMatMul {
         let (m, k, n) = (x.shape()[nb], x.shape()[nb + 1], y.shape()[nb + 1]);
         ensure!(y.shape()[nb] == k, "sums {k} against {}", y.shape()[nb]);
         let batches: usize = x.shape()[..nb].iter().product();
-        let mut out = vec![0f32; batches * m * n];
-        let run = |first: usize, out: &mut [f32]| {
-            let mut scratch = Scratch::default();
-            for (i, y_b) in out.chunks_exact_mut(m * n).enumerate() {
-                let (a, b) = (operand(&x, nb, first + i), operand(&y, nb, first + i));
-                activation_product(self.cpu, a, b, &mut scratch, y_b);
-            }
-        };
-        let pool = match tract_linalg::multithread::current_tract_executor() {
-            tract_linalg::multithread::Executor::MultiThread(pool) => Some(pool),
-            _ => None,
-        };
-        match pool {
-            Some(pool) if batches >= 2 && m * n > 0 => {
-                // Consecutive batches, one range per thread.
-                let per = batches.div_ceil(pool.current_num_threads());
-                pool.install(|| {
-                    use rayon::prelude::*;
-                    out.par_chunks_mut(per * m * n)
-                        .enumerate()
-                        .for_each(|(i, chunk)| run(i * per, chunk));
-                });
-            }
-            _ if m * n > 0 => run(0, &mut out),
-            _ => {}
-        }
+        let y = activation_products(self.cpu, batches, m, n, |b| {
+            (operand(&x, nb, b), operand(&y, nb, b))
+        });
         let canonical: TVec<usize> = x.shape()[..nb].iter().copied().chain([m, n]).collect();
         let mut out: Tensor =
-            tract_ndarray::ArrayD::from_shape_vec(canonical.as_slice(), out)?.into();
+            tract_ndarray::ArrayD::from_shape_vec(canonical.as_slice(), y)?.into();
         if layout.out_order.iter().enumerate().any(|(i, &o)| i != o) {
             out = out.permute_axes(&layout.out_order)?;
         }

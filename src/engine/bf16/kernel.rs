@@ -3,6 +3,8 @@
 //! rows split over the tower pool.
 #![allow(unsafe_code)]
 
+use std::mem::MaybeUninit;
+
 use tract_onnx::prelude::tract_ndarray::{ArrayView1, ArrayView2};
 
 /// Output features per weight panel: two 16-lane accumulators.
@@ -121,9 +123,12 @@ pub(super) fn bf16_bits(x: f32) -> u16 {
 pub(super) fn matmul(x: &[f32], rows: usize, w: &PackedWeights) -> Vec<f32> {
     let (k, n, kp) = (w.k, w.n, w.kp);
     let Bf16Cpu(()) = w.cpu;
-    let mut y = vec![0f32; rows * n];
+    // Not zeroed first: the tiles write every element (a memset of every product's output was
+    // 2-3 % of a run).
+    let mut y: Vec<f32> = Vec::with_capacity(rows * n);
+    let out = &mut y.spare_capacity_mut()[..rows * n];
     // Each thread rounds its own rows of activations to bf16, then runs their tiles.
-    let run = |first_row: usize, y: &mut [f32]| {
+    let run = |first_row: usize, y: &mut [MaybeUninit<f32>]| {
         let chunk_rows = y.len() / n;
         let x = &x[first_row * k..(first_row + chunk_rows) * k];
         let mut xb = vec![0u32; chunk_rows * kp];
@@ -144,13 +149,16 @@ pub(super) fn matmul(x: &[f32], rows: usize, w: &PackedWeights) -> Vec<f32> {
             let per = rows.div_ceil(pool.current_num_threads()).div_ceil(NR) * NR;
             pool.install(|| {
                 use rayon::prelude::*;
-                y.par_chunks_mut(per * n)
+                out.par_chunks_mut(per * n)
                     .enumerate()
                     .for_each(|(i, chunk)| run(i * per, chunk));
             });
         }
-        _ => run(0, &mut y),
+        _ => run(0, out),
     }
+    // SAFETY: `tiles` wrote all `rows x n` elements: every row of every chunk, against every
+    // panel, and the panels cover the `n` columns.
+    unsafe { y.set_len(rows * n) };
     y
 }
 
@@ -190,9 +198,52 @@ fn round_row(src: &[f32], dst: &mut [u32]) {
     }
 }
 
+/// `batches` products of two activations (see [`activation_product`]), `operands(i)` giving
+/// product `i`'s `a` (`m x k`) and `b` (`k x n`); the results one after the other
+/// (`batches x m x n`), consecutive products split over the tower pool in a run that has one.
+pub(super) fn activation_products<'v>(
+    cpu: Bf16Cpu,
+    batches: usize,
+    m: usize,
+    n: usize,
+    operands: impl Fn(usize) -> (ArrayView2<'v, f32>, ArrayView2<'v, f32>) + Sync,
+) -> Vec<f32> {
+    let len = batches * m * n;
+    // Not zeroed first: each product writes every element of its `m x n`.
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    let out = &mut y.spare_capacity_mut()[..len];
+    let run = |first: usize, out: &mut [MaybeUninit<f32>]| {
+        let mut scratch = Scratch::default();
+        for (i, y_i) in out.chunks_exact_mut(m * n).enumerate() {
+            let (a, b) = operands(first + i);
+            activation_product(cpu, a, b, &mut scratch, y_i);
+        }
+    };
+    let pool = match tract_linalg::multithread::current_tract_executor() {
+        tract_linalg::multithread::Executor::MultiThread(pool) => Some(pool),
+        _ => None,
+    };
+    match pool {
+        Some(pool) if batches >= 2 && m * n > 0 => {
+            let per = batches.div_ceil(pool.current_num_threads());
+            pool.install(|| {
+                use rayon::prelude::*;
+                out.par_chunks_mut(per * m * n)
+                    .enumerate()
+                    .for_each(|(i, chunk)| run(i * per, chunk));
+            });
+        }
+        _ if m * n > 0 => run(0, out),
+        _ => {}
+    }
+    // SAFETY: every product wrote its `m x n` elements (there are none when `m x n` is 0).
+    unsafe { y.set_len(len) };
+    y
+}
+
 /// Buffers a thread reuses from one [`activation_product`] to the next.
 #[derive(Default)]
-pub(super) struct Scratch {
+struct Scratch {
     /// The left operand's rows as bf16 pairs.
     xb: Vec<u32>,
     /// The right operand in panels.
@@ -206,14 +257,14 @@ pub(super) struct Scratch {
 
 /// `y[i][j] = sum_l a[i][l] * b[l][j]` for two activations (`a` is `m x k`, `b` is `k x n`, any
 /// strides; the attention's scores and their weighting of the values), both rounded to bf16
-/// here, the sums in f32, into `y` (`m x n`, row-major). `b` is packed into the panels of
+/// here, the sums in f32, into `y` (`m x n`, row-major; every element written). `b` is packed into the panels of
 /// [`PackedWeights`] on the fly, from its rows or its columns, whichever are contiguous.
-pub(super) fn activation_product(
+fn activation_product(
     cpu: Bf16Cpu,
     a: ArrayView2<'_, f32>,
     b: ArrayView2<'_, f32>,
     scratch: &mut Scratch,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
 ) {
     let Bf16Cpu(()) = cpu;
     let (m, k) = a.dim();
@@ -315,10 +366,10 @@ fn pack_row_pair(lo: &[f32], hi: Option<&[f32]>, panels: &mut [u32], q: usize, k
 }
 
 /// All tiles of `rows` activation rows (bf16 pairs, `w.kp` per row) against every weight panel,
-/// into `y` (`rows x w.n`).
+/// into `y` (`rows x w.n`), every element of which it writes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-fn tiles(xb: &[u32], rows: usize, w: Panels<'_>, y: &mut [f32]) {
+fn tiles(xb: &[u32], rows: usize, w: Panels<'_>, y: &mut [MaybeUninit<f32>]) {
     use std::arch::x86_64::*;
     let (n, kp) = (w.n, w.kp);
     // Blocks of row tiles small enough to stay in L2 while every weight panel passes by.
@@ -359,7 +410,9 @@ fn tiles(xb: &[u32], rows: usize, w: Panels<'_>, y: &mut [f32]) {
                         _mm512_storeu_ps(tile.as_mut_ptr(), pair[0]);
                         _mm512_storeu_ps(tile.as_mut_ptr().add(16), pair[1]);
                     }
-                    out.copy_from_slice(&tile[..width]);
+                    for (o, &v) in out.iter_mut().zip(&tile[..width]) {
+                        o.write(v);
+                    }
                 }
             }
         }
@@ -398,7 +451,7 @@ unsafe fn round_rows(_: &[f32], _: usize, _: &mut [u32], _: usize) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tiles(_: &[u32], _: usize, _: Panels<'_>, _: &mut [f32]) {
+unsafe fn tiles(_: &[u32], _: usize, _: Panels<'_>, _: &mut [MaybeUninit<f32>]) {
     unreachable!("bf16 products are only enabled on x86-64 with AVX512-BF16")
 }
 
