@@ -2,7 +2,7 @@
 //! weighting of the values. Each is an `EinSum` of two non-constant inputs with axes shared by
 //! both (batch, heads), one summed axis and one kept axis on each side; [`Bf16ActMatMul`] runs
 //! one bf16 product per batch and head, both operands rounded at every run (the right one
-//! packed on the fly, `kernel::activation_product`), the sums in f32. tract runs these products
+//! packed on the fly, `kernel/activations.rs`), the sums in f32. tract runs these products
 //! at about 50 GFLOP/s in f32 on the towers' small shapes (50 x 64 x 50 per head for an image),
 //! plus a pass packing each operand.
 
@@ -38,13 +38,7 @@ impl ActLayout {
     /// axes of both and of the output are batch axes, and there is exactly one summed axis
     /// (in both, not in the output), one axis kept from `x` and one kept from `y`.
     pub(super) fn plan(expr: &str) -> Option<ActLayout> {
-        let (inputs, out) = expr.split_once("->")?;
-        let (xs, ys) = inputs.split_once(',')?;
-        let (xs, ys, out): (Vec<char>, Vec<char>, Vec<char>) = (
-            xs.chars().collect(),
-            ys.chars().collect(),
-            out.chars().collect(),
-        );
+        let (xs, ys, out) = super::einsum_axes(expr)?;
         let unique = |v: &[char]| v.iter().all(|c| v.iter().filter(|d| *d == c).count() == 1);
         if !unique(&xs) || !unique(&ys) || !unique(&out) {
             return None;

@@ -1,0 +1,178 @@
+//! The attention's products of two activations (`super::super::Bf16ActMatMul`): both
+//! operands rounded to bf16 at every run, the right one packed on the fly into the panels of
+//! [`super::PackedWeights`], then the same tiles as the products by weights.
+#![allow(unsafe_code)]
+
+use std::mem::MaybeUninit;
+
+use tract_onnx::prelude::tract_ndarray::{ArrayView1, ArrayView2};
+
+use super::{bf16_bits, round_row, tiles, tower_pool, Bf16Cpu, Panels, MR};
+
+/// `batches` products of two activations (see [`activation_product`]), `operands(i)` giving
+/// product `i`'s `a` (`m x k`) and `b` (`k x n`); the results one after the other
+/// (`batches x m x n`), consecutive products split over the tower pool in a run that has one.
+pub(in crate::engine::bf16) fn activation_products<'v>(
+    cpu: Bf16Cpu,
+    batches: usize,
+    m: usize,
+    n: usize,
+    operands: impl Fn(usize) -> (ArrayView2<'v, f32>, ArrayView2<'v, f32>) + Sync,
+) -> Vec<f32> {
+    let len = batches * m * n;
+    // Not zeroed first: each product writes every element of its `m x n`.
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    let out = &mut y.spare_capacity_mut()[..len];
+    let run = |first: usize, out: &mut [MaybeUninit<f32>]| {
+        let mut scratch = Scratch::default();
+        for (i, y_i) in out.chunks_exact_mut(m * n).enumerate() {
+            let (a, b) = operands(first + i);
+            activation_product(cpu, a, b, &mut scratch, y_i);
+        }
+    };
+    match tower_pool() {
+        Some(pool) if batches >= 2 && m * n > 0 => {
+            let per = batches.div_ceil(pool.current_num_threads());
+            pool.install(|| {
+                use rayon::prelude::*;
+                out.par_chunks_mut(per * m * n)
+                    .enumerate()
+                    .for_each(|(i, chunk)| run(i * per, chunk));
+            });
+        }
+        _ if m * n > 0 => run(0, out),
+        _ => {}
+    }
+    // SAFETY: every product wrote its `m x n` elements (there are none when `m x n` is 0).
+    unsafe { y.set_len(len) };
+    y
+}
+
+/// Buffers a thread reuses from one [`activation_product`] to the next.
+#[derive(Default)]
+struct Scratch {
+    /// The left operand's rows as bf16 pairs.
+    xb: Vec<u32>,
+    /// The right operand in panels.
+    panels: Vec<u32>,
+    /// One column of the right operand as bf16 pairs.
+    pairs: Vec<u32>,
+    /// A strided row or column gathered into order.
+    lo: Vec<f32>,
+    hi: Vec<f32>,
+}
+
+/// `y[i][j] = sum_l a[i][l] * b[l][j]` for two activations (`a` is `m x k`, `b` is `k x n`, any
+/// strides; the attention's scores and their weighting of the values), both rounded to bf16
+/// here, the sums in f32, into `y` (`m x n`, row-major; every element written). `b` is packed into the panels of
+/// [`PackedWeights`] on the fly, from its rows or its columns, whichever are contiguous.
+fn activation_product(
+    cpu: Bf16Cpu,
+    a: ArrayView2<'_, f32>,
+    b: ArrayView2<'_, f32>,
+    scratch: &mut Scratch,
+    y: &mut [MaybeUninit<f32>],
+) {
+    let Bf16Cpu(()) = cpu;
+    let (m, k) = a.dim();
+    let n = b.dim().1;
+    assert_eq!(b.dim().0, k, "the operands' summed axes differ");
+    assert_eq!(y.len(), m * n, "the output holds m x n");
+    let kp = k.div_ceil(2);
+    let Scratch {
+        xb,
+        panels,
+        pairs,
+        lo,
+        hi,
+    } = scratch;
+    xb.resize(m * kp, 0);
+    panels.resize(n.div_ceil(MR) * kp * MR, 0);
+    pairs.resize(kp, 0);
+    /// `v` as a slice, gathered into `buf` when its elements are not contiguous.
+    fn contiguous<'v>(v: ArrayView1<'v, f32>, buf: &'v mut Vec<f32>) -> &'v [f32] {
+        match v.to_slice() {
+            Some(s) => s,
+            None => {
+                buf.clear();
+                buf.extend(v.iter());
+                buf
+            }
+        }
+    }
+    // SAFETY: `cpu` proves that this CPU has AVX512-F and AVX512-BF16, the features
+    // `round_row`, `pack_row_pair` and `tiles` are compiled for.
+    unsafe {
+        for (i, dst) in xb.chunks_exact_mut(kp).enumerate() {
+            round_row(contiguous(a.row(i), lo), dst);
+        }
+        if b.strides()[1] == 1 || b.strides()[0] != 1 {
+            // Rows of `b` are contiguous (the values, `[keys, head size]`): two at a time.
+            for q in 0..kp {
+                let first = contiguous(b.row(2 * q), lo);
+                let second = (2 * q + 1 < k).then(|| contiguous(b.row(2 * q + 1), hi));
+                pack_row_pair(first, second, panels, q, kp);
+            }
+        } else {
+            // Columns are (the keys, `[head size, keys]` as read): each is one output's pairs.
+            for j in 0..n {
+                round_row(contiguous(b.column(j), lo), pairs);
+                let (p, r) = (j / MR, j % MR);
+                for (q, &pair) in pairs.iter().enumerate() {
+                    panels[(p * kp + q) * MR + r] = pair;
+                }
+            }
+        }
+        tiles(
+            xb,
+            m,
+            Panels {
+                n,
+                kp,
+                data: panels,
+            },
+            y,
+        );
+    }
+}
+
+/// Rows `2q` (`lo`) and `2q + 1` (`hi`, zeros past the end of `k`) of a product's right
+/// operand into pair `q` of every panel: u32 `j` holds `lo[j]` (low half) and `hi[j]` (high
+/// half) as bf16, rounded by `vcvtneps2bf16` 16 at a time (denormals read as zero), [`bf16_bits`]
+/// for the tail.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn pack_row_pair(lo: &[f32], hi: Option<&[f32]>, panels: &mut [u32], q: usize, kp: usize) {
+    use std::arch::x86_64::*;
+    let n = lo.len();
+    assert!(hi.is_none_or(|h| h.len() == n), "rows of one operand");
+    let whole = n / 16;
+    let widen = |v: &[f32], j: usize| -> __m512i {
+        // SAFETY: the caller's `j + 16 <= v.len()`.
+        unsafe {
+            let bf = _mm512_cvtneps_pbh(_mm512_loadu_ps(v.as_ptr().add(j)));
+            _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(bf))
+        }
+    };
+    for j in (0..whole).map(|c| c * 16) {
+        let at = (j / MR * kp + q) * MR + j % MR;
+        let out = &mut panels[at..at + 16];
+        let low = widen(lo, j);
+        let high = match hi {
+            Some(h) => _mm512_slli_epi32::<16>(widen(h, j)),
+            None => _mm512_setzero_si512(),
+        };
+        // SAFETY: `out` holds 16 u32.
+        unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), _mm512_or_si512(low, high)) };
+    }
+    for j in whole * 16..n {
+        let low = u32::from(bf16_bits(lo[j]));
+        let high = hi.map_or(0, |h| u32::from(bf16_bits(h[j])));
+        panels[(j / MR * kp + q) * MR + j % MR] = low | (high << 16);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pack_row_pair(_: &[f32], _: Option<&[f32]>, _: &mut [u32], _: usize, _: usize) {
+    unreachable!("bf16 products are only enabled on x86-64 with AVX512-BF16")
+}

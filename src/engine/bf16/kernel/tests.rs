@@ -1,0 +1,102 @@
+//! The kernel against exact sums of the rounded products.
+
+use super::testing::{round, values};
+use super::*;
+
+/// The exact sum of the bf16-rounded products, in f64.
+fn reference(x: &[f32], w: &[f32], rows: usize, k: usize, n: usize) -> Vec<f64> {
+    let mut y = vec![0f64; rows * n];
+    for r in 0..rows {
+        for j in 0..n {
+            y[r * n + j] = (0..k)
+                .map(|i| f64::from(round(x[r * k + i])) * f64::from(round(w[i * n + j])))
+                .sum();
+        }
+    }
+    y
+}
+
+#[test]
+fn bf16_rounding_is_to_nearest_even() {
+    assert_eq!(bf16_bits(1.0), 0x3f80);
+    // 1 + 2^-8 is halfway between 1 and the next bf16 (1 + 2^-7): ties go to even.
+    assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3f80);
+    assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3f82);
+    assert_eq!(bf16_bits(-2.5), 0xc020);
+}
+
+/// The vector rounding of activations gives the bits of the scalar one, ties included,
+/// on whole chunks of 32 and on a row's tail.
+#[test]
+fn activations_round_as_the_scalar_rounding_does() {
+    let Some(Bf16Cpu(())) = Bf16Cpu::detect() else {
+        eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
+        return;
+    };
+    let (rows, k) = (3, 71);
+    let mut x = values(rows * k, 7);
+    // Exact ties between two bf16 numbers, either way of even.
+    x[0] = 1.0 + 1.0 / 256.0;
+    x[1] = 1.0 + 3.0 / 256.0;
+    x[40] = -(1.0 + 1.0 / 256.0);
+    x[70] = 1.0 + 3.0 / 256.0;
+    let kp = k.div_ceil(2);
+    let mut xb = vec![0u32; rows * kp];
+    // SAFETY: the CPU has AVX512-F and AVX512-BF16 (checked above).
+    unsafe { round_rows(&x, k, &mut xb, kp) };
+    for r in 0..rows {
+        for q in 0..kp {
+            let at = |i: usize| if i < k { bf16_bits(x[r * k + i]) } else { 0 };
+            let want = u32::from(at(2 * q)) | (u32::from(at(2 * q + 1)) << 16);
+            assert_eq!(xb[r * kp + q], want, "row {r}, pair {q}");
+        }
+    }
+}
+
+/// Edge tiles of every kind: rows not a multiple of 5, features not a multiple of 32, an
+/// odd number of summed values, and the row blocks of the tile loop.
+#[test]
+fn products_are_the_sums_of_rounded_products() {
+    let Some(cpu) = Bf16Cpu::detect() else {
+        eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
+        return;
+    };
+    for (rows, k, n) in [
+        (1, 8, 32),
+        (7, 33, 45),
+        (50, 64, 96),
+        (81, 17, 5),
+        (400, 96, 70),
+    ] {
+        let x = values(rows * k, 1);
+        let w = values(k * n, 2);
+        let packed = PackedWeights::pack(cpu, k, n, |i, j| w[i * n + j]);
+        let y = matmul(&x, rows, &packed);
+        let want = reference(&x, &w, rows, k, n);
+        for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
+            // Products of bf16 numbers are exact in f32; only the f32 sums round.
+            let tolerance = 1e-5 * (k as f64).sqrt() * want.abs().max(1.0);
+            assert!(
+                (f64::from(got) - want).abs() <= tolerance,
+                "{rows}x{k}x{n}, element {i}: {got} against {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn products_split_over_a_pool_equal_the_single_thread_ones() {
+    let Some(cpu) = Bf16Cpu::detect() else {
+        eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
+        return;
+    };
+    let (rows, k, n) = (53, 40, 64);
+    let x = values(rows * k, 3);
+    let w = values(k * n, 4);
+    let packed = PackedWeights::pack(cpu, k, n, |i, j| w[i * n + j]);
+    let alone = matmul(&x, rows, &packed);
+    let pool = tract_linalg::multithread::Executor::multithread(2);
+    let split =
+        tract_linalg::multithread::multithread_tract_scope(pool, || matmul(&x, rows, &packed));
+    assert_eq!(alone, split);
+}

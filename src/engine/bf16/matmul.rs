@@ -1,0 +1,316 @@
+//! [`Bf16MatMul`]: a product of an activation by a constant weight matrix (an `EinSum` of the
+//! decluttered graph) with the weights packed in bf16 once, at load, and the activations rounded
+//! at every run; and [`plan`], which reads the einsums it can replace.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+
+use super::einsum_axes;
+use super::kernel::{matmul, Bf16Cpu, PackedWeights};
+
+/// Where an output axis comes from: an axis of the canonical result `[x's kept axes..., w's
+/// kept axes...]`, or a unit axis the einsum adds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum OutAxis {
+    Canonical(usize),
+    Unit,
+}
+
+/// `y = x . w` for a constant `w`, with bf16 products: `x`'s trailing `contracted` axes (in
+/// `w`'s order) are summed against `w`, and the result's axes are laid out as the replaced
+/// einsum's output.
+#[derive(Debug, Clone)]
+pub struct Bf16MatMul {
+    pub(super) weights: Arc<PackedWeights>,
+    /// Shapes of `w`'s kept axes, in `w`'s order (their product is `n`).
+    w_kept: TVec<usize>,
+    /// Number of `x`'s trailing axes that are summed.
+    contracted: usize,
+    /// The output's axes.
+    out_axes: TVec<OutAxis>,
+}
+
+impl PartialEq for Bf16MatMul {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.weights, &other.weights)
+            && self.w_kept == other.w_kept
+            && self.contracted == other.contracted
+            && self.out_axes == other.out_axes
+    }
+}
+impl Eq for Bf16MatMul {}
+
+impl Hash for Bf16MatMul {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.weights) as usize).hash(state);
+        self.w_kept.hash(state);
+        self.contracted.hash(state);
+        self.out_axes.hash(state);
+    }
+}
+
+impl Op for Bf16MatMul {
+    fn name(&self) -> StaticName {
+        "Bf16MatMul".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("k={} n={}", self.weights.k, self.weights.n)])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Rounding
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for Bf16MatMul {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = args_1!(inputs);
+        let x = x.to_plain_array_view::<f32>()?;
+        let rank = x.ndim();
+        ensure!(rank >= self.contracted, "input of rank {rank}");
+        let kept = &x.shape()[..rank - self.contracted];
+        let k: usize = x.shape()[rank - self.contracted..].iter().product();
+        ensure!(
+            k == self.weights.k,
+            "input sums {k} values, weights {}",
+            self.weights.k
+        );
+        let rows: usize = kept.iter().product();
+        let x = x.as_standard_layout();
+        let x = x.as_slice().context("contiguous input")?;
+        let y = matmul(x, rows, &self.weights);
+        let canonical: TVec<usize> = kept.iter().chain(&self.w_kept).copied().collect();
+        // The product's buffer becomes the tensor as it is, without a copy.
+        let mut y: Tensor = tract_ndarray::ArrayD::from_shape_vec(canonical.as_slice(), y)?.into();
+        let order: Vec<usize> = self
+            .out_axes
+            .iter()
+            .filter_map(|a| match a {
+                OutAxis::Canonical(i) => Some(*i),
+                OutAxis::Unit => None,
+            })
+            .collect();
+        if order.iter().enumerate().any(|(i, &o)| i != o) {
+            y = y.permute_axes(&order)?;
+        }
+        for (pos, a) in self.out_axes.iter().enumerate() {
+            if *a == OutAxis::Unit {
+                y.insert_axis(pos)?;
+            }
+        }
+        Ok(tvec!(y.into_tvalue()))
+    }
+}
+
+impl TypedOp for Bf16MatMul {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let shape = &inputs[0].shape;
+        let rank = shape.rank();
+        let canonical: TVec<TDim> = shape
+            .iter()
+            .take(rank - self.contracted)
+            .cloned()
+            .chain(self.w_kept.iter().map(|&d| d.to_dim()))
+            .collect();
+        let out: TVec<TDim> = self
+            .out_axes
+            .iter()
+            .map(|a| match a {
+                OutAxis::Canonical(i) => canonical[*i].clone(),
+                OutAxis::Unit => 1.to_dim(),
+            })
+            .collect();
+        Ok(tvec!(f32::fact(out)))
+    }
+
+    as_op!();
+}
+
+/// How a product by a weight matrix is laid out, as [`plan`] reads it from an einsum.
+#[derive(Debug)]
+pub(super) struct Layout {
+    /// Whether `w`'s summed axes come first (`[K, N]`) or last (`[N, K]`).
+    summed_first: bool,
+    /// Summed values per output (the product of the summed axes).
+    k: usize,
+    /// Output features (the product of `w`'s kept axes).
+    n: usize,
+    w_kept: TVec<usize>,
+    contracted: usize,
+    out_axes: TVec<OutAxis>,
+}
+
+impl Layout {
+    /// The op, with `w` packed for the CPU `cpu` proves.
+    pub(super) fn build(self, w: &Tensor, cpu: Bf16Cpu) -> Option<Bf16MatMul> {
+        let view = w.to_plain_array_view::<f32>().ok()?;
+        let data = view.as_slice()?;
+        let (k, n) = (self.k, self.n);
+        let weights = if self.summed_first {
+            PackedWeights::pack(cpu, k, n, |ki, ni| data[ki * n + ni])
+        } else {
+            PackedWeights::pack(cpu, k, n, |ki, ni| data[ni * k + ki])
+        };
+        Some(Bf16MatMul {
+            weights: Arc::new(weights),
+            w_kept: self.w_kept,
+            contracted: self.contracted,
+            out_axes: self.out_axes,
+        })
+    }
+}
+
+/// The layout of `expr` (`"xaxes,waxes->outaxes"`, one letter per axis) if it is a product the
+/// op computes: `x`'s summed axes trailing and in `w`'s order, `w`'s summed axes all first or
+/// all last, and the output made of `x`'s other axes, `w`'s other axes and unit axes.
+pub(super) fn plan(expr: &str, w: &Tensor) -> Option<Layout> {
+    let (xs, ws, out) = einsum_axes(expr)?;
+    if ws.len() != w.rank() {
+        return None;
+    }
+    let summed: Vec<char> = ws
+        .iter()
+        .copied()
+        .filter(|c| xs.contains(c) && !out.contains(c))
+        .collect();
+    let w_kept: Vec<char> = ws.iter().copied().filter(|c| !summed.contains(c)).collect();
+    let x_kept: Vec<char> = xs.iter().copied().filter(|c| !summed.contains(c)).collect();
+    if summed.is_empty() || xs[xs.len() - summed.len()..] != summed[..] {
+        return None;
+    }
+    // An axis of x absent from the output, or shared by x and w without being summed (a
+    // batch axis of both), is not a plain product by a matrix.
+    if x_kept.iter().any(|c| !out.contains(c) || ws.contains(c))
+        || w_kept.iter().any(|c| !out.contains(c))
+    {
+        return None;
+    }
+    let summed_first = ws[..summed.len()] == summed[..];
+    let summed_last = ws[ws.len() - summed.len()..] == summed[..];
+    if !summed_first && !summed_last {
+        return None;
+    }
+    let canonical: Vec<char> = x_kept.iter().chain(&w_kept).copied().collect();
+    let out_axes: TVec<OutAxis> = out
+        .iter()
+        .map(|c| match canonical.iter().position(|a| a == c) {
+            Some(i) => OutAxis::Canonical(i),
+            None => OutAxis::Unit,
+        })
+        .collect();
+    if out_axes.iter().filter(|a| **a != OutAxis::Unit).count() != canonical.len() {
+        return None;
+    }
+    let shape = w.shape();
+    let k: usize = summed
+        .iter()
+        .map(|c| shape[ws.iter().position(|a| a == c).unwrap()])
+        .product();
+    let w_kept_dims: TVec<usize> = w_kept
+        .iter()
+        .map(|c| shape[ws.iter().position(|a| a == c).unwrap()])
+        .collect();
+    let n: usize = w_kept_dims.iter().product();
+    Some(Layout {
+        summed_first,
+        k,
+        n,
+        w_kept: w_kept_dims,
+        contracted: summed.len(),
+        out_axes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use tract_onnx::tract_core::ops::einsum::EinSum;
+
+    use super::super::kernel::testing::{round, values};
+    use super::super::{rewrite, supported};
+    use super::*;
+
+    #[test]
+    fn the_layouts_of_the_towers_products_are_planned() {
+        let w = |shape: &[usize]| Tensor::zero::<f32>(shape).unwrap();
+        // The MLP: x [N, 50, 768] . w [768, 3072].
+        let mlp = plan("amk,kn->amn", &w(&[8, 12])).expect("planned");
+        assert_eq!((mlp.contracted, mlp.k, mlp.n), (1, 8, 12));
+        assert_eq!(mlp.out_axes.as_slice(), [0, 1, 2].map(OutAxis::Canonical));
+        // The attention's input projection: the output moves axes and gains a unit one.
+        let qkv = plan("mak,kn->bamn", &w(&[8, 24])).expect("planned");
+        assert_eq!(
+            qkv.out_axes.as_slice(),
+            [
+                OutAxis::Unit,
+                OutAxis::Canonical(1),
+                OutAxis::Canonical(0),
+                OutAxis::Canonical(2)
+            ]
+        );
+        // The output projection sums two axes (heads, head size) of a weight stored [n, a, k].
+        let out = plan("bmak,nak->mbn", &w(&[16, 2, 4])).expect("planned");
+        assert_eq!((out.contracted, out.k, out.n), (2, 8, 16));
+        // Products of two activations' shapes, or summed axes in another order, are not.
+        assert!(plan("abmk,abnk->abmn", &w(&[2, 3, 4, 5])).is_none());
+        assert!(plan("mka,kn->man", &w(&[8, 12])).is_none());
+        assert!(plan("mak,ank->mn", &w(&[3, 8, 4])).is_none());
+    }
+
+    /// A rewritten graph computes what the einsum did, up to the rounding of its inputs.
+    #[test]
+    fn a_rewritten_einsum_keeps_its_output_layout() -> TractResult<()> {
+        if !supported() {
+            eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
+            return Ok(());
+        }
+        for (expr, x_shape, w_shape) in [
+            (
+                "mak,kn->bamn",
+                [3usize, 7, 16].as_slice(),
+                [16usize, 40].as_slice(),
+            ),
+            ("bmak,nak->mbn", &[5, 3, 2, 8], &[33, 2, 8]),
+        ] {
+            let x: Vec<f32> = values(x_shape.iter().product(), 5);
+            let w: Vec<f32> = values(w_shape.iter().product(), 6);
+            let einsum = |w: &[f32]| -> TractResult<TypedModel> {
+                let mut model = TypedModel::default();
+                let source = model.add_source("x", f32::fact(x_shape))?;
+                let weights = model.add_const("w", Tensor::from_shape(w_shape, w)?)?;
+                let axes: AxesMapping = expr.parse()?;
+                let op = EinSum::new(axes, f32::datum_type());
+                let y = model.wire_node("product", op, &[source, weights])?;
+                model.select_output_outlets(&y)?;
+                Ok(model)
+            };
+            // The f32 einsum on inputs already rounded to bf16: the same products, exactly.
+            let rounded = |v: &[f32]| v.iter().map(|&a| round(a)).collect::<Vec<f32>>();
+            let x_rounded = Tensor::from_shape(x_shape, &rounded(&x))?;
+            let want = einsum(&rounded(&w))?
+                .into_runnable()?
+                .run(tvec!(x_rounded.into_tvalue()))?;
+            let mut model = einsum(&w)?;
+            assert_eq!(rewrite(&mut model)?.by_weights, 1, "{expr}");
+            let x = Tensor::from_shape(x_shape, &x)?;
+            let got = model.into_runnable()?.run(tvec!(x.into_tvalue()))?;
+            assert_eq!(got[0].shape(), want[0].shape(), "{expr}");
+            let got = got[0].to_plain_array_view::<f32>()?;
+            let want = want[0].to_plain_array_view::<f32>()?;
+            for (g, w) in got.iter().zip(want.iter()) {
+                assert!(
+                    (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                    "{expr}: {g} against {w}"
+                );
+            }
+        }
+        Ok(())
+    }
+}
