@@ -94,8 +94,9 @@ fn bf16_products_stay_within_the_parity_tolerance() {
     let (image, text) = (engine.image.graph(), engine.text.graph());
     if clipserve::engine::bf16::supported() {
         // Image, per block: the attention's input and output projections and the MLP's two
-        // layers; plus the patch embedding and the final projection. Text, per block: the query, key, value and output
-        // projections and the MLP's two layers; plus the projection head's two layers.
+        // layers; plus the patch embedding and the final projection. Text, per block: the
+        // query, key, value and output projections and the MLP's two layers; plus the
+        // projection head's two layers.
         let blocks = 2;
         assert_eq!(image.bf16_products(), 4 * blocks + 2);
         assert_eq!(text.bf16_products(), 6 * blocks + 2);

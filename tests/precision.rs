@@ -61,8 +61,9 @@ fn auto_picks_bf16_for_both_towers_where_the_cpu_has_avx512_bf16() {
     let (image, text) = (engine.image.graph(), engine.text.graph());
     if bf16_cpu() {
         // Image, per block: the attention's input and output projections and the MLP's two
-        // layers; plus the patch embedding and the final projection. Text, per block: the query, key, value and output
-        // projections and the MLP's two layers; plus the two layers of the projection head.
+        // layers; plus the patch embedding and the final projection. Text, per block: the
+        // query, key, value and output projections and the MLP's two layers; plus the two
+        // layers of the projection head.
         let blocks = 2;
         assert_eq!(image.bf16_products(), 4 * blocks + 2);
         assert_eq!(text.bf16_products(), 6 * blocks + 2);

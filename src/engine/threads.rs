@@ -15,8 +15,9 @@ use tract_linalg::multithread::{multithread_tract_scope, set_default_executor, E
 /// while no other run of the tower is in flight and nothing else is waiting for it or on its
 /// way (the batcher's [`crate::batcher::RunContext::alone`]) gets the pool's threads; a run that
 /// starts beside another, or with work queued or being decoded behind it that another worker is
-/// about to start, stays on its own inference thread, so busy workers each keep a core instead of splitting both
-/// (tract scales about 1.6x from 1 to 2 threads on one run, two runs side by side do better).
+/// about to start, stays on its own inference thread, so busy workers each keep a core instead
+/// of splitting both (tract scales about 1.6x from 1 to 2 threads on one run, two runs side by
+/// side do better).
 /// Measured in bench/RESULTS.md's optimisation log: "tower pools for lone runs" and "image
 /// batches cut to the batch sizes the tower has plans for".
 #[derive(Clone, Debug)]

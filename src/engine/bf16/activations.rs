@@ -191,7 +191,9 @@ impl TypedOp for Bf16ActMatMul {
 mod tests {
     use tract_onnx::tract_core::ops::einsum::EinSum;
 
-    use super::super::kernel::testing::{round, values};
+    use super::super::kernel::testing::{
+        assert_sums_close, rounded, run, run_alone_and_split, values,
+    };
     use super::*;
 
     /// The attention's products as the two towers' graphs write them (tests/fixtures tiny
@@ -219,15 +221,6 @@ mod tests {
         Ok(model)
     }
 
-    fn run(model: TypedModel, x: &[f32], xs: &[usize], y: &[f32], ys: &[usize]) -> Tensor {
-        let inputs = tvec!(
-            Tensor::from_shape(xs, x).unwrap().into_tvalue(),
-            Tensor::from_shape(ys, y).unwrap().into_tvalue()
-        );
-        let mut out = model.into_runnable().unwrap().run(inputs).unwrap();
-        out.remove(0).into_tensor()
-    }
-
     /// The rewritten graph gives tract's f32 einsum of the same inputs rounded to bf16, in the
     /// einsum's output layout, on one thread and split over a pool.
     #[test]
@@ -239,32 +232,15 @@ mod tests {
         for (expr, xs, ys) in TOWERS {
             let x = values(xs.iter().product(), 11);
             let y = values(ys.iter().product(), 12);
-            let rounded = |v: &[f32]| v.iter().map(|&a| round(a)).collect::<Vec<f32>>();
             let want = run(
                 einsum(expr, &xs, &ys)?,
-                &rounded(&x),
-                &xs,
-                &rounded(&y),
-                &ys,
+                &[(&xs, &rounded(&x)), (&ys, &rounded(&y))],
             );
             let mut model = einsum(expr, &xs, &ys)?;
             let counts = super::super::rewrite(&mut model)?;
             assert_eq!((counts.by_weights, counts.of_activations), (0, 1), "{expr}");
-            let alone = run(model.clone(), &x, &xs, &y, &ys);
-            let pool = tract_linalg::multithread::Executor::multithread(2);
-            let split = tract_linalg::multithread::multithread_tract_scope(pool, || {
-                run(model, &x, &xs, &y, &ys)
-            });
-            assert_eq!(alone, split, "{expr}: split over a pool");
-            assert_eq!(alone.shape(), want.shape(), "{expr}");
-            let k = xs[expr.find('k').unwrap()];
-            let got = alone.to_plain_array_view::<f32>()?;
-            let want = want.to_plain_array_view::<f32>()?;
-            for (g, w) in got.iter().zip(want.iter()) {
-                // Products of bf16 numbers are exact in f32; only the sums round.
-                let tolerance = 1e-5 * (k as f32).sqrt() * w.abs().max(1.0);
-                assert!((g - w).abs() <= tolerance, "{expr}: {g} against {w}");
-            }
+            let got = run_alone_and_split(model, &[(&xs, &x), (&ys, &y)]);
+            assert_sums_close(&got, &want, xs[expr.find('k').unwrap()], expr);
         }
         Ok(())
     }

@@ -209,7 +209,9 @@ impl TypedOp for Bf16Patches {
 
 #[cfg(test)]
 mod tests {
-    use super::super::kernel::testing::{round, values};
+    use super::super::kernel::testing::{
+        assert_sums_close, rounded, run, run_alone_and_split, values,
+    };
     use super::*;
 
     fn conv_model(kernel: &[f32], bias: &[f32], ks: [usize; 4], xs: [usize; 4]) -> TypedModel {
@@ -241,12 +243,6 @@ mod tests {
         model
     }
 
-    fn run(model: TypedModel, x: &[f32], xs: [usize; 4]) -> Tensor {
-        let input = Tensor::from_shape(&xs, x).unwrap().into_tvalue();
-        let mut out = model.into_runnable().unwrap().run(tvec!(input)).unwrap();
-        out.remove(0).into_tensor()
-    }
-
     /// The rewritten convolution gives tract's f32 convolution of the rounded image by the
     /// rounded kernel, bias added, in the convolution's layout, on one thread and split.
     #[test]
@@ -260,27 +256,16 @@ mod tests {
         let kernel = values(ks.iter().product(), 21);
         let bias = values(37, 22);
         let x = values(xs.iter().product(), 23);
-        let rounded = |v: &[f32]| v.iter().map(|&a| round(a)).collect::<Vec<f32>>();
         let want = run(
             conv_model(&rounded(&kernel), &bias, ks, xs),
-            &rounded(&x),
-            xs,
+            &[(&xs, &rounded(&x))],
         );
         let mut model = conv_model(&kernel, &bias, ks, xs);
         assert_eq!(super::super::rewrite(&mut model)?.by_weights, 1);
         assert!(model.nodes().iter().any(|n| n.op_is::<Bf16Patches>()));
-        let alone = run(model.clone(), &x, xs);
-        let pool = tract_linalg::multithread::Executor::multithread(2);
-        let split = tract_linalg::multithread::multithread_tract_scope(pool, || run(model, &x, xs));
-        assert_eq!(alone, split);
-        assert_eq!(alone.shape(), want.shape());
-        assert_eq!(alone.shape(), [3, 37, 3, 2]);
-        let got = alone.to_plain_array_view::<f32>()?;
-        let want = want.to_plain_array_view::<f32>()?;
-        for (g, w) in got.iter().zip(want.iter()) {
-            let tolerance = 1e-5 * (72f32).sqrt() * w.abs().max(1.0);
-            assert!((g - w).abs() <= tolerance, "{g} against {w}");
-        }
+        let got = run_alone_and_split(model, &[(&xs, &x)]);
+        assert_eq!(got.shape(), [3, 37, 3, 2]);
+        assert_sums_close(&got, &want, 72, "patches");
         Ok(())
     }
 

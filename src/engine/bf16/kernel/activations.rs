@@ -64,8 +64,9 @@ struct Scratch {
 
 /// `y[i][j] = sum_l a[i][l] * b[l][j]` for two activations (`a` is `m x k`, `b` is `k x n`, any
 /// strides; the attention's scores and their weighting of the values), both rounded to bf16
-/// here, the sums in f32, into `y` (`m x n`, row-major; every element written). `b` is packed into the panels of
-/// [`PackedWeights`] on the fly, from its rows or its columns, whichever are contiguous.
+/// here, the sums in f32, into `y` (`m x n`, row-major; every element written). `b` is packed
+/// into the panels of [`super::PackedWeights`] on the fly, from its rows or its columns,
+/// whichever are contiguous.
 fn activation_product(
     cpu: Bf16Cpu,
     a: ArrayView2<'_, f32>,

@@ -293,6 +293,8 @@ unsafe fn tiles(_: &[u32], _: usize, _: Panels<'_>, _: &mut [MaybeUninit<f32>]) 
 
 #[cfg(test)]
 pub(super) mod testing {
+    use tract_onnx::prelude::*;
+
     use super::bf16_bits;
 
     /// A deterministic spread of values, some of them needing rounding in bf16.
@@ -307,6 +309,43 @@ pub(super) mod testing {
 
     pub fn round(x: f32) -> f32 {
         f32::from_bits(u32::from(bf16_bits(x)) << 16)
+    }
+
+    /// Every value of `v` rounded to bf16.
+    pub fn rounded(v: &[f32]) -> Vec<f32> {
+        v.iter().map(|&a| round(a)).collect()
+    }
+
+    /// The first output of `model` on `inputs` (shape, values).
+    pub fn run(model: TypedModel, inputs: &[(&[usize], &[f32])]) -> Tensor {
+        let inputs: TVec<TValue> = inputs
+            .iter()
+            .map(|(shape, v)| Tensor::from_shape(shape, v).unwrap().into_tvalue())
+            .collect();
+        let mut out = model.into_runnable().unwrap().run(inputs).unwrap();
+        out.remove(0).into_tensor()
+    }
+
+    /// [`run`] on the calling thread, after checking that a run split over a pool of 2 gives
+    /// the same bits.
+    pub fn run_alone_and_split(model: TypedModel, inputs: &[(&[usize], &[f32])]) -> Tensor {
+        let alone = run(model.clone(), inputs);
+        let pool = tract_linalg::multithread::Executor::multithread(2);
+        let split = tract_linalg::multithread::multithread_tract_scope(pool, || run(model, inputs));
+        assert_eq!(alone, split, "split over a pool");
+        alone
+    }
+
+    /// `got` is `want` up to the f32 rounding of sums of `k` products: products of bf16
+    /// numbers are exact in f32, only the sums round.
+    pub fn assert_sums_close(got: &Tensor, want: &Tensor, k: usize, what: &str) {
+        assert_eq!(got.shape(), want.shape(), "{what}");
+        let got = got.to_plain_array_view::<f32>().unwrap();
+        let want = want.to_plain_array_view::<f32>().unwrap();
+        for (g, w) in got.iter().zip(want.iter()) {
+            let tolerance = 1e-5 * (k as f32).sqrt() * w.abs().max(1.0);
+            assert!((g - w).abs() <= tolerance, "{what}: {g} against {w}");
+        }
     }
 }
 
