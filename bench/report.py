@@ -52,7 +52,8 @@ def cosine(a, b):
 def collect(out: Path):
     r = {"meta": load(out / "meta.json", {}), "server": load(out / "server.json"),
          "tract": load(out / "tract.json"), "ort": load(out / "ort.json"), "torch": load(out / "torch.json"),
-         "load_after": load(out / "load_after.json"), "info": load(out / "info.json", {}), "wrk": {}, "rss": []}
+         "load_after": load(out / "load_after.json"), "info": load(out / "info.json", {}),
+         "jitter": load(out / "jitter.json"), "wrk": {}, "rss": []}
     for f in sorted(glob.glob(str(out / "wrk-*.json"))):
         m = re.match(r"wrk-(.+)-c(\d+)\.json", os.path.basename(f))
         if m:
@@ -195,9 +196,14 @@ def targets(r):
         f"{fmt(txt)}/s ({fmt(txt / o77 if txt and o77 else None, 2)}x ORT)",
         txt >= 8 * o77 if txt and o77 else None)
     c1 = (r["wrk"].get("image", {}).get(1) or {}).get("latency_ms", {}).get("p99")
+    # The spread the machine adds on its own: a fixed loop as long as the bare run (bench/jitter.c).
+    j = r.get("jitter") or {}
+    floor = (f"; this machine's own spread: a fixed {fmt(j['target_ms'])} ms loop on {j['threads']} threads ran "
+             f"{fmt(j['median_ms'])} ms at the median, {fmt(j['p99_ms'])} ms at p99 ({fmt(j['p99_over_median'], 2)}x)"
+             if j else "")
     row("p99 of one image at concurrency 1",
         f"<= 1.3 x bare encoder, tract {bare_variant} batch 1 ({fmt(bare and 1300 * bare)} ms)",
-        f"{fmt(c1)} ms (the bare encoder's own p99 over its timed runs: {fmt(bare_p99 and 1000 * bare_p99)} ms)",
+        f"{fmt(c1)} ms (the bare encoder's own p99 over its timed runs: {fmt(bare_p99 and 1000 * bare_p99)} ms{floor})",
         c1 <= 1300 * bare if c1 and bare else None)
     row("RSS once ready", "<= 1000 MB", f"{s.get('rss_after_ready_mb', '–')} MB after ready, "
         f"{s.get('rss_after_load_mb', '–')} MB after load (at most {fmt(rss_under_load_mb(r), 0)} MB under load, "

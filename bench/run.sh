@@ -3,7 +3,7 @@
 #
 #   bench/run.sh                       # everything, on the full-size random-weight export
 #   bench/run.sh --quick               # shorter runs (smoke test of the harness itself)
-#   bench/run.sh --phases http         # only the HTTP load test (also: engines, baselines)
+#   bench/run.sh --phases http         # only the HTTP load test (also: engines, baselines, jitter)
 #
 # 1. builds the release server and the `compare` bench (in $CARGO_TARGET_DIR, else the repo's
 #    own target/);
@@ -14,6 +14,8 @@
 #    at each concurrency in $BENCH_CONCURRENCY;
 # 4. runs the encoders on fixed workloads through tract (benches/compare.rs), ONNX Runtime and
 #    PyTorch OpenCLIP (bench/py_baselines.py), same weights, same inputs, same thread count;
+#    then times a fixed register-only loop as long as one bare image run (bench/jitter.c), the
+#    spread of run times this machine itself adds;
 # 5. a full run writes bench/results/<stamp>/ (raw JSON), bench/results.png and the "Last run"
 #    section of bench/RESULTS.md (bench/report.py); a --quick run writes only its own folder,
 #    bench/out/quick-<stamp>/ (git-ignored), with the same summary.md.
@@ -43,7 +45,7 @@ PY=${BENCH_PYTHON:-$REPO/.venv/bin/python}
 # cargo reads a relative CARGO_TARGET_DIR from the folder it runs in (the repo, below): make it
 # absolute here so the binary is found where cargo put it.
 export CARGO_TARGET_DIR=$(cd "$REPO" && realpath -m "${CARGO_TARGET_DIR:-target}")
-PHASES="http engines baselines"
+PHASES="http engines baselines jitter"
 LABEL=""
 QUICK=""
 
@@ -210,6 +212,29 @@ if [[ " $PHASES " == *" baselines "* ]]; then
     "$PY" "$REPO/bench/py_baselines.py" --runtime "$rt" --model "$MODEL" --threads "$THREADS" \
       --budget "$BUDGET" >"$OUT/$rt.json"
   done
+fi
+
+if [[ " $PHASES " == *" jitter "* ]]; then
+  # As long as the bare encoder's lone image in this run (its 2-thread variant), else 40 ms.
+  JITTER_MS=$("$PY" - "$OUT/tract.json" 2>/dev/null <<'PYEOF' || echo 40
+import json, sys
+variants = {v["variant"]: v["workloads"] for v in json.load(open(sys.argv[1]))["variants"]}
+for name in ("bucketed_bf16_intra2", "bucketed_intra2"):
+    if name in variants:
+        print(round(variants[name]["image_b1"]["median_s"] * 1000, 1))
+        break
+else:
+    print(40)
+PYEOF
+)
+  JITTER_BIN=$(mktemp)
+  if gcc -O2 -mavx512f -pthread "$REPO/bench/jitter.c" -o "$JITTER_BIN" 2>/dev/null; then
+    log "machine jitter (bench/jitter.c: a fixed loop of $JITTER_MS ms, 300 times on $THREADS threads)"
+    "$JITTER_BIN" "$JITTER_MS" 300 "$THREADS" >"$OUT/jitter.json"
+  else
+    log "no gcc with AVX-512 here: the jitter phase is skipped"
+  fi
+  rm -f "$JITTER_BIN"
 fi
 
 echo "\"$(cut -d' ' -f1-3 /proc/loadavg)\"" >"$OUT/load_after.json"
