@@ -103,6 +103,9 @@ fn bf16_products_stay_within_the_parity_tolerance() {
         // Both towers, per block: the attention's scores and their weighting of the values.
         assert_eq!(image.bf16_activation_products(), 2 * blocks);
         assert_eq!(text.bf16_activation_products(), 2 * blocks);
+        // The image MLP's two biases per block are added inside their products. (The other
+        // layers of the random-weight fixture have zero biases, whose adds tract removes.)
+        assert_eq!(image.bf16_biases(), 2 * blocks);
         // The bf16 weights are counted once, at half the f32 size of what they replace.
         let f32_engine = load("models/tiny", &bucketed());
         assert!(image.weight_bytes() < f32_engine.image.graph().weight_bytes());

@@ -1,6 +1,7 @@
 //! [`Bf16MatMul`]: a product of an activation by a constant weight matrix (an `EinSum` of the
 //! decluttered graph) with the weights packed in bf16 once, at load, and the activations rounded
-//! at every run; and [`plan`], which reads the einsums it can replace.
+//! at every run, plus the layer's bias when one follows it; and [`plan`], which reads the
+//! einsums it can replace.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -19,9 +20,9 @@ pub(super) enum OutAxis {
     Unit,
 }
 
-/// `y = x . w` for a constant `w`, with bf16 products: `x`'s trailing `contracted` axes (in
-/// `w`'s order) are summed against `w`, and the result's axes are laid out as the replaced
-/// einsum's output.
+/// `y = x . w (+ bias)` for a constant `w`, with bf16 products: `x`'s trailing `contracted`
+/// axes (in `w`'s order) are summed against `w`, and the result's axes are laid out as the
+/// replaced einsum's output.
 #[derive(Debug, Clone)]
 pub struct Bf16MatMul {
     pub(super) weights: Arc<PackedWeights>,
@@ -31,6 +32,9 @@ pub struct Bf16MatMul {
     contracted: usize,
     /// The output's axes.
     out_axes: TVec<OutAxis>,
+    /// One value per output feature, added to the f32 sums in the product's registers: the
+    /// constant add that followed the product in the graph (`super::fuse_biases`).
+    bias: Option<Arc<Vec<f32>>>,
 }
 
 impl PartialEq for Bf16MatMul {
@@ -39,6 +43,7 @@ impl PartialEq for Bf16MatMul {
             && self.w_kept == other.w_kept
             && self.contracted == other.contracted
             && self.out_axes == other.out_axes
+            && self.bias.as_ref().map(Arc::as_ptr) == other.bias.as_ref().map(Arc::as_ptr)
     }
 }
 impl Eq for Bf16MatMul {}
@@ -49,6 +54,10 @@ impl Hash for Bf16MatMul {
         self.w_kept.hash(state);
         self.contracted.hash(state);
         self.out_axes.hash(state);
+        self.bias
+            .as_ref()
+            .map(|b| Arc::as_ptr(b) as usize)
+            .hash(state);
     }
 }
 
@@ -58,7 +67,11 @@ impl Op for Bf16MatMul {
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("k={} n={}", self.weights.k, self.weights.n)])
+        let bias = if self.bias.is_some() { " + bias" } else { "" };
+        Ok(vec![format!(
+            "k={} n={}{bias}",
+            self.weights.k, self.weights.n
+        )])
     }
 
     fn validation(&self) -> Validation {
@@ -86,7 +99,12 @@ impl EvalOp for Bf16MatMul {
         let rows: usize = kept.iter().product();
         let x = x.as_standard_layout();
         let x = x.as_slice().context("contiguous input")?;
-        let y = matmul(x, rows, &self.weights);
+        let y = matmul(
+            x,
+            rows,
+            &self.weights,
+            self.bias.as_deref().map(Vec::as_slice),
+        );
         let canonical: TVec<usize> = kept.iter().chain(&self.w_kept).copied().collect();
         // The product's buffer becomes the tensor as it is, without a copy.
         let mut y: Tensor = tract_ndarray::ArrayD::from_shape_vec(canonical.as_slice(), y)?.into();
@@ -164,6 +182,50 @@ impl Layout {
             w_kept: self.w_kept,
             contracted: self.contracted,
             out_axes: self.out_axes,
+            bias: None,
+        })
+    }
+}
+
+impl Bf16MatMul {
+    /// This product with `b` added to its output, if that adds one value per output feature:
+    /// `b` (f32, its axes right-aligned with the output's) is 1 long on every axis but the
+    /// features', which it spans whole and in the order of `w`'s. None for a product that
+    /// already has a bias.
+    pub(super) fn with_bias(&self, b: &Tensor) -> Option<Bf16MatMul> {
+        let rank = self.out_axes.len();
+        if self.bias.is_some() || b.datum_type() != f32::datum_type() || b.rank() > rank {
+            return None;
+        }
+        let canonical = self
+            .out_axes
+            .iter()
+            .filter(|a| **a != OutAxis::Unit)
+            .count();
+        let x_kept = canonical - self.w_kept.len();
+        let pad = rank - b.rank();
+        let mut features = vec![];
+        for (pos, axis) in self.out_axes.iter().enumerate() {
+            let len = if pos < pad { 1 } else { b.shape()[pos - pad] };
+            match axis {
+                OutAxis::Canonical(i) if *i >= x_kept => {
+                    if len != self.w_kept[i - x_kept] {
+                        return None;
+                    }
+                    features.push(*i);
+                }
+                _ if len != 1 => return None,
+                _ => {}
+            }
+        }
+        if !features.is_sorted() {
+            return None;
+        }
+        let view = b.to_plain_array_view::<f32>().ok()?;
+        let values: Vec<f32> = view.iter().copied().collect();
+        (values.len() == self.weights.n).then(|| Bf16MatMul {
+            bias: Some(Arc::new(values)),
+            ..self.clone()
         })
     }
 }
@@ -233,7 +295,7 @@ pub(super) fn plan(expr: &str, w: &Tensor) -> Option<Layout> {
 mod tests {
     use tract_onnx::tract_core::ops::einsum::EinSum;
 
-    use super::super::kernel::testing::{round, values};
+    use super::super::kernel::testing::{assert_sums_close, round, rounded, run, values};
     use super::super::{rewrite, supported};
     use super::*;
 
@@ -310,6 +372,79 @@ mod tests {
                     "{expr}: {g} against {w}"
                 );
             }
+        }
+        Ok(())
+    }
+
+    /// An add of one value per output feature after a product becomes part of the product,
+    /// whichever side of the add it is on and however the output's axes are laid out; an add
+    /// of anything else stays an add. The results are the einsum's on rounded inputs, plus the
+    /// added constant, either way.
+    #[test]
+    fn a_bias_added_after_a_product_is_added_inside_it() -> TractResult<()> {
+        if !supported() {
+            eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
+            return Ok(());
+        }
+        let (x3, w2) = ([3usize, 7, 16].as_slice(), [16usize, 40].as_slice());
+        for (expr, x_shape, w_shape, bias_shape, bias_first, fused) in [
+            (
+                "amk,kn->amn",
+                x3,
+                w2,
+                [1usize, 1, 40].as_slice(),
+                false,
+                true,
+            ),
+            ("amk,kn->amn", x3, w2, &[1, 1, 40], true, true),
+            ("mak,kn->bamn", x3, w2, &[1, 1, 1, 40], false, true),
+            // The attention's output projection: two summed axes, a weight stored [n, a, k].
+            (
+                "bmak,nak->mbn",
+                &[5, 3, 2, 8],
+                &[33, 2, 8],
+                &[1, 1, 33],
+                false,
+                true,
+            ),
+            // One value per row, or per row and feature: not a bias of the product's features.
+            ("amk,kn->amn", x3, w2, &[3, 1, 1], false, false),
+            ("amk,kn->amn", x3, w2, &[3, 7, 40], false, false),
+        ] {
+            let what = format!("{expr} + {bias_shape:?}");
+            let x = values(x_shape.iter().product(), 11);
+            let w = values(w_shape.iter().product(), 12);
+            let bias = values(bias_shape.iter().product(), 13);
+            let model = |w: &[f32]| -> TractResult<TypedModel> {
+                let mut model = TypedModel::default();
+                let source = model.add_source("x", f32::fact(x_shape))?;
+                let weights = model.add_const("w", Tensor::from_shape(w_shape, w)?)?;
+                let op = EinSum::new(expr.parse()?, f32::datum_type());
+                let y = model.wire_node("product", op, &[source, weights])?[0];
+                let b = model.add_const("bias", Tensor::from_shape(bias_shape, &bias)?)?;
+                let inputs = if bias_first { [b, y] } else { [y, b] };
+                let y =
+                    model.wire_node("add", tract_onnx::tract_core::ops::math::add(), &inputs)?;
+                model.select_output_outlets(&y)?;
+                Ok(model)
+            };
+            let want = run(model(&rounded(&w))?, &[(x_shape, &rounded(&x))]);
+            let mut rewritten = model(&w)?;
+            let counts = rewrite(&mut rewritten)?;
+            assert_eq!(
+                (counts.by_weights, counts.biases),
+                (1, usize::from(fused)),
+                "{what}"
+            );
+            let last = rewritten.node(rewritten.output_outlets()?[0].node);
+            assert_eq!(
+                last.op_is::<Bf16MatMul>(),
+                fused,
+                "{what}: {}",
+                last.op.name()
+            );
+            let got = run(rewritten, &[(x_shape, &x)]);
+            assert_sums_close(&got, &want, 16, &what);
         }
         Ok(())
     }

@@ -27,8 +27,10 @@
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::Conv;
 use tract_onnx::tract_core::ops::einsum::EinSum;
+use tract_onnx::tract_core::ops::math::Add;
 
 mod activations;
 mod kernel;
@@ -68,12 +70,15 @@ pub struct Rewritten {
     pub by_weights: usize,
     /// Products of two activations, the attention's ([`Bf16ActMatMul`]).
     pub of_activations: usize,
+    /// Biases added inside a [`Bf16MatMul`] instead of by an add of their own.
+    pub biases: usize,
 }
 
 /// Replaces every f32 product of an activation by a constant matrix that fits the
 /// [`Bf16MatMul`] layout, every convolution that is a patch embedding ([`Bf16Patches`]), and
-/// every product of two activations that fits [`Bf16ActMatMul`]'s; returns how many of each.
-/// Products it cannot express stay f32.
+/// every product of two activations that fits [`Bf16ActMatMul`]'s, then folds the biases added
+/// after products by weights into them ([`fuse_biases`]); returns how many of each. Products it
+/// cannot express stay f32.
 pub fn rewrite(model: &mut TypedModel) -> TractResult<Rewritten> {
     // Nothing is rewritten on a CPU without the instructions.
     let Some(cpu) = Bf16Cpu::detect() else {
@@ -131,9 +136,10 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<Rewritten> {
             }
         }
     }
-    let counts = Rewritten {
+    let mut counts = Rewritten {
         by_weights: by_weights.len() + patches.len(),
         of_activations: of_activations.len(),
+        biases: 0,
     };
     for (id, op) in by_weights {
         replace(model, id, op, 1)?;
@@ -144,7 +150,55 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<Rewritten> {
     for (id, op) in of_activations {
         replace(model, id, op, 2)?;
     }
+    counts.biases = fuse_biases(model)?;
     Ok(counts)
+}
+
+/// Folds into each [`Bf16MatMul`] the add of a constant that follows it, when that constant is
+/// one value per output feature (a layer's bias): the product's tiles add it while the sums are
+/// still in registers, instead of a second pass over the output. The same f32 additions, so
+/// the same bits. Returns how many it folded.
+fn fuse_biases(model: &mut TypedModel) -> TractResult<usize> {
+    let products: Vec<usize> = model
+        .nodes()
+        .iter()
+        .filter(|n| n.op_is::<Bf16MatMul>())
+        .map(|n| n.id)
+        .collect();
+    let mut fused = 0;
+    for id in products {
+        let node = model.node(id);
+        let output = OutletId::new(id, 0);
+        let &[inlet] = model.outlet_successors(output) else {
+            continue;
+        };
+        let add = model.node(inlet.node);
+        let is_add = add
+            .op_as::<TypedBinOp>()
+            .is_some_and(|b| b.0.is::<Add>() && b.1.is_none());
+        if !is_add || add.inputs.len() != 2 {
+            continue;
+        }
+        let Some(bias) = model.outlet_fact(add.inputs[1 - inlet.slot])?.konst.clone() else {
+            continue;
+        };
+        // The add must not broadcast the product's output to a larger shape.
+        if model.outlet_fact(OutletId::new(add.id, 0))?.shape != model.outlet_fact(output)?.shape {
+            continue;
+        }
+        let product = node.op_as::<Bf16MatMul>().expect("listed as one");
+        let Some(op) = product.with_bias(&bias) else {
+            continue;
+        };
+        let (x, add_id, name) = (node.inputs[0], add.id, add.name.clone());
+        let mut patch = TypedModelPatch::new(format!("bias {name}"));
+        let x = patch.tap_model(model, x)?;
+        let y = patch.wire_node(format!("{name}.bf16"), op, &[x])?[0];
+        patch.shunt_outside(model, OutletId::new(add_id, 0), y)?;
+        patch.apply(model)?;
+        fused += 1;
+    }
+    Ok(fused)
 }
 
 /// Replaces node `id` by `op` reading the node's first `inputs` inputs.

@@ -179,13 +179,13 @@ impl EvalOp for Bf16Patches {
                 }
             }
         }
-        let mut y = matmul(&patches, rows, &self.weights);
+        let y = matmul(
+            &patches,
+            rows,
+            &self.weights,
+            self.bias.as_deref().map(Vec::as_slice),
+        );
         let n = self.weights.n;
-        if let Some(bias) = &self.bias {
-            for row in y.chunks_exact_mut(n) {
-                row.iter_mut().zip(bias.iter()).for_each(|(v, b)| *v += b);
-            }
-        }
         let y: Tensor = tract_ndarray::ArrayD::from_shape_vec(&[batch, oh, ow, n][..], y)?.into();
         Ok(tvec!(y.permute_axes(&[0, 3, 1, 2])?.into_tvalue()))
     }

@@ -267,6 +267,7 @@ impl Graph {
                 graph = %path.display(),
                 by_weights = bf16.by_weights,
                 of_activations = bf16.of_activations,
+                biases_fused = bf16.biases,
                 "bf16 products"
             );
         }
@@ -393,6 +394,12 @@ impl Graph {
     /// How many products of two activations (the attention's) run in bf16.
     pub fn bf16_activation_products(&self) -> usize {
         self.bf16.of_activations
+    }
+
+    /// How many biases the bf16 products by weights add themselves, instead of an add after
+    /// them.
+    pub fn bf16_biases(&self) -> usize {
+        self.bf16.biases
     }
 
     /// Bytes of constants (weights, packed for their kernels) the plans hold, each counted once.

@@ -132,6 +132,7 @@ fn activation_product(
                 kp,
                 data: panels,
             },
+            None,
             y,
         );
     }

@@ -131,10 +131,12 @@ pub(super) fn bf16_bits(x: f32) -> u16 {
     (rounded >> 16) as u16
 }
 
-/// `y[r][n] = sum_k x[r][k] * w[k][n]` for `rows` rows of `x` (`k` floats each).
-pub(super) fn matmul(x: &[f32], rows: usize, w: &PackedWeights) -> Vec<f32> {
+/// `y[r][n] = sum_k x[r][k] * w[k][n] + bias[n]` for `rows` rows of `x` (`k` floats each); the
+/// bias (`n` floats) is added to the f32 sums in registers, as the separate add it replaces did.
+pub(super) fn matmul(x: &[f32], rows: usize, w: &PackedWeights, bias: Option<&[f32]>) -> Vec<f32> {
     let (k, n, kp) = (w.k, w.n, w.kp);
     let Bf16Cpu(()) = w.cpu;
+    assert!(bias.is_none_or(|b| b.len() == n), "a bias of {n} values");
     // Not zeroed first: the tiles write every element (a memset of every product's output was
     // 2-3 % of a run).
     let mut y: Vec<f32> = Vec::with_capacity(rows * n);
@@ -148,7 +150,7 @@ pub(super) fn matmul(x: &[f32], rows: usize, w: &PackedWeights) -> Vec<f32> {
         // has AVX512-F and AVX512-BF16, the features `round_rows` and `tiles` are compiled for.
         unsafe {
             round_rows(x, k, &mut xb, kp);
-            tiles(&xb, chunk_rows, w.view(), y)
+            tiles(&xb, chunk_rows, w.view(), bias, y)
         }
     };
     match tower_pool() {
@@ -207,12 +209,14 @@ fn round_row(src: &[f32], dst: &mut [u32]) {
 }
 
 /// All tiles of `rows` activation rows (bf16 pairs, `w.kp` per row) against every weight panel,
-/// into `y` (`rows x w.n`), every element of which it writes.
+/// plus `bias` (`w.n` values) if any, into `y` (`rows x w.n`), every element of which it writes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-fn tiles(xb: &[u32], rows: usize, w: Panels<'_>, y: &mut [MaybeUninit<f32>]) {
+fn tiles(xb: &[u32], rows: usize, w: Panels<'_>, bias: Option<&[f32]>, y: &mut [MaybeUninit<f32>]) {
     use std::arch::x86_64::*;
     let (n, kp) = (w.n, w.kp);
+    // Without a bias, -0.0 is added: the one number whose addition changes no f32.
+    let mut bias_panel = [-0.0f32; MR];
     // Blocks of row tiles small enough to stay in L2 while every weight panel passes by.
     const BLOCK: usize = 16 * NR;
     for r0 in (0..rows).step_by(BLOCK) {
@@ -220,6 +224,17 @@ fn tiles(xb: &[u32], rows: usize, w: Panels<'_>, y: &mut [MaybeUninit<f32>]) {
         for p in 0..w.panels() {
             let panel = w.panel(p);
             let n0 = p * MR;
+            let width = (n - n0).min(MR);
+            if let Some(bias) = bias {
+                bias_panel[..width].copy_from_slice(&bias[n0..n0 + width]);
+            }
+            // SAFETY: `bias_panel` holds MR = 2 x 16 floats.
+            let (bias0, bias1) = unsafe {
+                (
+                    _mm512_loadu_ps(bias_panel.as_ptr()),
+                    _mm512_loadu_ps(bias_panel.as_ptr().add(16)),
+                )
+            };
             for t0 in (r0..r1).step_by(NR) {
                 let live = (r1 - t0).min(NR);
                 // Missing rows of the last tile read row t0 again; their sums are dropped.
@@ -242,14 +257,24 @@ fn tiles(xb: &[u32], rows: usize, w: Panels<'_>, y: &mut [MaybeUninit<f32>]) {
                         acc[2 * j + 1] = _mm512_dpbf16_ps(acc[2 * j + 1], a1, b);
                     }
                 }
-                let width = (n - n0).min(MR);
                 for (j, pair) in acc.chunks_exact(2).take(live).enumerate() {
                     let out = &mut y[(t0 + j) * n + n0..(t0 + j) * n + n0 + width];
+                    let (v0, v1) = (_mm512_add_ps(pair[0], bias0), _mm512_add_ps(pair[1], bias1));
+                    if width == MR {
+                        // SAFETY: `out` holds MR = 2 x 16 floats (uninitialised ones may be
+                        // written).
+                        unsafe {
+                            let o = out.as_mut_ptr().cast::<f32>();
+                            _mm512_storeu_ps(o, v0);
+                            _mm512_storeu_ps(o.add(16), v1);
+                        }
+                        continue;
+                    }
                     let mut tile = [0f32; MR];
                     // SAFETY: `tile` holds MR = 2 x 16 floats.
                     unsafe {
-                        _mm512_storeu_ps(tile.as_mut_ptr(), pair[0]);
-                        _mm512_storeu_ps(tile.as_mut_ptr().add(16), pair[1]);
+                        _mm512_storeu_ps(tile.as_mut_ptr(), v0);
+                        _mm512_storeu_ps(tile.as_mut_ptr().add(16), v1);
                     }
                     for (o, &v) in out.iter_mut().zip(&tile[..width]) {
                         o.write(v);
@@ -287,7 +312,7 @@ unsafe fn round_rows(_: &[f32], _: usize, _: &mut [u32], _: usize) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tiles(_: &[u32], _: usize, _: Panels<'_>, _: &mut [MaybeUninit<f32>]) {
+unsafe fn tiles(_: &[u32], _: usize, _: Panels<'_>, _: Option<&[f32]>, _: &mut [MaybeUninit<f32>]) {
     unreachable!("bf16 products are only enabled on x86-64 with AVX512-BF16")
 }
 

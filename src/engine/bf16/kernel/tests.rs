@@ -71,7 +71,7 @@ fn products_are_the_sums_of_rounded_products() {
         let x = values(rows * k, 1);
         let w = values(k * n, 2);
         let packed = PackedWeights::pack(cpu, k, n, |i, j| w[i * n + j]);
-        let y = matmul(&x, rows, &packed);
+        let y = matmul(&x, rows, &packed, None);
         let want = reference(&x, &w, rows, k, n);
         for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
             // Products of bf16 numbers are exact in f32; only the f32 sums round.
@@ -94,9 +94,35 @@ fn products_split_over_a_pool_equal_the_single_thread_ones() {
     let x = values(rows * k, 3);
     let w = values(k * n, 4);
     let packed = PackedWeights::pack(cpu, k, n, |i, j| w[i * n + j]);
-    let alone = matmul(&x, rows, &packed);
+    let alone = matmul(&x, rows, &packed, None);
     let pool = tract_linalg::multithread::Executor::multithread(2);
-    let split =
-        tract_linalg::multithread::multithread_tract_scope(pool, || matmul(&x, rows, &packed));
+    let split = tract_linalg::multithread::multithread_tract_scope(pool, || {
+        matmul(&x, rows, &packed, None)
+    });
     assert_eq!(alone, split);
+}
+
+/// A bias is the f32 sum of the product's output and the bias, bit for bit (what the separate
+/// add it replaces computed), on full and partial panels.
+#[test]
+fn a_bias_is_added_to_the_sums_as_a_separate_add_would() {
+    let Some(cpu) = Bf16Cpu::detect() else {
+        eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
+        return;
+    };
+    for (rows, k, n) in [(7, 33, 45), (50, 64, 96), (3, 8, 5)] {
+        let x = values(rows * k, 8);
+        let w = values(k * n, 9);
+        let bias = values(n, 10);
+        let packed = PackedWeights::pack(cpu, k, n, |i, j| w[i * n + j]);
+        let plain = matmul(&x, rows, &packed, None);
+        let biased = matmul(&x, rows, &packed, Some(&bias));
+        for (i, (&p, &b)) in plain.iter().zip(&biased).enumerate() {
+            assert_eq!(
+                b.to_bits(),
+                (p + bias[i % n]).to_bits(),
+                "{rows}x{k}x{n}, {i}"
+            );
+        }
+    }
 }
