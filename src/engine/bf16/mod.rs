@@ -13,8 +13,10 @@
 //! projection; in the text tower the query, key, value and output projections, the MLP's two
 //! layers and the projection head. The attention's two products of activations (scores, and
 //! their weighting of the values) become [`Bf16ActMatMul`]s, both operands rounded at every run
-//! (`activations.rs`). Everything else (norms, softmax, GELU, the image tower's patch
-//! embedding, the text tower's word-embedding table) stays f32.
+//! (`activations.rs`), and the image tower's patch embedding a [`Bf16Patches`]
+//! (`patches.rs`). A constant add of one value per output feature after a [`Bf16MatMul`] (a
+//! layer's bias) is folded into it ([`fuse_biases`]). Everything else (norms, softmax, GELU, the
+//! text tower's word-embedding table) stays f32.
 //!
 //! This is lossy: each product's inputs lose 16 bits of mantissa. On the random-weight exports
 //! the embeddings stay at cosine >= 0.99995 to f32, but real weights, with their outliers, may
