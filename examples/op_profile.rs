@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo run --release --example op_profile -- --model models/xlmr-b32-random
 //! cargo run --release --example op_profile -- --model DIR --tower text --batch 32 --seq 16
+//! cargo run --release --example op_profile -- --model DIR --detail   # ops split by their shapes
 //! ```
 //!
 //! One thread, so the shares are the tower's own and not the pool's scheduling. For the image
@@ -24,6 +25,7 @@ const IMAGE_GFLOP: f64 = 8.35;
 fn main() -> anyhow::Result<()> {
     let mut model = PathBuf::from("models/xlmr-b32-random");
     let (mut tower, mut batch, mut seq, mut runs) = ("image".to_string(), 8usize, 16usize, 5usize);
+    let mut detail = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || {
@@ -36,8 +38,9 @@ fn main() -> anyhow::Result<()> {
             "--batch" => batch = value()?.parse()?,
             "--seq" => seq = value()?.parse()?,
             "--runs" => runs = value()?.parse()?,
+            "--detail" => detail = true,
             other => anyhow::bail!(
-                "unknown argument {other}; expected --model, --tower, --batch, --seq, --runs"
+                "unknown argument {other}; expected --model, --tower, --batch, --seq, --runs, --detail"
             ),
         }
     }
@@ -109,7 +112,11 @@ fn main() -> anyhow::Result<()> {
             |ctx, op_state, node, inputs| {
                 let t = Instant::now();
                 let out = eval(ctx, op_state, node, inputs);
-                timed.push((node.op().name().to_string(), t.elapsed()));
+                let mut key = node.op().name().to_string();
+                if detail {
+                    key = format!("{key} {}", node.op().info().unwrap_or_default().join(" "));
+                }
+                timed.push((key, t.elapsed()));
                 out
             },
         )?;
