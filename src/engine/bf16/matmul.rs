@@ -99,15 +99,7 @@ impl EvalOp for Bf16MatMul {
         let rows: usize = kept.iter().product();
         let x = x.as_standard_layout();
         let x = x.as_slice().context("contiguous input")?;
-        let y = matmul(
-            x,
-            rows,
-            &self.weights,
-            self.bias.as_deref().map(Vec::as_slice),
-        );
         let canonical: TVec<usize> = kept.iter().chain(&self.w_kept).copied().collect();
-        // The product's buffer becomes the tensor as it is, without a copy.
-        let mut y: Tensor = tract_ndarray::ArrayD::from_shape_vec(canonical.as_slice(), y)?.into();
         let order: Vec<usize> = self
             .out_axes
             .iter()
@@ -116,9 +108,29 @@ impl EvalOp for Bf16MatMul {
                 OutAxis::Unit => None,
             })
             .collect();
-        if order.iter().enumerate().any(|(i, &o)| i != o) {
-            y = y.permute_axes(&order)?;
+        let bias = self.bias.as_deref().map(Vec::as_slice);
+        let (x_order, w_order) = order.split_at(kept.len());
+        if w_order.iter().copied().eq(kept.len()..canonical.len()) {
+            // The output features stay last and in order: the output is x's rows in another
+            // order (or the same), which the product reads them in; no move after.
+            let moved = x_order.iter().enumerate().any(|(i, &o)| i != o);
+            let sources = moved.then(|| row_sources(kept, x_order));
+            let y = matmul(x, rows, &self.weights, bias, sources.as_deref());
+            let shape: TVec<usize> = self
+                .out_axes
+                .iter()
+                .map(|a| match a {
+                    OutAxis::Canonical(i) => canonical[*i],
+                    OutAxis::Unit => 1,
+                })
+                .collect();
+            // The product's buffer becomes the tensor as it is, without a copy.
+            let y: Tensor = tract_ndarray::ArrayD::from_shape_vec(shape.as_slice(), y)?.into();
+            return Ok(tvec!(y.into_tvalue()));
         }
+        let y = matmul(x, rows, &self.weights, bias, None);
+        let mut y: Tensor = tract_ndarray::ArrayD::from_shape_vec(canonical.as_slice(), y)?.into();
+        y = y.permute_axes(&order)?;
         for (pos, a) in self.out_axes.iter().enumerate() {
             if *a == OutAxis::Unit {
                 y.insert_axis(pos)?;
@@ -126,6 +138,31 @@ impl EvalOp for Bf16MatMul {
         }
         Ok(tvec!(y.into_tvalue()))
     }
+}
+
+/// For an output that lays out the axes `dims` (row-major, in x's order) as `order` says (the
+/// output's i-th axis is x's axis `order[i]`): the x row each output row comes from.
+fn row_sources(dims: &[usize], order: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1; dims.len()];
+    for i in (0..dims.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * dims[i + 1];
+    }
+    let out_dims: Vec<usize> = order.iter().map(|&a| dims[a]).collect();
+    let rows: usize = dims.iter().product();
+    let mut index = vec![0usize; order.len()];
+    let mut sources = Vec::with_capacity(rows);
+    for _ in 0..rows {
+        sources.push(index.iter().zip(order).map(|(&i, &a)| i * strides[a]).sum());
+        // The next output row: the last axis moves fastest.
+        for j in (0..index.len()).rev() {
+            index[j] += 1;
+            if index[j] < out_dims[j] {
+                break;
+            }
+            index[j] = 0;
+        }
+    }
+    sources
 }
 
 impl TypedOp for Bf16MatMul {
@@ -295,7 +332,9 @@ pub(super) fn plan(expr: &str, w: &Tensor) -> Option<Layout> {
 mod tests {
     use tract_onnx::tract_core::ops::einsum::EinSum;
 
-    use super::super::kernel::testing::{assert_sums_close, round, rounded, run, values};
+    use super::super::kernel::testing::{
+        assert_sums_close, rounded, run, run_alone_and_split, values,
+    };
     use super::super::{rewrite, supported};
     use super::*;
 
@@ -326,7 +365,10 @@ mod tests {
         assert!(plan("mak,ank->mn", &w(&[3, 8, 4])).is_none());
     }
 
-    /// A rewritten graph computes what the einsum did, up to the rounding of its inputs.
+    /// A rewritten graph computes what the einsum did, up to the rounding of its inputs, in the
+    /// einsum's output layout: the rows of x in their order, or in another (read in that order
+    /// by the product), or an output whose features are not last (moved after the product);
+    /// on one thread and split over a pool alike.
     #[test]
     fn a_rewritten_einsum_keeps_its_output_layout() -> TractResult<()> {
         if !supported() {
@@ -335,11 +377,18 @@ mod tests {
         }
         for (expr, x_shape, w_shape) in [
             (
-                "mak,kn->bamn",
+                "amk,kn->amn",
                 [3usize, 7, 16].as_slice(),
                 [16usize, 40].as_slice(),
             ),
+            // The image tower's attention input projection: rows reordered, a unit axis added.
+            ("mak,kn->bamn", &[3, 7, 16], &[16, 40]),
+            // Its output projection: two summed axes, the rows reordered.
             ("bmak,nak->mbn", &[5, 3, 2, 8], &[33, 2, 8]),
+            // Three kept axes of x, reordered.
+            ("abck,kn->cabn", &[2, 3, 4, 8], &[8, 20]),
+            // The features first: the output is moved after the product.
+            ("amk,kn->nam", &[3, 7, 16], &[16, 40]),
         ] {
             let x: Vec<f32> = values(x_shape.iter().product(), 5);
             let w: Vec<f32> = values(w_shape.iter().product(), 6);
@@ -354,26 +403,23 @@ mod tests {
                 Ok(model)
             };
             // The f32 einsum on inputs already rounded to bf16: the same products, exactly.
-            let rounded = |v: &[f32]| v.iter().map(|&a| round(a)).collect::<Vec<f32>>();
-            let x_rounded = Tensor::from_shape(x_shape, &rounded(&x))?;
-            let want = einsum(&rounded(&w))?
-                .into_runnable()?
-                .run(tvec!(x_rounded.into_tvalue()))?;
+            let want = run(einsum(&rounded(&w))?, &[(x_shape, &rounded(&x))]);
             let mut model = einsum(&w)?;
             assert_eq!(rewrite(&mut model)?.by_weights, 1, "{expr}");
-            let x = Tensor::from_shape(x_shape, &x)?;
-            let got = model.into_runnable()?.run(tvec!(x.into_tvalue()))?;
-            assert_eq!(got[0].shape(), want[0].shape(), "{expr}");
-            let got = got[0].to_plain_array_view::<f32>()?;
-            let want = want[0].to_plain_array_view::<f32>()?;
-            for (g, w) in got.iter().zip(want.iter()) {
-                assert!(
-                    (g - w).abs() <= 1e-5 * w.abs().max(1.0),
-                    "{expr}: {g} against {w}"
-                );
-            }
+            let got = run_alone_and_split(model, &[(x_shape, &x)]);
+            let k: usize = x_shape[x_shape.len() - 1];
+            assert_sums_close(&got, &want, k, expr);
         }
         Ok(())
+    }
+
+    #[test]
+    fn row_sources_follow_the_output_order_of_the_axes() {
+        // x rows (i, j) of a [2, 3] layout, output laid out (j, i).
+        assert_eq!(row_sources(&[2, 3], &[1, 0]), [0, 3, 1, 4, 2, 5]);
+        // Identity, and three axes moved round.
+        assert_eq!(row_sources(&[2, 2], &[0, 1]), [0, 1, 2, 3]);
+        assert_eq!(row_sources(&[2, 1, 3], &[2, 0, 1]), [0, 3, 1, 4, 2, 5]);
     }
 
     /// An add of one value per output feature after a product becomes part of the product,

@@ -131,12 +131,23 @@ pub(super) fn bf16_bits(x: f32) -> u16 {
     (rounded >> 16) as u16
 }
 
-/// `y[r][n] = sum_k x[r][k] * w[k][n] + bias[n]` for `rows` rows of `x` (`k` floats each); the
-/// bias (`n` floats) is added to the f32 sums in registers, as the separate add it replaces did.
-pub(super) fn matmul(x: &[f32], rows: usize, w: &PackedWeights, bias: Option<&[f32]>) -> Vec<f32> {
+/// `y[r][n] = sum_k x[s(r)][k] * w[k][n] + bias[n]` for `rows` rows of output, where `x` holds
+/// `rows` rows of `k` floats and `s(r)` is `sources[r]`, or `r` without `sources`: a product
+/// whose output lays out `x`'s rows in another order (the image tower's attention input
+/// projection) reads them in that order as it rounds them, instead of moving its output after.
+/// The bias (`n` floats) is added to the f32 sums in registers, as the separate add it replaces
+/// did.
+pub(super) fn matmul(
+    x: &[f32],
+    rows: usize,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    sources: Option<&[usize]>,
+) -> Vec<f32> {
     let (k, n, kp) = (w.k, w.n, w.kp);
     let Bf16Cpu(()) = w.cpu;
     assert!(bias.is_none_or(|b| b.len() == n), "a bias of {n} values");
+    assert!(sources.is_none_or(|s| s.len() == rows && s.iter().all(|&r| r < rows)));
     // Not zeroed first: the tiles write every element (a memset of every product's output was
     // 2-3 % of a run).
     let mut y: Vec<f32> = Vec::with_capacity(rows * n);
@@ -144,12 +155,13 @@ pub(super) fn matmul(x: &[f32], rows: usize, w: &PackedWeights, bias: Option<&[f
     // Each thread rounds its own rows of activations to bf16, then runs their tiles.
     let run = |first_row: usize, y: &mut [MaybeUninit<f32>]| {
         let chunk_rows = y.len() / n;
-        let x = &x[first_row * k..(first_row + chunk_rows) * k];
+        let source = |r: usize| sources.map_or(r, |s| s[r]);
+        let x_rows = (first_row..first_row + chunk_rows).map(|r| &x[source(r) * k..][..k]);
         let mut xb = vec![0u32; chunk_rows * kp];
         // SAFETY: `w` holds a `Bf16Cpu` (packing takes one), which only exists where the CPU
         // has AVX512-F and AVX512-BF16, the features `round_rows` and `tiles` are compiled for.
         unsafe {
-            round_rows(x, k, &mut xb, kp);
+            round_rows(x_rows, &mut xb, kp);
             tiles(&xb, chunk_rows, w.view(), bias, y)
         }
     };
@@ -172,13 +184,13 @@ pub(super) fn matmul(x: &[f32], rows: usize, w: &PackedWeights, bias: Option<&[f
     y
 }
 
-/// The activations `x` (rows of `k` floats) as bf16 pairs: u32 `q` of a row of `xb` (`kp`
+/// The activations `rows` (`k` floats each) as bf16 pairs: u32 `q` of a row of `xb` (`kp`
 /// each) holds the row's `x[2q]` (low half) and `x[2q + 1]` (high half, 0 past the end), which
 /// is the row's bf16 numbers in order. Rounded as [`round_row`] does.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-fn round_rows(x: &[f32], k: usize, xb: &mut [u32], kp: usize) {
-    for (src, dst) in x.chunks_exact(k).zip(xb.chunks_exact_mut(kp)) {
+fn round_rows<'a>(rows: impl Iterator<Item = &'a [f32]>, xb: &mut [u32], kp: usize) {
+    for (src, dst) in rows.zip(xb.chunks_exact_mut(kp)) {
         round_row(src, dst);
     }
 }
@@ -307,7 +319,7 @@ unsafe fn round_row(_: &[f32], _: &mut [u32]) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn round_rows(_: &[f32], _: usize, _: &mut [u32], _: usize) {
+unsafe fn round_rows<'a>(_: impl Iterator<Item = &'a [f32]>, _: &mut [u32], _: usize) {
     unreachable!("bf16 products are only enabled on x86-64 with AVX512-BF16")
 }
 

@@ -43,7 +43,7 @@ fn activations_round_as_the_scalar_rounding_does() {
     let kp = k.div_ceil(2);
     let mut xb = vec![0u32; rows * kp];
     // SAFETY: the CPU has AVX512-F and AVX512-BF16 (checked above).
-    unsafe { round_rows(&x, k, &mut xb, kp) };
+    unsafe { round_rows(x.chunks_exact(k), &mut xb, kp) };
     for r in 0..rows {
         for q in 0..kp {
             let at = |i: usize| if i < k { bf16_bits(x[r * k + i]) } else { 0 };
@@ -71,7 +71,7 @@ fn products_are_the_sums_of_rounded_products() {
         let x = values(rows * k, 1);
         let w = values(k * n, 2);
         let packed = PackedWeights::pack(cpu, k, n, |i, j| w[i * n + j]);
-        let y = matmul(&x, rows, &packed, None);
+        let y = matmul(&x, rows, &packed, None, None);
         let want = reference(&x, &w, rows, k, n);
         for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
             // Products of bf16 numbers are exact in f32; only the f32 sums round.
@@ -94,10 +94,10 @@ fn products_split_over_a_pool_equal_the_single_thread_ones() {
     let x = values(rows * k, 3);
     let w = values(k * n, 4);
     let packed = PackedWeights::pack(cpu, k, n, |i, j| w[i * n + j]);
-    let alone = matmul(&x, rows, &packed, None);
+    let alone = matmul(&x, rows, &packed, None, None);
     let pool = tract_linalg::multithread::Executor::multithread(2);
     let split = tract_linalg::multithread::multithread_tract_scope(pool, || {
-        matmul(&x, rows, &packed, None)
+        matmul(&x, rows, &packed, None, None)
     });
     assert_eq!(alone, split);
 }
@@ -115,8 +115,8 @@ fn a_bias_is_added_to_the_sums_as_a_separate_add_would() {
         let w = values(k * n, 9);
         let bias = values(n, 10);
         let packed = PackedWeights::pack(cpu, k, n, |i, j| w[i * n + j]);
-        let plain = matmul(&x, rows, &packed, None);
-        let biased = matmul(&x, rows, &packed, Some(&bias));
+        let plain = matmul(&x, rows, &packed, None, None);
+        let biased = matmul(&x, rows, &packed, Some(&bias), None);
         for (i, (&p, &b)) in plain.iter().zip(&biased).enumerate() {
             assert_eq!(
                 b.to_bits(),
