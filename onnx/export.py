@@ -207,6 +207,17 @@ def build_model(args):
                 **kwargs,
             )
             weights = f"random-init seed {args.seed}" + (" (tiny)" if args.tiny else "")
+            if args.random_biases:
+                # open_clip's attention and the HF text tower start their biases at zero, and
+                # an exporter or runtime may drop an add of zeros; a trained checkpoint has a
+                # non-zero bias after nearly every product. Drawn after the weights, so the
+                # weights stay those of --seed alone.
+                generator = torch.Generator().manual_seed(args.seed + 1)
+                with torch.no_grad():
+                    for name, p in model.named_parameters():
+                        if name.endswith("bias") and p.ndim == 1:
+                            p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
+                weights += " with random biases"
         else:
             source = args.checkpoint or args.pretrained
             model, _, preprocess = open_clip.create_model_and_transforms(
@@ -637,6 +648,8 @@ def parse_args(argv=None):
     ap.add_argument("--random-init", action="store_true", help="random weights (offline), deterministic given --seed")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tiny", action="store_true", help="tiny widths for test fixtures (needs --random-init)")
+    ap.add_argument("--random-biases", action="store_true",
+                    help="with --random-init: every bias drawn from N(0, 0.02) instead of open_clip's zeros, as in a trained checkpoint")
     ap.add_argument("--tokenizer-json", type=Path, default=None,
                     help="xlm-roberta-base tokenizer.json (default: shared assets, or the committed fixture copy)")
     ap.add_argument("--golden-ids", type=Path, default=None, help="golden_ids.json to check the tokenizer against")
@@ -647,6 +660,8 @@ def parse_args(argv=None):
                     help="photo files or folders for the reference (and the first 3 for the ORT check)")
     ap.add_argument("--skip-verify", action="store_true", help="skip the onnxruntime check (not recommended)")
     args = ap.parse_args(argv)
+    if args.random_biases and not args.random_init:
+        die("--random-biases needs --random-init")
     if args.tiny and not args.random_init:
         ap.error("--tiny only makes sense with --random-init")
     if args.checkpoint and args.random_init:
