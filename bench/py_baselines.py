@@ -113,7 +113,8 @@ def torch_runner(model: Path, threads: int):
         raise SystemExit(f"{model}: weights are {weights!r}; only random-init exports can be rebuilt")
     seed = int(weights.split()[2])
     t0 = time.perf_counter()
-    args = export.parse_args(["--out", "/nonexistent", "--random-init", "--seed", str(seed)])
+    flags = ["--random-biases"] if weights.endswith(" with random biases") else []
+    args = export.parse_args(["--out", "/nonexistent", "--random-init", "--seed", str(seed), *flags])
     clip, _, _, _, _ = export.build_model(args)
     load_s = time.perf_counter() - t0
     sha = export.weights_sha256(clip)
