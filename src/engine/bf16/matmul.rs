@@ -143,26 +143,9 @@ impl EvalOp for Bf16MatMul {
 /// For an output that lays out the axes `dims` (row-major, in x's order) as `order` says (the
 /// output's i-th axis is x's axis `order[i]`): the x row each output row comes from.
 fn row_sources(dims: &[usize], order: &[usize]) -> Vec<usize> {
-    let mut strides = vec![1; dims.len()];
-    for i in (0..dims.len().saturating_sub(1)).rev() {
-        strides[i] = strides[i + 1] * dims[i + 1];
-    }
-    let out_dims: Vec<usize> = order.iter().map(|&a| dims[a]).collect();
-    let rows: usize = dims.iter().product();
-    let mut index = vec![0usize; order.len()];
-    let mut sources = Vec::with_capacity(rows);
-    for _ in 0..rows {
-        sources.push(index.iter().zip(order).map(|(&i, &a)| i * strides[a]).sum());
-        // The next output row: the last axis moves fastest.
-        for j in (0..index.len()).rev() {
-            index[j] += 1;
-            if index[j] < out_dims[j] {
-                break;
-            }
-            index[j] = 0;
-        }
-    }
-    sources
+    let rows: Vec<usize> = (0..dims.iter().product()).collect();
+    let rows = tract_ndarray::ArrayView::from_shape(dims, &rows).expect("one index per row");
+    rows.permuted_axes(order).iter().copied().collect()
 }
 
 impl TypedOp for Bf16MatMul {
@@ -338,6 +321,21 @@ mod tests {
     use super::super::{rewrite, supported};
     use super::*;
 
+    /// A model of one f32 einsum `expr` of a source `x` by the constant `w`, and its output.
+    fn product(
+        expr: &str,
+        x_shape: &[usize],
+        w_shape: &[usize],
+        w: &[f32],
+    ) -> TractResult<(TypedModel, OutletId)> {
+        let mut model = TypedModel::default();
+        let source = model.add_source("x", f32::fact(x_shape))?;
+        let weights = model.add_const("w", Tensor::from_shape(w_shape, w)?)?;
+        let op = EinSum::new(expr.parse()?, f32::datum_type());
+        let y = model.wire_node("product", op, &[source, weights])?[0];
+        Ok((model, y))
+    }
+
     #[test]
     fn the_layouts_of_the_towers_products_are_planned() {
         let w = |shape: &[usize]| Tensor::zero::<f32>(shape).unwrap();
@@ -393,13 +391,8 @@ mod tests {
             let x: Vec<f32> = values(x_shape.iter().product(), 5);
             let w: Vec<f32> = values(w_shape.iter().product(), 6);
             let einsum = |w: &[f32]| -> TractResult<TypedModel> {
-                let mut model = TypedModel::default();
-                let source = model.add_source("x", f32::fact(x_shape))?;
-                let weights = model.add_const("w", Tensor::from_shape(w_shape, w)?)?;
-                let axes: AxesMapping = expr.parse()?;
-                let op = EinSum::new(axes, f32::datum_type());
-                let y = model.wire_node("product", op, &[source, weights])?;
-                model.select_output_outlets(&y)?;
+                let (mut model, y) = product(expr, x_shape, w_shape, w)?;
+                model.select_output_outlets(&[y])?;
                 Ok(model)
             };
             // The f32 einsum on inputs already rounded to bf16: the same products, exactly.
@@ -462,11 +455,7 @@ mod tests {
             let w = values(w_shape.iter().product(), 12);
             let bias = values(bias_shape.iter().product(), 13);
             let model = |w: &[f32]| -> TractResult<TypedModel> {
-                let mut model = TypedModel::default();
-                let source = model.add_source("x", f32::fact(x_shape))?;
-                let weights = model.add_const("w", Tensor::from_shape(w_shape, w)?)?;
-                let op = EinSum::new(expr.parse()?, f32::datum_type());
-                let y = model.wire_node("product", op, &[source, weights])?[0];
+                let (mut model, y) = product(expr, x_shape, w_shape, w)?;
                 let b = model.add_const("bias", Tensor::from_shape(bias_shape, &bias)?)?;
                 let inputs = if bias_first { [b, y] } else { [y, b] };
                 let y =
