@@ -153,12 +153,13 @@ impl EvalOp for Bf16ActMatMul {
         let (m, k, n) = (x.shape()[nb], x.shape()[nb + 1], y.shape()[nb + 1]);
         ensure!(y.shape()[nb] == k, "sums {k} against {}", y.shape()[nb]);
         let batches: usize = x.shape()[..nb].iter().product();
-        let y = activation_products(self.cpu, batches, m, n, |b| {
-            (operand(&x, nb, b), operand(&y, nb, b))
-        });
         let canonical: TVec<usize> = x.shape()[..nb].iter().copied().chain([m, n]).collect();
-        let mut out: Tensor =
-            tract_ndarray::ArrayD::from_shape_vec(canonical.as_slice(), y)?.into();
+        let mut out = activation_products(
+            self.cpu,
+            (batches, m, n),
+            |b| (operand(&x, nb, b), operand(&y, nb, b)),
+            &canonical,
+        )?;
         if layout.out_order.iter().enumerate().any(|(i, &o)| i != o) {
             out = out.permute_axes(&layout.out_order)?;
         }

@@ -115,7 +115,6 @@ impl EvalOp for Bf16MatMul {
             // order (or the same), which the product reads them in; no move after.
             let moved = x_order.iter().enumerate().any(|(i, &o)| i != o);
             let sources = moved.then(|| row_sources(kept, x_order));
-            let y = matmul(x, rows, &self.weights, bias, sources.as_deref());
             let shape: TVec<usize> = self
                 .out_axes
                 .iter()
@@ -124,12 +123,10 @@ impl EvalOp for Bf16MatMul {
                     OutAxis::Unit => 1,
                 })
                 .collect();
-            // The product's buffer becomes the tensor as it is, without a copy.
-            let y: Tensor = tract_ndarray::ArrayD::from_shape_vec(shape.as_slice(), y)?.into();
+            let y = matmul(x, rows, &self.weights, bias, sources.as_deref(), &shape)?;
             return Ok(tvec!(y.into_tvalue()));
         }
-        let y = matmul(x, rows, &self.weights, bias, None);
-        let mut y: Tensor = tract_ndarray::ArrayD::from_shape_vec(canonical.as_slice(), y)?.into();
+        let mut y = matmul(x, rows, &self.weights, bias, None, &canonical)?;
         y = y.permute_axes(&order)?;
         for (pos, a) in self.out_axes.iter().enumerate() {
             if *a == OutAxis::Unit {

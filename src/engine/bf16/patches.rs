@@ -180,9 +180,15 @@ impl EvalOp for Bf16Patches {
             }
         }
         let bias = self.bias.as_deref().map(Vec::as_slice);
-        let y = matmul(&patches, rows, &self.weights, bias, None);
         let n = self.weights.n;
-        let y: Tensor = tract_ndarray::ArrayD::from_shape_vec(&[batch, oh, ow, n][..], y)?.into();
+        let y = matmul(
+            &patches,
+            rows,
+            &self.weights,
+            bias,
+            None,
+            &[batch, oh, ow, n],
+        )?;
         Ok(tvec!(y.permute_axes(&[0, 3, 1, 2])?.into_tvalue()))
     }
 }

@@ -7,22 +7,34 @@ use std::mem::MaybeUninit;
 
 use tract_onnx::prelude::tract_ndarray::{ArrayView1, ArrayView2};
 
-use super::{bf16_bits, round_row, tiles, tower_pool, Bf16Cpu, Panels, MR};
+use tract_onnx::prelude::{Tensor, TractResult};
+
+use super::{bf16_bits, round_row, tiles, tower_pool, written_tensor, Bf16Cpu, Panels, MR};
 
 /// `batches` products of two activations (see [`activation_product`]), `operands(i)` giving
 /// product `i`'s `a` (`m x k`) and `b` (`k x n`); the results one after the other
-/// (`batches x m x n`), consecutive products split over the tower pool in a run that has one.
+/// (`batches x m x n`) as a tensor of `shape`, consecutive products split over the tower pool in
+/// a run that has one.
 pub(in crate::engine::bf16) fn activation_products<'v>(
     cpu: Bf16Cpu,
-    batches: usize,
+    (batches, m, n): (usize, usize, usize),
+    operands: impl Fn(usize) -> (ArrayView2<'v, f32>, ArrayView2<'v, f32>) + Sync,
+    shape: &[usize],
+) -> TractResult<Tensor> {
+    assert_eq!(shape.iter().product::<usize>(), batches * m * n);
+    // SAFETY: every product writes its `m x n` elements (there are none when `m x n` is 0).
+    unsafe { written_tensor(shape, |out| write_products(cpu, m, n, operands, out)) }
+}
+
+/// [`activation_products`] into `out`, `m x n` elements per product.
+fn write_products<'v>(
+    cpu: Bf16Cpu,
     m: usize,
     n: usize,
     operands: impl Fn(usize) -> (ArrayView2<'v, f32>, ArrayView2<'v, f32>) + Sync,
-) -> Vec<f32> {
-    let len = batches * m * n;
-    // Not zeroed first: each product writes every element of its `m x n`.
-    let mut y: Vec<f32> = Vec::with_capacity(len);
-    let out = &mut y.spare_capacity_mut()[..len];
+    out: &mut [MaybeUninit<f32>],
+) {
+    let batches = out.len() / (m * n).max(1);
     let run = |first: usize, out: &mut [MaybeUninit<f32>]| {
         let mut scratch = Scratch::default();
         for (i, y_i) in out.chunks_exact_mut(m * n).enumerate() {
@@ -43,9 +55,6 @@ pub(in crate::engine::bf16) fn activation_products<'v>(
         _ if m * n > 0 => run(0, out),
         _ => {}
     }
-    // SAFETY: every product wrote its `m x n` elements (there are none when `m x n` is 0).
-    unsafe { y.set_len(len) };
-    y
 }
 
 /// Buffers a thread reuses from one [`activation_product`] to the next.

@@ -6,6 +6,8 @@
 
 use std::mem::MaybeUninit;
 
+use tract_onnx::prelude::{Tensor, TractResult};
+
 mod activations;
 
 pub(in crate::engine::bf16) use activations::activation_products;
@@ -136,22 +138,63 @@ pub(super) fn bf16_bits(x: f32) -> u16 {
 /// whose output lays out `x`'s rows in another order (the image tower's attention input
 /// projection) reads them in that order as it rounds them, instead of moving its output after.
 /// The bias (`n` floats) is added to the f32 sums in registers, as the separate add it replaces
-/// did.
+/// did. The result is a tensor of `shape`, whose elements are the `rows x n` outputs in order.
 pub(super) fn matmul(
     x: &[f32],
     rows: usize,
     w: &PackedWeights,
     bias: Option<&[f32]>,
     sources: Option<&[usize]>,
-) -> Vec<f32> {
-    let (k, n, kp) = (w.k, w.n, w.kp);
+    shape: &[usize],
+) -> TractResult<Tensor> {
+    let n = w.n;
     let Bf16Cpu(()) = w.cpu;
     assert!(bias.is_none_or(|b| b.len() == n), "a bias of {n} values");
     assert!(sources.is_none_or(|s| s.len() == rows && s.iter().all(|&r| r < rows)));
-    // Not zeroed first: the tiles write every element (a memset of every product's output was
-    // 2-3 % of a run).
-    let mut y: Vec<f32> = Vec::with_capacity(rows * n);
-    let out = &mut y.spare_capacity_mut()[..rows * n];
+    assert_eq!(
+        shape.iter().product::<usize>(),
+        rows * n,
+        "an output of {rows} x {n}"
+    );
+    // SAFETY: `write_products` writes all `rows x n` elements: every row of every chunk, against
+    // every panel, and the panels cover the `n` columns.
+    unsafe { written_tensor(shape, |out| write_products(x, rows, w, bias, sources, out)) }
+}
+
+/// A new f32 tensor of `shape` whose elements `fill` writes. The products write straight into
+/// the tensor's buffer: an ndarray array made into a tensor is copied, which was 3 % of an image
+/// run. Not zeroed first either (a memset of every product's output was 2-3 % of a run).
+///
+/// # Safety
+///
+/// `fill` writes every element of the slice it is given.
+unsafe fn written_tensor(
+    shape: &[usize],
+    fill: impl FnOnce(&mut [MaybeUninit<f32>]),
+) -> TractResult<Tensor> {
+    // SAFETY: f32 has no invalid bit patterns, and nothing reads an element before `fill` has
+    // written it (the caller's promise).
+    let mut t = unsafe { Tensor::uninitialized::<f32>(shape)? };
+    let len = t.len();
+    if len > 0 {
+        // SAFETY: the tensor's storage holds `len` f32, seen as not yet initialised.
+        let out =
+            unsafe { std::slice::from_raw_parts_mut(t.as_ptr_mut_unchecked::<f32>().cast(), len) };
+        fill(out);
+    }
+    Ok(t)
+}
+
+/// [`matmul`]'s products into `out` (`rows x n`), every element of it.
+fn write_products(
+    x: &[f32],
+    rows: usize,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    sources: Option<&[usize]>,
+    out: &mut [MaybeUninit<f32>],
+) {
+    let (k, n, kp) = (w.k, w.n, w.kp);
     // Each thread rounds its own rows of activations to bf16, then runs their tiles.
     let run = |first_row: usize, y: &mut [MaybeUninit<f32>]| {
         let chunk_rows = y.len() / n;
@@ -178,10 +221,6 @@ pub(super) fn matmul(
         }
         _ => run(0, out),
     }
-    // SAFETY: `tiles` wrote all `rows x n` elements: every row of every chunk, against every
-    // panel, and the panels cover the `n` columns.
-    unsafe { y.set_len(rows * n) };
-    y
 }
 
 /// The activations `rows` (`k` floats each) as bf16 pairs: u32 `q` of a row of `xb` (`kp`

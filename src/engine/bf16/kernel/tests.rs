@@ -3,6 +3,16 @@
 use super::testing::{round, values};
 use super::*;
 
+/// [`matmul`]'s `rows x n` outputs as a vector.
+fn product(x: &[f32], rows: usize, w: &PackedWeights, bias: Option<&[f32]>) -> Vec<f32> {
+    let y = matmul(x, rows, w, bias, None, &[rows, w.n]).unwrap();
+    y.to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect()
+}
+
 /// The exact sum of the bf16-rounded products, in f64.
 fn reference(x: &[f32], w: &[f32], rows: usize, k: usize, n: usize) -> Vec<f64> {
     let mut y = vec![0f64; rows * n];
@@ -71,7 +81,7 @@ fn products_are_the_sums_of_rounded_products() {
         let x = values(rows * k, 1);
         let w = values(k * n, 2);
         let packed = PackedWeights::pack(cpu, k, n, |i, j| w[i * n + j]);
-        let y = matmul(&x, rows, &packed, None, None);
+        let y = product(&x, rows, &packed, None);
         let want = reference(&x, &w, rows, k, n);
         for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
             // Products of bf16 numbers are exact in f32; only the f32 sums round.
@@ -94,10 +104,10 @@ fn products_split_over_a_pool_equal_the_single_thread_ones() {
     let x = values(rows * k, 3);
     let w = values(k * n, 4);
     let packed = PackedWeights::pack(cpu, k, n, |i, j| w[i * n + j]);
-    let alone = matmul(&x, rows, &packed, None, None);
+    let alone = product(&x, rows, &packed, None);
     let pool = tract_linalg::multithread::Executor::multithread(2);
     let split = tract_linalg::multithread::multithread_tract_scope(pool, || {
-        matmul(&x, rows, &packed, None, None)
+        product(&x, rows, &packed, None)
     });
     assert_eq!(alone, split);
 }
@@ -115,8 +125,8 @@ fn a_bias_is_added_to_the_sums_as_a_separate_add_would() {
         let w = values(k * n, 9);
         let bias = values(n, 10);
         let packed = PackedWeights::pack(cpu, k, n, |i, j| w[i * n + j]);
-        let plain = matmul(&x, rows, &packed, None, None);
-        let biased = matmul(&x, rows, &packed, Some(&bias), None);
+        let plain = product(&x, rows, &packed, None);
+        let biased = product(&x, rows, &packed, Some(&bias));
         for (i, (&p, &b)) in plain.iter().zip(&biased).enumerate() {
             assert_eq!(
                 b.to_bits(),
