@@ -106,6 +106,13 @@ fn bf16_products_stay_within_the_parity_tolerance() {
         // The image MLP's two biases per block are added inside their products. (The other
         // layers of the random-weight fixture have zero biases, whose adds tract removes.)
         assert_eq!(image.bf16_biases(), 2 * blocks);
+        // The GELU after each block's first MLP layer is applied inside that product; in the
+        // text tower the projection head's too (its MLP: layer, GELU, layer).
+        assert_eq!(image.bf16_gelus(), blocks);
+        assert_eq!(text.bf16_gelus(), blocks + 1);
+        // Each block's attention softmax runs as a RowSoftmax.
+        assert_eq!(image.bf16_softmaxes(), blocks);
+        assert_eq!(text.bf16_softmaxes(), blocks);
         // The bf16 weights are counted once, at half the f32 size of what they replace.
         let f32_engine = load("models/tiny", &bucketed());
         assert!(image.weight_bytes() < f32_engine.image.graph().weight_bytes());

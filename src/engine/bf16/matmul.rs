@@ -1,7 +1,7 @@
 //! [`Bf16MatMul`]: a product of an activation by a constant weight matrix (an `EinSum` of the
 //! decluttered graph) with the weights packed in bf16 once, at load, and the activations rounded
-//! at every run, plus the layer's bias when one follows it; and [`plan`], which reads the
-//! einsums it can replace.
+//! at every run, plus the layer's bias and GELU when they follow it (`fuse.rs`); and [`plan`],
+//! which reads the einsums it can replace.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
 use super::einsum_axes;
-use super::kernel::{matmul, Bf16Cpu, PackedWeights};
+use super::kernel::{matmul, Bf16Cpu, Epilogue, PackedWeights};
 
 /// Where an output axis comes from: an axis of the canonical result `[x's kept axes..., w's
 /// kept axes...]`, or a unit axis the einsum adds.
@@ -27,14 +27,17 @@ pub(super) enum OutAxis {
 pub struct Bf16MatMul {
     pub(super) weights: Arc<PackedWeights>,
     /// Shapes of `w`'s kept axes, in `w`'s order (their product is `n`).
-    w_kept: TVec<usize>,
+    pub(super) w_kept: TVec<usize>,
     /// Number of `x`'s trailing axes that are summed.
     contracted: usize,
     /// The output's axes.
-    out_axes: TVec<OutAxis>,
+    pub(super) out_axes: TVec<OutAxis>,
     /// One value per output feature, added to the f32 sums in the product's registers: the
-    /// constant add that followed the product in the graph (`super::fuse_biases`).
-    bias: Option<Arc<Vec<f32>>>,
+    /// constant add that followed the product in the graph (`super::fuse`).
+    pub(super) bias: Option<Arc<Vec<f32>>>,
+    /// Whether tract's exact GELU is applied to the sums (after the bias) in registers: the
+    /// GELU that followed the product in the graph (`super::fuse`).
+    pub(super) gelu: bool,
 }
 
 impl PartialEq for Bf16MatMul {
@@ -44,6 +47,7 @@ impl PartialEq for Bf16MatMul {
             && self.contracted == other.contracted
             && self.out_axes == other.out_axes
             && self.bias.as_ref().map(Arc::as_ptr) == other.bias.as_ref().map(Arc::as_ptr)
+            && self.gelu == other.gelu
     }
 }
 impl Eq for Bf16MatMul {}
@@ -58,6 +62,7 @@ impl Hash for Bf16MatMul {
             .as_ref()
             .map(|b| Arc::as_ptr(b) as usize)
             .hash(state);
+        self.gelu.hash(state);
     }
 }
 
@@ -68,8 +73,9 @@ impl Op for Bf16MatMul {
 
     fn info(&self) -> TractResult<Vec<String>> {
         let bias = if self.bias.is_some() { " + bias" } else { "" };
+        let gelu = if self.gelu { ", GELU" } else { "" };
         Ok(vec![format!(
-            "k={} n={}{bias}",
+            "k={} n={}{bias}{gelu}",
             self.weights.k, self.weights.n
         )])
     }
@@ -108,7 +114,10 @@ impl EvalOp for Bf16MatMul {
                 OutAxis::Unit => None,
             })
             .collect();
-        let bias = self.bias.as_deref().map(Vec::as_slice);
+        let epilogue = Epilogue {
+            bias: self.bias.as_deref().map(Vec::as_slice),
+            gelu: self.gelu,
+        };
         let (x_order, w_order) = order.split_at(kept.len());
         if w_order.iter().copied().eq(kept.len()..canonical.len()) {
             // The output features stay last and in order: the output is x's rows in another
@@ -123,10 +132,10 @@ impl EvalOp for Bf16MatMul {
                     OutAxis::Unit => 1,
                 })
                 .collect();
-            let y = matmul(x, rows, &self.weights, bias, sources.as_deref(), &shape)?;
+            let y = matmul(x, rows, &self.weights, epilogue, sources.as_deref(), &shape)?;
             return Ok(tvec!(y.into_tvalue()));
         }
-        let mut y = matmul(x, rows, &self.weights, bias, None, &canonical)?;
+        let mut y = matmul(x, rows, &self.weights, epilogue, None, &canonical)?;
         y = y.permute_axes(&order)?;
         for (pos, a) in self.out_axes.iter().enumerate() {
             if *a == OutAxis::Unit {
@@ -200,49 +209,7 @@ impl Layout {
             contracted: self.contracted,
             out_axes: self.out_axes,
             bias: None,
-        })
-    }
-}
-
-impl Bf16MatMul {
-    /// This product with `b` added to its output, if that adds one value per output feature:
-    /// `b` (f32, its axes right-aligned with the output's) is 1 long on every axis but the
-    /// features', which it spans whole and in the order of `w`'s. None for a product that
-    /// already has a bias.
-    pub(super) fn with_bias(&self, b: &Tensor) -> Option<Bf16MatMul> {
-        let rank = self.out_axes.len();
-        if self.bias.is_some() || b.datum_type() != f32::datum_type() || b.rank() > rank {
-            return None;
-        }
-        let canonical = self
-            .out_axes
-            .iter()
-            .filter(|a| **a != OutAxis::Unit)
-            .count();
-        let x_kept = canonical - self.w_kept.len();
-        let pad = rank - b.rank();
-        let mut features = vec![];
-        for (pos, axis) in self.out_axes.iter().enumerate() {
-            let len = if pos < pad { 1 } else { b.shape()[pos - pad] };
-            match axis {
-                OutAxis::Canonical(i) if *i >= x_kept => {
-                    if len != self.w_kept[i - x_kept] {
-                        return None;
-                    }
-                    features.push(*i);
-                }
-                _ if len != 1 => return None,
-                _ => {}
-            }
-        }
-        if !features.is_sorted() {
-            return None;
-        }
-        let view = b.to_plain_array_view::<f32>().ok()?;
-        let values: Vec<f32> = view.iter().copied().collect();
-        (values.len() == self.weights.n).then(|| Bf16MatMul {
-            bias: Some(Arc::new(values)),
-            ..self.clone()
+            gelu: false,
         })
     }
 }
@@ -310,28 +277,11 @@ pub(super) fn plan(expr: &str, w: &Tensor) -> Option<Layout> {
 
 #[cfg(test)]
 mod tests {
-    use tract_onnx::tract_core::ops::einsum::EinSum;
-
     use super::super::kernel::testing::{
-        assert_sums_close, rounded, run, run_alone_and_split, values,
+        assert_sums_close, product, rounded, run, run_alone_and_split, values,
     };
     use super::super::{rewrite, supported};
     use super::*;
-
-    /// A model of one f32 einsum `expr` of a source `x` by the constant `w`, and its output.
-    fn product(
-        expr: &str,
-        x_shape: &[usize],
-        w_shape: &[usize],
-        w: &[f32],
-    ) -> TractResult<(TypedModel, OutletId)> {
-        let mut model = TypedModel::default();
-        let source = model.add_source("x", f32::fact(x_shape))?;
-        let weights = model.add_const("w", Tensor::from_shape(w_shape, w)?)?;
-        let op = EinSum::new(expr.parse()?, f32::datum_type());
-        let y = model.wire_node("product", op, &[source, weights])?[0];
-        Ok((model, y))
-    }
 
     #[test]
     fn the_layouts_of_the_towers_products_are_planned() {
@@ -410,74 +360,5 @@ mod tests {
         // Identity, and three axes moved round.
         assert_eq!(row_sources(&[2, 2], &[0, 1]), [0, 1, 2, 3]);
         assert_eq!(row_sources(&[2, 1, 3], &[2, 0, 1]), [0, 3, 1, 4, 2, 5]);
-    }
-
-    /// An add of one value per output feature after a product becomes part of the product,
-    /// whichever side of the add it is on and however the output's axes are laid out; an add
-    /// of anything else stays an add. The results are the einsum's on rounded inputs, plus the
-    /// added constant, either way.
-    #[test]
-    fn a_bias_added_after_a_product_is_added_inside_it() -> TractResult<()> {
-        if !supported() {
-            eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
-            return Ok(());
-        }
-        let (x3, w2) = ([3usize, 7, 16].as_slice(), [16usize, 40].as_slice());
-        for (expr, x_shape, w_shape, bias_shape, bias_first, fused) in [
-            (
-                "amk,kn->amn",
-                x3,
-                w2,
-                [1usize, 1, 40].as_slice(),
-                false,
-                true,
-            ),
-            ("amk,kn->amn", x3, w2, &[1, 1, 40], true, true),
-            ("mak,kn->bamn", x3, w2, &[1, 1, 1, 40], false, true),
-            // The attention's output projection: two summed axes, a weight stored [n, a, k].
-            (
-                "bmak,nak->mbn",
-                &[5, 3, 2, 8],
-                &[33, 2, 8],
-                &[1, 1, 33],
-                false,
-                true,
-            ),
-            // One value per row, or per row and feature: not a bias of the product's features.
-            ("amk,kn->amn", x3, w2, &[3, 1, 1], false, false),
-            ("amk,kn->amn", x3, w2, &[3, 7, 40], false, false),
-        ] {
-            let what = format!("{expr} + {bias_shape:?}");
-            let x = values(x_shape.iter().product(), 11);
-            let w = values(w_shape.iter().product(), 12);
-            let bias = values(bias_shape.iter().product(), 13);
-            let model = |w: &[f32]| -> TractResult<TypedModel> {
-                let (mut model, y) = product(expr, x_shape, w_shape, w)?;
-                let b = model.add_const("bias", Tensor::from_shape(bias_shape, &bias)?)?;
-                let inputs = if bias_first { [b, y] } else { [y, b] };
-                let y =
-                    model.wire_node("add", tract_onnx::tract_core::ops::math::add(), &inputs)?;
-                model.select_output_outlets(&y)?;
-                Ok(model)
-            };
-            let want = run(model(&rounded(&w))?, &[(x_shape, &rounded(&x))]);
-            let mut rewritten = model(&w)?;
-            let counts = rewrite(&mut rewritten)?;
-            assert_eq!(
-                (counts.by_weights, counts.biases),
-                (1, usize::from(fused)),
-                "{what}"
-            );
-            let last = rewritten.node(rewritten.output_outlets()?[0].node);
-            assert_eq!(
-                last.op_is::<Bf16MatMul>(),
-                fused,
-                "{what}: {}",
-                last.op.name()
-            );
-            let got = run(rewritten, &[(x_shape, &x)]);
-            assert_sums_close(&got, &want, 16, &what);
-        }
-        Ok(())
     }
 }

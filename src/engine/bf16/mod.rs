@@ -15,8 +15,9 @@
 //! their weighting of the values) become [`Bf16ActMatMul`]s, both operands rounded at every run
 //! (`activations.rs`), and the image tower's patch embedding a [`Bf16Patches`]
 //! (`patches.rs`). A constant add of one value per output feature after a [`Bf16MatMul`] (a
-//! layer's bias) is folded into it ([`fuse_biases`]). Everything else (norms, softmax, GELU, the
-//! text tower's word-embedding table) stays f32.
+//! layer's bias), and a GELU after that, are folded into it (`fuse.rs`), and each softmax over a
+//! last axis runs as a [`RowSoftmax`] (`softmax.rs`): all three give tract's bits. Everything
+//! else (norms, softmax arithmetic, the text tower's word-embedding table) stays f32.
 //!
 //! This is lossy: each product's inputs lose 16 bits of mantissa. On the random-weight exports
 //! the embeddings stay at cosine >= 0.99995 to f32, but real weights, with their outliers, may
@@ -29,15 +30,15 @@
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::Conv;
 use tract_onnx::tract_core::ops::einsum::EinSum;
-use tract_onnx::tract_core::ops::math::Add;
 
 mod activations;
+mod fuse;
 mod kernel;
 mod matmul;
 mod patches;
+mod softmax;
 
 use activations::ActLayout;
 pub use activations::Bf16ActMatMul;
@@ -45,6 +46,7 @@ use kernel::Bf16Cpu;
 use matmul::plan;
 pub use matmul::Bf16MatMul;
 pub use patches::Bf16Patches;
+pub use softmax::RowSoftmax;
 
 /// Whether this CPU has the instructions the bf16 products need.
 pub fn supported() -> bool {
@@ -74,13 +76,17 @@ pub struct Rewritten {
     pub of_activations: usize,
     /// Biases added inside a [`Bf16MatMul`] instead of by an add of their own.
     pub biases: usize,
+    /// GELUs applied inside a [`Bf16MatMul`] instead of by an op of their own.
+    pub gelus: usize,
+    /// Softmaxes over a last axis computed by a [`RowSoftmax`].
+    pub softmaxes: usize,
 }
 
 /// Replaces every f32 product of an activation by a constant matrix that fits the
 /// [`Bf16MatMul`] layout, every convolution that is a patch embedding ([`Bf16Patches`]), and
 /// every product of two activations that fits [`Bf16ActMatMul`]'s, then folds the biases added
-/// after products by weights into them ([`fuse_biases`]); returns how many of each. Products it
-/// cannot express stay f32.
+/// after products by weights, and the GELUs after those, into them (`fuse.rs`); returns how many
+/// of each. Products it cannot express stay f32.
 pub fn rewrite(model: &mut TypedModel) -> TractResult<Rewritten> {
     // Nothing is rewritten on a CPU without the instructions.
     let Some(cpu) = Bf16Cpu::detect() else {
@@ -142,6 +148,8 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<Rewritten> {
         by_weights: by_weights.len() + patches.len(),
         of_activations: of_activations.len(),
         biases: 0,
+        gelus: 0,
+        softmaxes: 0,
     };
     for (id, op) in by_weights {
         replace(model, id, op, 1)?;
@@ -152,55 +160,10 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<Rewritten> {
     for (id, op) in of_activations {
         replace(model, id, op, 2)?;
     }
-    counts.biases = fuse_biases(model)?;
+    counts.biases = fuse::biases(model)?;
+    counts.gelus = fuse::gelus(model)?;
+    counts.softmaxes = softmax::rows(model, cpu)?;
     Ok(counts)
-}
-
-/// Folds into each [`Bf16MatMul`] the add of a constant that follows it, when that constant is
-/// one value per output feature (a layer's bias): the product's tiles add it while the sums are
-/// still in registers, instead of a second pass over the output. The same f32 additions, so
-/// the same bits. Returns how many it folded.
-fn fuse_biases(model: &mut TypedModel) -> TractResult<usize> {
-    let products: Vec<usize> = model
-        .nodes()
-        .iter()
-        .filter(|n| n.op_is::<Bf16MatMul>())
-        .map(|n| n.id)
-        .collect();
-    let mut fused = 0;
-    for id in products {
-        let node = model.node(id);
-        let output = OutletId::new(id, 0);
-        let &[inlet] = model.outlet_successors(output) else {
-            continue;
-        };
-        let add = model.node(inlet.node);
-        let is_add = add
-            .op_as::<TypedBinOp>()
-            .is_some_and(|b| b.0.is::<Add>() && b.1.is_none());
-        if !is_add || add.inputs.len() != 2 {
-            continue;
-        }
-        let Some(bias) = model.outlet_fact(add.inputs[1 - inlet.slot])?.konst.clone() else {
-            continue;
-        };
-        // The add must not broadcast the product's output to a larger shape.
-        if model.outlet_fact(OutletId::new(add.id, 0))?.shape != model.outlet_fact(output)?.shape {
-            continue;
-        }
-        let product = node.op_as::<Bf16MatMul>().expect("listed as one");
-        let Some(op) = product.with_bias(&bias) else {
-            continue;
-        };
-        let (x, add_id, name) = (node.inputs[0], add.id, add.name.clone());
-        let mut patch = TypedModelPatch::new(format!("bias {name}"));
-        let x = patch.tap_model(model, x)?;
-        let y = patch.wire_node(format!("{name}.bf16"), op, &[x])?[0];
-        patch.shunt_outside(model, OutletId::new(add_id, 0), y)?;
-        patch.apply(model)?;
-        fused += 1;
-    }
-    Ok(fused)
 }
 
 /// Replaces node `id` by `op` reading the node's first `inputs` inputs.

@@ -13,7 +13,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use super::kernel::{matmul, Bf16Cpu, PackedWeights};
+use super::kernel::{matmul, Bf16Cpu, Epilogue, PackedWeights};
 
 /// `y[b][o][i][j] = sum_{c,u,v} x[b][c][i*ph + u][j*pw + v] * w[o][c][u][v] + bias[o]`: a
 /// convolution of an NCHW image by an OIHW kernel whose strides are its size, without padding
@@ -179,13 +179,16 @@ impl EvalOp for Bf16Patches {
                 }
             }
         }
-        let bias = self.bias.as_deref().map(Vec::as_slice);
+        let epilogue = Epilogue {
+            bias: self.bias.as_deref().map(Vec::as_slice),
+            gelu: false,
+        };
         let n = self.weights.n;
         let y = matmul(
             &patches,
             rows,
             &self.weights,
-            bias,
+            epilogue,
             None,
             &[batch, oh, ow, n],
         )?;

@@ -268,6 +268,8 @@ impl Graph {
                 by_weights = bf16.by_weights,
                 of_activations = bf16.of_activations,
                 biases_fused = bf16.biases,
+                gelus_fused = bf16.gelus,
+                row_softmaxes = bf16.softmaxes,
                 "bf16 products"
             );
         }
@@ -400,6 +402,17 @@ impl Graph {
     /// them.
     pub fn bf16_biases(&self) -> usize {
         self.bf16.biases
+    }
+
+    /// How many GELUs the bf16 products by weights apply themselves, instead of an op after
+    /// them.
+    pub fn bf16_gelus(&self) -> usize {
+        self.bf16.gelus
+    }
+
+    /// How many softmaxes run as [`super::bf16::RowSoftmax`] (the same bits as tract's).
+    pub fn bf16_softmaxes(&self) -> usize {
+        self.bf16.softmaxes
     }
 
     /// Bytes of constants (weights, packed for their kernels) the plans hold, each counted once.

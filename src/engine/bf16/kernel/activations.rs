@@ -9,7 +9,9 @@ use tract_onnx::prelude::tract_ndarray::{ArrayView1, ArrayView2};
 
 use tract_onnx::prelude::{Tensor, TractResult};
 
-use super::{bf16_bits, round_row, tiles, tower_pool, written_tensor, Bf16Cpu, Panels, MR};
+use super::{
+    bf16_bits, round_row, tiles, tower_pool, written_tensor, Bf16Cpu, Epilogue, Panels, MR,
+};
 
 /// `batches` products of two activations (see [`activation_product`]), `operands(i)` giving
 /// product `i`'s `a` (`m x k`) and `b` (`k x n`); the results one after the other
@@ -141,7 +143,7 @@ fn activation_product(
                 kp,
                 data: panels,
             },
-            None,
+            Epilogue::default(),
             y,
         );
     }

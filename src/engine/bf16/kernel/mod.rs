@@ -9,8 +9,11 @@ use std::mem::MaybeUninit;
 use tract_onnx::prelude::{Tensor, TractResult};
 
 mod activations;
+mod gelu;
+mod softmax;
 
 pub(in crate::engine::bf16) use activations::activation_products;
+pub(in crate::engine::bf16) use softmax::softmax_rows;
 
 /// The tower pool of the run in progress, if it has one of several threads
 /// (`crate::engine::threads::TowerPool`): products split their work over it.
@@ -25,6 +28,16 @@ fn tower_pool() -> Option<std::sync::Arc<rayon::ThreadPool>> {
 const MR: usize = 32;
 /// Activation rows per tile.
 const NR: usize = 5;
+
+/// What a product by weights does to its f32 sums before it stores them: the layer's bias
+/// added, then a GELU applied, each instead of a pass of its own over the output after.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Epilogue<'a> {
+    /// One value per output feature.
+    pub bias: Option<&'a [f32]>,
+    /// tract's `GeluExact`, bit for bit ([`gelu::gelu16`]).
+    pub gelu: bool,
+}
 
 /// Proof that this CPU runs AVX512-F and AVX512-BF16: only [`Bf16Cpu::detect`] makes one,
 /// after asking the CPU, and packed weights cannot exist without one, so [`matmul`] never
@@ -137,19 +150,23 @@ pub(super) fn bf16_bits(x: f32) -> u16 {
 /// `rows` rows of `k` floats and `s(r)` is `sources[r]`, or `r` without `sources`: a product
 /// whose output lays out `x`'s rows in another order (the image tower's attention input
 /// projection) reads them in that order as it rounds them, instead of moving its output after.
-/// The bias (`n` floats) is added to the f32 sums in registers, as the separate add it replaces
-/// did. The result is a tensor of `shape`, whose elements are the `rows x n` outputs in order.
+/// The bias (`n` floats) is added to the f32 sums in registers, and the GELU applied to them
+/// there, as the separate ops they replace did ([`Epilogue`]). The result is a tensor of
+/// `shape`, whose elements are the `rows x n` outputs in order.
 pub(super) fn matmul(
     x: &[f32],
     rows: usize,
     w: &PackedWeights,
-    bias: Option<&[f32]>,
+    epilogue: Epilogue<'_>,
     sources: Option<&[usize]>,
     shape: &[usize],
 ) -> TractResult<Tensor> {
     let n = w.n;
     let Bf16Cpu(()) = w.cpu;
-    assert!(bias.is_none_or(|b| b.len() == n), "a bias of {n} values");
+    assert!(
+        epilogue.bias.is_none_or(|b| b.len() == n),
+        "a bias of {n} values"
+    );
     assert!(sources.is_none_or(|s| s.len() == rows && s.iter().all(|&r| r < rows)));
     assert_eq!(
         shape.iter().product::<usize>(),
@@ -158,7 +175,11 @@ pub(super) fn matmul(
     );
     // SAFETY: `write_products` writes all `rows x n` elements: every row of every chunk, against
     // every panel, and the panels cover the `n` columns.
-    unsafe { written_tensor(shape, |out| write_products(x, rows, w, bias, sources, out)) }
+    unsafe {
+        written_tensor(shape, |out| {
+            write_products(x, rows, w, epilogue, sources, out)
+        })
+    }
 }
 
 /// A new f32 tensor of `shape` whose elements `fill` writes. The products write straight into
@@ -190,7 +211,7 @@ fn write_products(
     x: &[f32],
     rows: usize,
     w: &PackedWeights,
-    bias: Option<&[f32]>,
+    epilogue: Epilogue<'_>,
     sources: Option<&[usize]>,
     out: &mut [MaybeUninit<f32>],
 ) {
@@ -205,7 +226,7 @@ fn write_products(
         // has AVX512-F and AVX512-BF16, the features `round_rows` and `tiles` are compiled for.
         unsafe {
             round_rows(x_rows, &mut xb, kp);
-            tiles(&xb, chunk_rows, w.view(), bias, y)
+            tiles(&xb, chunk_rows, w.view(), epilogue, y)
         }
     };
     match tower_pool() {
@@ -260,12 +281,19 @@ fn round_row(src: &[f32], dst: &mut [u32]) {
 }
 
 /// All tiles of `rows` activation rows (bf16 pairs, `w.kp` per row) against every weight panel,
-/// plus `bias` (`w.n` values) if any, into `y` (`rows x w.n`), every element of which it writes.
+/// then the `epilogue`, into `y` (`rows x w.n`), every element of which it writes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-fn tiles(xb: &[u32], rows: usize, w: Panels<'_>, bias: Option<&[f32]>, y: &mut [MaybeUninit<f32>]) {
+fn tiles(
+    xb: &[u32],
+    rows: usize,
+    w: Panels<'_>,
+    epilogue: Epilogue<'_>,
+    y: &mut [MaybeUninit<f32>],
+) {
     use std::arch::x86_64::*;
     let (n, kp) = (w.n, w.kp);
+    let Epilogue { bias, gelu } = epilogue;
     // Without a bias, -0.0 is added: the one number whose addition changes no f32.
     let mut bias_panel = [-0.0f32; MR];
     // Blocks of row tiles small enough to stay in L2 while every weight panel passes by.
@@ -308,9 +336,20 @@ fn tiles(xb: &[u32], rows: usize, w: Panels<'_>, bias: Option<&[f32]>, y: &mut [
                         acc[2 * j + 1] = _mm512_dpbf16_ps(acc[2 * j + 1], a1, b);
                     }
                 }
+                for pair in acc.chunks_exact_mut(2) {
+                    (pair[0], pair[1]) =
+                        (_mm512_add_ps(pair[0], bias0), _mm512_add_ps(pair[1], bias1));
+                }
+                if gelu {
+                    // All the tile's vectors at once: ten independent chains of the GELU's
+                    // dependent steps, which the CPU overlaps.
+                    for v in &mut acc {
+                        *v = gelu::gelu16(*v);
+                    }
+                }
                 for (j, pair) in acc.chunks_exact(2).take(live).enumerate() {
                     let out = &mut y[(t0 + j) * n + n0..(t0 + j) * n + n0 + width];
-                    let (v0, v1) = (_mm512_add_ps(pair[0], bias0), _mm512_add_ps(pair[1], bias1));
+                    let (v0, v1) = (pair[0], pair[1]);
                     if width == MR {
                         // SAFETY: `out` holds MR = 2 x 16 floats (uninitialised ones may be
                         // written).
@@ -363,13 +402,14 @@ unsafe fn round_rows<'a>(_: impl Iterator<Item = &'a [f32]>, _: &mut [u32], _: u
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn tiles(_: &[u32], _: usize, _: Panels<'_>, _: Option<&[f32]>, _: &mut [MaybeUninit<f32>]) {
+unsafe fn tiles(_: &[u32], _: usize, _: Panels<'_>, _: Epilogue<'_>, _: &mut [MaybeUninit<f32>]) {
     unreachable!("bf16 products are only enabled on x86-64 with AVX512-BF16")
 }
 
 #[cfg(test)]
 pub(super) mod testing {
     use tract_onnx::prelude::*;
+    use tract_onnx::tract_core::ops::einsum::EinSum;
 
     use super::bf16_bits;
 
@@ -390,6 +430,21 @@ pub(super) mod testing {
     /// Every value of `v` rounded to bf16.
     pub fn rounded(v: &[f32]) -> Vec<f32> {
         v.iter().map(|&a| round(a)).collect()
+    }
+
+    /// A model of one f32 einsum `expr` of a source `x` by the constant `w`, and its output.
+    pub fn product(
+        expr: &str,
+        x_shape: &[usize],
+        w_shape: &[usize],
+        w: &[f32],
+    ) -> TractResult<(TypedModel, OutletId)> {
+        let mut model = TypedModel::default();
+        let source = model.add_source("x", f32::fact(x_shape))?;
+        let weights = model.add_const("w", Tensor::from_shape(w_shape, w)?)?;
+        let op = EinSum::new(expr.parse()?, f32::datum_type());
+        let y = model.wire_node("product", op, &[source, weights])?[0];
+        Ok((model, y))
     }
 
     /// The first output of `model` on `inputs` (shape, values).

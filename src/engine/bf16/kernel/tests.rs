@@ -5,7 +5,8 @@ use super::*;
 
 /// [`matmul`]'s `rows x n` outputs as a vector.
 fn product(x: &[f32], rows: usize, w: &PackedWeights, bias: Option<&[f32]>) -> Vec<f32> {
-    let y = matmul(x, rows, w, bias, None, &[rows, w.n]).unwrap();
+    let epilogue = Epilogue { bias, gelu: false };
+    let y = matmul(x, rows, w, epilogue, None, &[rows, w.n]).unwrap();
     y.to_plain_array_view::<f32>()
         .unwrap()
         .iter()

@@ -1,0 +1,269 @@
+//! What a [`Bf16MatMul`] absorbs of the ops that follow it: the constant add of a layer's bias,
+//! then a GELU. The product's tiles apply both to their f32 sums while those are still in
+//! registers (`kernel::Epilogue`), instead of a pass of their own over the output each. The same
+//! f32 operations in the same order, so the same bits.
+
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
+use tract_onnx::tract_core::ops::math::Add;
+use tract_onnx::tract_core::ops::nn::GeluExact;
+
+use super::matmul::OutAxis;
+use super::Bf16MatMul;
+
+/// Folds into each [`Bf16MatMul`] the add of a constant that follows it, when that constant is
+/// one value per output feature (a layer's bias). Returns how many it folded.
+pub(super) fn biases(model: &mut TypedModel) -> TractResult<usize> {
+    absorb(model, "bias", |model, product, next, output| {
+        let is_add = next
+            .op_as::<TypedBinOp>()
+            .is_some_and(|b| b.0.is::<Add>() && b.1.is_none());
+        if !is_add || next.inputs.len() != 2 {
+            return Ok(None);
+        }
+        let slot = usize::from(next.inputs[0] == output);
+        let Some(bias) = model.outlet_fact(next.inputs[slot])?.konst.clone() else {
+            return Ok(None);
+        };
+        // The add must not broadcast the product's output to a larger shape.
+        if model.outlet_fact(next.id.into())?.shape != model.outlet_fact(output)?.shape {
+            return Ok(None);
+        }
+        Ok(product.with_bias(&bias))
+    })
+}
+
+/// Folds into each [`Bf16MatMul`] the exact GELU that follows it (the MLP's first layer, in
+/// both towers), after its bias if it has one. Returns how many it folded.
+pub(super) fn gelus(model: &mut TypedModel) -> TractResult<usize> {
+    absorb(model, "gelu", |_, product, next, _| {
+        let is_gelu = next
+            .op_as::<ElementWiseOp>()
+            .is_some_and(|e| e.0.is::<GeluExact>() && e.1.is_none());
+        Ok(if is_gelu { product.with_gelu() } else { None })
+    })
+}
+
+/// For each [`Bf16MatMul`] whose output goes to one node only: `fold(model, product, that node,
+/// the product's output)` says what product computes both, if one does, and that product
+/// replaces the pair. Returns how many pairs it replaced.
+fn absorb(
+    model: &mut TypedModel,
+    what: &str,
+    fold: impl Fn(&TypedModel, &Bf16MatMul, &TypedNode, OutletId) -> TractResult<Option<Bf16MatMul>>,
+) -> TractResult<usize> {
+    let products: Vec<usize> = model
+        .nodes()
+        .iter()
+        .filter(|n| n.op_is::<Bf16MatMul>())
+        .map(|n| n.id)
+        .collect();
+    let mut folded = 0;
+    for id in products {
+        let node = model.node(id);
+        let output = OutletId::new(id, 0);
+        // Only where nothing else reads the product's output, the model's outputs included.
+        let &[inlet] = model.outlet_successors(output) else {
+            continue;
+        };
+        if model.output_outlets()?.contains(&output) {
+            continue;
+        }
+        let next = model.node(inlet.node);
+        let product = node.op_as::<Bf16MatMul>().expect("listed as one");
+        let Some(op) = fold(model, product, next, output)? else {
+            continue;
+        };
+        let (x, next_id, name) = (node.inputs[0], next.id, next.name.clone());
+        let mut patch = TypedModelPatch::new(format!("{what} {name}"));
+        let x = patch.tap_model(model, x)?;
+        let y = patch.wire_node(format!("{name}.bf16"), op, &[x])?[0];
+        patch.shunt_outside(model, OutletId::new(next_id, 0), y)?;
+        patch.apply(model)?;
+        folded += 1;
+    }
+    Ok(folded)
+}
+
+impl Bf16MatMul {
+    /// This product with `b` added to its output, if that adds one value per output feature:
+    /// `b` (f32, its axes right-aligned with the output's) is 1 long on every axis but the
+    /// features', which it spans whole and in the order of `w`'s. None for a product that
+    /// already has a bias or a GELU (which the bias would have to come before).
+    fn with_bias(&self, b: &Tensor) -> Option<Bf16MatMul> {
+        let rank = self.out_axes.len();
+        let taken = self.bias.is_some() || self.gelu;
+        if taken || b.datum_type() != f32::datum_type() || b.rank() > rank {
+            return None;
+        }
+        let canonical = self
+            .out_axes
+            .iter()
+            .filter(|a| **a != OutAxis::Unit)
+            .count();
+        let x_kept = canonical - self.w_kept.len();
+        let pad = rank - b.rank();
+        let mut features = vec![];
+        for (pos, axis) in self.out_axes.iter().enumerate() {
+            let len = if pos < pad { 1 } else { b.shape()[pos - pad] };
+            match axis {
+                OutAxis::Canonical(i) if *i >= x_kept => {
+                    if len != self.w_kept[i - x_kept] {
+                        return None;
+                    }
+                    features.push(*i);
+                }
+                _ if len != 1 => return None,
+                _ => {}
+            }
+        }
+        if !features.is_sorted() {
+            return None;
+        }
+        let view = b.to_plain_array_view::<f32>().ok()?;
+        let values: Vec<f32> = view.iter().copied().collect();
+        (values.len() == self.weights.n).then(|| {
+            let mut product = self.clone();
+            product.bias = Some(Arc::new(values));
+            product
+        })
+    }
+
+    /// This product with tract's exact GELU applied to its output, or None if it already has one.
+    fn with_gelu(&self) -> Option<Bf16MatMul> {
+        (!self.gelu).then(|| {
+            let mut product = self.clone();
+            product.gelu = true;
+            product
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tract_onnx::tract_core::ops::nn::gelu_exact::gelu_exact;
+
+    use super::super::kernel::testing::{assert_sums_close, product, rounded, run, values};
+    use super::super::{rewrite, supported};
+    use super::*;
+
+    /// An add of one value per output feature after a product becomes part of the product,
+    /// whichever side of the add it is on and however the output's axes are laid out; an add
+    /// of anything else stays an add. The results are the einsum's on rounded inputs, plus the
+    /// added constant, either way.
+    #[test]
+    fn a_bias_added_after_a_product_is_added_inside_it() -> TractResult<()> {
+        if !supported() {
+            eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
+            return Ok(());
+        }
+        let (x3, w2) = ([3usize, 7, 16].as_slice(), [16usize, 40].as_slice());
+        for (expr, x_shape, w_shape, bias_shape, bias_first, fused) in [
+            (
+                "amk,kn->amn",
+                x3,
+                w2,
+                [1usize, 1, 40].as_slice(),
+                false,
+                true,
+            ),
+            ("amk,kn->amn", x3, w2, &[1, 1, 40], true, true),
+            ("mak,kn->bamn", x3, w2, &[1, 1, 1, 40], false, true),
+            // The attention's output projection: two summed axes, a weight stored [n, a, k].
+            (
+                "bmak,nak->mbn",
+                &[5, 3, 2, 8],
+                &[33, 2, 8],
+                &[1, 1, 33],
+                false,
+                true,
+            ),
+            // One value per row, or per row and feature: not a bias of the product's features.
+            ("amk,kn->amn", x3, w2, &[3, 1, 1], false, false),
+            ("amk,kn->amn", x3, w2, &[3, 7, 40], false, false),
+        ] {
+            let what = format!("{expr} + {bias_shape:?}");
+            let x = values(x_shape.iter().product(), 11);
+            let w = values(w_shape.iter().product(), 12);
+            let bias = values(bias_shape.iter().product(), 13);
+            let model = |w: &[f32]| -> TractResult<TypedModel> {
+                let (mut model, y) = product(expr, x_shape, w_shape, w)?;
+                let b = model.add_const("bias", Tensor::from_shape(bias_shape, &bias)?)?;
+                let inputs = if bias_first { [b, y] } else { [y, b] };
+                let y =
+                    model.wire_node("add", tract_onnx::tract_core::ops::math::add(), &inputs)?;
+                model.select_output_outlets(&y)?;
+                Ok(model)
+            };
+            let want = run(model(&rounded(&w))?, &[(x_shape, &rounded(&x))]);
+            let mut rewritten = model(&w)?;
+            let counts = rewrite(&mut rewritten)?;
+            assert_eq!(
+                (counts.by_weights, counts.biases),
+                (1, usize::from(fused)),
+                "{what}"
+            );
+            let last = rewritten.node(rewritten.output_outlets()?[0].node);
+            assert_eq!(
+                last.op_is::<Bf16MatMul>(),
+                fused,
+                "{what}: {}",
+                last.op.name()
+            );
+            let got = run(rewritten, &[(x_shape, &x)]);
+            assert_sums_close(&got, &want, 16, &what);
+        }
+        Ok(())
+    }
+
+    /// A GELU after a product (and its bias) becomes part of the product, and gives the bits of
+    /// tract's GELU op on the product's output; a GELU after a product whose output also goes
+    /// elsewhere stays an op of its own.
+    #[test]
+    fn a_gelu_after_a_product_is_applied_inside_it_bit_for_bit() -> TractResult<()> {
+        if !supported() {
+            eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
+            return Ok(());
+        }
+        let (x_shape, w_shape) = ([3usize, 7, 16].as_slice(), [16usize, 40].as_slice());
+        let x = values(x_shape.iter().product(), 21);
+        let w = values(w_shape.iter().product(), 22);
+        let bias = values(40, 23);
+        for (with_bias, shared) in [(true, false), (false, false), (true, true)] {
+            let what = format!("bias {with_bias}, output shared {shared}");
+            let (mut model, mut y) = product("amk,kn->amn", x_shape, w_shape, &w)?;
+            if with_bias {
+                let b = model.add_const("bias", Tensor::from_shape(&[1, 1, 40], &bias)?)?;
+                y = model.wire_node("add", tract_onnx::tract_core::ops::math::add(), &[y, b])?[0];
+            }
+            // The product alone, bf16 too, and tract's GELU op on its output.
+            let mut alone = model.clone();
+            alone.select_output_outlets(&[y])?;
+            rewrite(&mut alone)?;
+            let mut want = run(alone, &[(x_shape, &x)]);
+            gelu_exact().0.eval_in_place(&mut want, None)?;
+            let g = model.wire_node("gelu", gelu_exact(), &[y])?[0];
+            let outputs = if shared { vec![g, y] } else { vec![g] };
+            model.select_output_outlets(&outputs)?;
+            let counts = rewrite(&mut model)?;
+            assert_eq!(counts.gelus, usize::from(!shared), "{what}");
+            let last = model.node(model.output_outlets()?[0].node);
+            assert_eq!(last.op_is::<Bf16MatMul>(), !shared, "{what}");
+            let got = run(model, &[(x_shape, &x)]);
+            let got = got.to_plain_array_view::<f32>()?;
+            let want = want.to_plain_array_view::<f32>()?;
+            assert_eq!(got.shape(), want.shape(), "{what}");
+            for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+                assert_eq!(
+                    g.to_bits(),
+                    w.to_bits(),
+                    "{what}, element {i}: {g} against {w}"
+                );
+            }
+        }
+        Ok(())
+    }
+}
