@@ -110,9 +110,14 @@ fn bf16_products_stay_within_the_parity_tolerance() {
         // text tower the projection head's too (its MLP: layer, GELU, layer).
         assert_eq!(image.bf16_gelus(), blocks);
         assert_eq!(text.bf16_gelus(), blocks + 1);
-        // Each block's attention softmax runs as a RowSoftmax.
+        // Each block's attention softmax runs as a RowSoftmax, and the layer norms' means sum
+        // their rows in a RowSum.
         assert_eq!(image.bf16_softmaxes(), blocks);
         assert_eq!(text.bf16_softmaxes(), blocks);
+        // Two norms per block; the image tower's before and after the blocks, the text tower's
+        // after its embeddings.
+        assert_eq!(image.bf16_sums(), 2 * blocks + 2);
+        assert_eq!(text.bf16_sums(), 2 * blocks + 1);
         // The bf16 weights are counted once, at half the f32 size of what they replace.
         let f32_engine = load("models/tiny", &bucketed());
         assert!(image.weight_bytes() < f32_engine.image.graph().weight_bytes());

@@ -16,8 +16,9 @@
 //! (`activations.rs`), and the image tower's patch embedding a [`Bf16Patches`]
 //! (`patches.rs`). A constant add of one value per output feature after a [`Bf16MatMul`] (a
 //! layer's bias), and a GELU after that, are folded into it (`fuse.rs`), and each softmax over a
-//! last axis runs as a [`RowSoftmax`] (`softmax.rs`): all three give tract's bits. Everything
-//! else (norms, softmax arithmetic, the text tower's word-embedding table) stays f32.
+//! last axis runs as a [`RowSoftmax`] (`softmax.rs`) and each sum over one (the layer norms'
+//! means) as a [`RowSum`] (`rowsum.rs`): all four give tract's bits. Everything else (the rest
+//! of the norms, the text tower's word-embedding table) is tract's, and all of it stays f32.
 //!
 //! This is lossy: each product's inputs lose 16 bits of mantissa. On the random-weight exports
 //! the embeddings stay at cosine >= 0.99995 to f32, but real weights, with their outliers, may
@@ -38,6 +39,7 @@ mod fuse;
 mod kernel;
 mod matmul;
 mod patches;
+mod rowsum;
 mod softmax;
 
 use activations::ActLayout;
@@ -46,6 +48,7 @@ use kernel::Bf16Cpu;
 use matmul::plan;
 pub use matmul::Bf16MatMul;
 pub use patches::Bf16Patches;
+pub use rowsum::RowSum;
 pub use softmax::RowSoftmax;
 
 /// Whether this CPU has the instructions the bf16 products need.
@@ -80,6 +83,8 @@ pub struct Rewritten {
     pub gelus: usize,
     /// Softmaxes over a last axis computed by a [`RowSoftmax`].
     pub softmaxes: usize,
+    /// Sums over a last axis computed by a [`RowSum`].
+    pub sums: usize,
 }
 
 /// Replaces every f32 product of an activation by a constant matrix that fits the
@@ -150,6 +155,7 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<Rewritten> {
         biases: 0,
         gelus: 0,
         softmaxes: 0,
+        sums: 0,
     };
     for (id, op) in by_weights {
         replace(model, id, op, 1)?;
@@ -163,6 +169,7 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<Rewritten> {
     counts.biases = fuse::biases(model)?;
     counts.gelus = fuse::gelus(model)?;
     counts.softmaxes = softmax::rows(model, cpu)?;
+    counts.sums = rowsum::rows(model)?;
     Ok(counts)
 }
 

@@ -270,6 +270,7 @@ impl Graph {
                 biases_fused = bf16.biases,
                 gelus_fused = bf16.gelus,
                 row_softmaxes = bf16.softmaxes,
+                row_sums = bf16.sums,
                 "bf16 products"
             );
         }
@@ -413,6 +414,11 @@ impl Graph {
     /// How many softmaxes run as [`super::bf16::RowSoftmax`] (the same bits as tract's).
     pub fn bf16_softmaxes(&self) -> usize {
         self.bf16.softmaxes
+    }
+
+    /// How many sums over a last axis run as [`super::bf16::RowSum`] (the same bits as tract's).
+    pub fn bf16_sums(&self) -> usize {
+        self.bf16.sums
     }
 
     /// Bytes of constants (weights, packed for their kernels) the plans hold, each counted once.
