@@ -55,7 +55,7 @@ fn erf16(x: __m512) -> __m512 {
     _mm512_castsi512_ps(_mm512_or_si512(erf, sign))
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use tract_onnx::prelude::*;
     use tract_onnx::tract_core::ops::nn::gelu_exact::gelu_exact;
