@@ -173,6 +173,34 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<Rewritten> {
     Ok(counts)
 }
 
+/// Replaces by `op` every node of `model` that `fits` (given the node and the fact of its first
+/// input, an f32 one); returns how many.
+fn replace_each(
+    model: &mut TypedModel,
+    op: impl TypedOp + Clone,
+    fits: impl Fn(&TypedNode, &TypedFact) -> bool,
+) -> TractResult<usize> {
+    let mut found = vec![];
+    for node in model.nodes() {
+        let Some(&x) = node.inputs.first() else {
+            continue;
+        };
+        let x = model.outlet_fact(x)?;
+        if x.datum_type == f32::datum_type() && fits(node, x) {
+            found.push(node.id);
+        }
+    }
+    for &id in &found {
+        replace(model, id, op.clone(), 1)?;
+    }
+    Ok(found.len())
+}
+
+/// Whether `axes` is the last axis of `x` alone.
+fn over_last_axis(axes: &[usize], x: &TypedFact) -> bool {
+    x.rank().checked_sub(1).is_some_and(|last| axes == [last])
+}
+
 /// Replaces node `id` by `op` reading the node's first `inputs` inputs.
 fn replace(model: &mut TypedModel, id: usize, op: impl TypedOp, inputs: usize) -> TractResult<()> {
     let node = model.node(id);

@@ -112,24 +112,11 @@ fn tract_sum(row: &[f32]) -> f32 {
 /// Replaces every f32 sum over the last axis alone of `model` by a [`RowSum`]; returns how
 /// many.
 pub(super) fn rows(model: &mut TypedModel) -> TractResult<usize> {
-    let mut found = vec![];
-    for node in model.nodes() {
-        let Some(op) = node.op_as::<Reduce>() else {
-            continue;
-        };
-        let fact = model.outlet_fact(node.inputs[0])?;
-        let last = fact.rank().checked_sub(1);
-        if matches!(op.reducer, Reducer::Sum)
-            && fact.datum_type == f32::datum_type()
-            && last.is_some_and(|last| op.axes.as_slice() == [last])
-        {
-            found.push(node.id);
-        }
-    }
-    for &id in &found {
-        super::replace(model, id, RowSum, 1)?;
-    }
-    Ok(found.len())
+    super::replace_each(model, RowSum, |node, x| {
+        node.op_as::<Reduce>().is_some_and(|op| {
+            matches!(op.reducer, Reducer::Sum) && super::over_last_axis(&op.axes, x)
+        })
+    })
 }
 
 #[cfg(test)]

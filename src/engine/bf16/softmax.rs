@@ -47,23 +47,11 @@ impl TypedOp for RowSoftmax {
 /// Replaces every f32 softmax over the last axis of `model` by a [`RowSoftmax`]; returns how
 /// many.
 pub(super) fn rows(model: &mut TypedModel, cpu: Bf16Cpu) -> TractResult<usize> {
-    let mut found = vec![];
-    for node in model.nodes() {
-        let Some(op) = node.op_as::<Softmax>() else {
-            continue;
-        };
-        let fact = model.outlet_fact(node.inputs[0])?;
-        let last = fact.rank().checked_sub(1);
-        if op.kind == SoftmaxKind::Softmax
-            && op.quant_output_dt.is_none()
-            && fact.datum_type == f32::datum_type()
-            && last.is_some_and(|last| op.axes.as_slice() == [last])
-        {
-            found.push(node.id);
-        }
-    }
-    for &id in &found {
-        super::replace(model, id, RowSoftmax { cpu }, 1)?;
-    }
-    Ok(found.len())
+    super::replace_each(model, RowSoftmax { cpu }, |node, x| {
+        node.op_as::<Softmax>().is_some_and(|op| {
+            op.kind == SoftmaxKind::Softmax
+                && op.quant_output_dt.is_none()
+                && super::over_last_axis(&op.axes, x)
+        })
+    })
 }
