@@ -25,18 +25,21 @@ pub(in crate::engine::bf16) fn activation_products<'v>(
 ) -> TractResult<Tensor> {
     assert_eq!(shape.iter().product::<usize>(), batches * m * n);
     // SAFETY: every product writes its `m x n` elements (there are none when `m x n` is 0).
-    unsafe { written_tensor(shape, |out| write_products(cpu, m, n, operands, out)) }
+    unsafe {
+        written_tensor(shape, |out| {
+            write_products(cpu, (batches, m, n), operands, out)
+        })
+    }
 }
 
-/// [`activation_products`] into `out`, `m x n` elements per product.
+/// [`activation_products`] into `out`, `m x n` elements per product; only called with elements
+/// to write (`written_tensor` calls no `fill` for an empty tensor), so `m x n` is not 0.
 fn write_products<'v>(
     cpu: Bf16Cpu,
-    m: usize,
-    n: usize,
+    (batches, m, n): (usize, usize, usize),
     operands: impl Fn(usize) -> (ArrayView2<'v, f32>, ArrayView2<'v, f32>) + Sync,
     out: &mut [MaybeUninit<f32>],
 ) {
-    let batches = out.len() / (m * n).max(1);
     let run = |first: usize, out: &mut [MaybeUninit<f32>]| {
         let mut scratch = Scratch::default();
         for (i, y_i) in out.chunks_exact_mut(m * n).enumerate() {
@@ -45,7 +48,7 @@ fn write_products<'v>(
         }
     };
     match tower_pool() {
-        Some(pool) if batches >= 2 && m * n > 0 => {
+        Some(pool) if batches >= 2 => {
             let per = batches.div_ceil(pool.current_num_threads());
             pool.install(|| {
                 use rayon::prelude::*;
@@ -54,8 +57,7 @@ fn write_products<'v>(
                     .for_each(|(i, chunk)| run(i * per, chunk));
             });
         }
-        _ if m * n > 0 => run(0, out),
-        _ => {}
+        _ => run(0, out),
     }
 }
 
