@@ -6,18 +6,22 @@
 //! cargo run --release --example op_profile -- --model models/xlmr-b32-random
 //! cargo run --release --example op_profile -- --model DIR --tower text --batch 32 --seq 16
 //! cargo run --release --example op_profile -- --model DIR --detail   # ops split by their shapes
+//! cargo run --release --example op_profile -- --model DIR --batch 1 --threads 2  # a lone run
 //! ```
 //!
-//! One thread, so the shares are the tower's own and not the pool's scheduling. For the image
+//! One thread unless `--threads` says otherwise, so the shares are the tower's own and not the pool's scheduling. For the image
 //! tower it also prints the arithmetic rate against the 8.35 GFLOP an image costs.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use clipserve::engine::{Buckets, Engine, EngineSettings};
+use clipserve::engine::{Buckets, Engine, EngineSettings, TowerPool};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::plan::eval;
+
+/// Time and node count per kind of op (or per op and shapes with `--detail`).
+type PerOp = HashMap<String, (Duration, usize)>;
 
 /// Multiply-adds x 2 of one image through the ViT-B/32 tower, as narrowed (issue 14).
 const IMAGE_GFLOP: f64 = 8.35;
@@ -26,6 +30,7 @@ fn main() -> anyhow::Result<()> {
     let mut model = PathBuf::from("models/xlmr-b32-random");
     let (mut tower, mut batch, mut seq, mut runs) = ("image".to_string(), 8usize, 16usize, 5usize);
     let mut detail = false;
+    let mut threads = 1usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || {
@@ -39,8 +44,9 @@ fn main() -> anyhow::Result<()> {
             "--seq" => seq = value()?.parse()?,
             "--runs" => runs = value()?.parse()?,
             "--detail" => detail = true,
+            "--threads" => threads = value()?.parse()?,
             other => anyhow::bail!(
-                "unknown argument {other}; expected --model, --tower, --batch, --seq, --runs, --detail"
+                "unknown argument {other}; expected --model, --tower, --batch, --seq, --runs, --detail, --threads"
             ),
         }
     }
@@ -95,40 +101,45 @@ fn main() -> anyhow::Result<()> {
         graph.plan_shapes()
     );
     println!(
-        "{tower} tower of {}, plan for batch {} (seq {}), {} arithmetic, one thread, {runs} timed runs after one warm-up",
+        "{tower} tower of {}, plan for batch {} (seq {}), {} arithmetic, {threads} thread(s) (a run alone on the tower pool), {runs} timed runs after one warm-up",
         model.display(),
         run.batch,
         run.seq,
         active.as_str()
     );
-    let mut per_op: HashMap<String, (Duration, usize)> = HashMap::new();
-    let mut total = Duration::ZERO;
-    let mut state = TypedSimpleState::new(&run.plan)?;
-    for i in 0..=runs {
-        let mut timed: Vec<(String, Duration)> = Vec::new();
-        let started = Instant::now();
-        state.run_plan_with_eval(
-            tvec![input.clone().into()],
-            |ctx, op_state, node, inputs| {
-                let t = Instant::now();
-                let out = eval(ctx, op_state, node, inputs);
-                let mut key = node.op().name().to_string();
-                if detail {
-                    key = format!("{key} {}", node.op().info().unwrap_or_default().join(" "));
+    let plan = &run.plan;
+    let timed_runs = || -> TractResult<(PerOp, Duration)> {
+        let mut per_op = PerOp::new();
+        let mut total = Duration::ZERO;
+        let mut state = TypedSimpleState::new(plan)?;
+        for i in 0..=runs {
+            let mut timed: Vec<(String, Duration)> = Vec::new();
+            let started = Instant::now();
+            state.run_plan_with_eval(
+                tvec![input.clone().into()],
+                |ctx, op_state, node, inputs| {
+                    let t = Instant::now();
+                    let out = eval(ctx, op_state, node, inputs);
+                    let mut key = node.op().name().to_string();
+                    if detail {
+                        key = format!("{key} {}", node.op().info().unwrap_or_default().join(" "));
+                    }
+                    timed.push((key, t.elapsed()));
+                    out
+                },
+            )?;
+            if i > 0 {
+                total += started.elapsed();
+                for (op, d) in timed {
+                    let e = per_op.entry(op).or_default();
+                    e.0 += d;
+                    e.1 += 1;
                 }
-                timed.push((key, t.elapsed()));
-                out
-            },
-        )?;
-        if i > 0 {
-            total += started.elapsed();
-            for (op, d) in timed {
-                let e = per_op.entry(op).or_default();
-                e.0 += d;
-                e.1 += 1;
             }
         }
-    }
+        Ok((per_op, total))
+    };
+    let (per_op, total) = TowerPool::new(threads).run(true, timed_runs)?;
     let mut rows: Vec<_> = per_op.into_iter().collect();
     rows.sort_by_key(|(_, (d, _))| std::cmp::Reverse(*d));
     let per_run = total.as_secs_f64() / runs as f64;
@@ -151,7 +162,7 @@ fn main() -> anyhow::Result<()> {
     );
     if tower == "image" {
         println!(
-            "{:.1} GFLOP/s on one thread ({IMAGE_GFLOP} GFLOP per image)",
+            "{:.1} GFLOP/s on {threads} thread(s) ({IMAGE_GFLOP} GFLOP per image)",
             IMAGE_GFLOP * batch as f64 / per_run
         );
     }

@@ -137,12 +137,12 @@ pub(super) fn checks(requested: Precision) -> bool {
 /// Builds one tower in the arithmetic `requested` and the CPU allow (see the module docs):
 /// `build` makes the tower's plans in one arithmetic, `embed` runs the calibration set through
 /// them. `tower` names the tower in logs.
-pub(super) fn choose<E>(
+pub(super) fn choose<E: Sync>(
     tower: &str,
     requested: Precision,
     min_cosine_allowed: f64,
     mut build: impl FnMut(Arithmetic) -> Result<E, EngineError>,
-    embed: impl Fn(&E) -> Result<Vec<Embedding>, EncodeError>,
+    embed: impl Fn(&E) -> Result<Vec<Embedding>, EncodeError> + Sync,
 ) -> Result<(E, TowerPrecision), EngineError> {
     let report = |active, check_min_cosine, reason| TowerPrecision {
         requested,

@@ -38,18 +38,24 @@ impl TowerPool {
         }
     }
 
-    /// Runs `f` (a tower's inference run): on the pool if the run has the tower to itself
-    /// (`alone`), else on the calling thread.
-    pub fn run<R>(&self, alone: bool, f: impl FnOnce() -> R) -> R {
+    /// Runs `f` (a tower's inference run): on one of the pool's threads if the run has the
+    /// tower to itself (`alone`), else on the calling thread. Run on the pool, `f`'s own ops
+    /// go on there and a product that splits only has to wake the pool's other thread; run
+    /// from the calling thread, as before, every product handed all its work to the pool and
+    /// waited to be woken, and a lone image took 31.3 ms instead of 26.5 (bench/RESULTS.md,
+    /// row 47).
+    pub fn run<R: Send>(&self, alone: bool, f: impl FnOnce() -> R + Send) -> R {
         let Some(executor) = &self.executor else {
             return f();
         };
-        let executor = if alone {
-            executor.clone()
-        } else {
-            Executor::SingleThread
-        };
-        multithread_tract_scope(executor, f)
+        match executor {
+            Executor::MultiThread(pool) if alone => {
+                let executor = executor.clone();
+                pool.install(move || multithread_tract_scope(executor, f))
+            }
+            _ if alone => multithread_tract_scope(executor.clone(), f),
+            _ => multithread_tract_scope(Executor::SingleThread, f),
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use tract_onnx::prelude::tract_ndarray::{ArrayView1, ArrayView2};
 use tract_onnx::prelude::{Tensor, TractResult};
 
 use super::{
-    bf16_bits, round_row, tiles, tower_pool, written_tensor, Bf16Cpu, Epilogue, Panels, MR,
+    bf16_bits, round_row, tiles, tower_pool, written_tensor, Bf16Cpu, Epilogue, OutRows, Panels, MR,
 };
 
 /// `batches` products of two activations (see [`activation_product`]), `operands(i)` giving
@@ -40,24 +40,24 @@ fn write_products<'v>(
     operands: impl Fn(usize) -> (ArrayView2<'v, f32>, ArrayView2<'v, f32>) + Sync,
     out: &mut [MaybeUninit<f32>],
 ) {
-    let run = |first: usize, out: &mut [MaybeUninit<f32>]| {
-        let mut scratch = Scratch::default();
-        for (i, y_i) in out.chunks_exact_mut(m * n).enumerate() {
-            let (a, b) = operands(first + i);
-            activation_product(cpu, a, b, &mut scratch, y_i);
-        }
+    let run = |scratch: &mut Scratch, (i, y_i): (usize, &mut [MaybeUninit<f32>])| {
+        let (a, b) = operands(i);
+        activation_product(cpu, a, b, scratch, y_i);
     };
     match tower_pool() {
-        Some(pool) if batches >= 2 => {
-            let per = batches.div_ceil(pool.current_num_threads());
-            pool.install(|| {
-                use rayon::prelude::*;
-                out.par_chunks_mut(per * m * n)
-                    .enumerate()
-                    .for_each(|(i, chunk)| run(i * per, chunk));
-            });
+        // One product at a time, taken by whichever thread is free.
+        Some(pool) if batches >= 2 => pool.install(|| {
+            use rayon::prelude::*;
+            out.par_chunks_mut(m * n)
+                .enumerate()
+                .for_each_init(Scratch::default, run);
+        }),
+        _ => {
+            let mut scratch = Scratch::default();
+            out.chunks_exact_mut(m * n)
+                .enumerate()
+                .for_each(|item| run(&mut scratch, item));
         }
-        _ => run(0, out),
     }
 }
 
@@ -137,16 +137,18 @@ fn activation_product(
                 }
             }
         }
+        let w = Panels {
+            n,
+            kp,
+            data: panels,
+        };
         tiles(
             xb,
             m,
-            Panels {
-                n,
-                kp,
-                data: panels,
-            },
+            w,
+            0..w.panels(),
             Epilogue::default(),
-            y,
+            OutRows::new(y, n),
         );
     }
 }

@@ -1,7 +1,7 @@
 //! The bf16 matrix product behind [`super::Bf16MatMul`]: weights packed once in the operand
-//! layout of AVX512-BF16's `vdpbf16ps`, activations rounded per run, 32 x 5 tiles with f32 sums,
-//! rows split over the tower pool. `activations.rs` runs the same tiles on products of two
-//! activations.
+//! layout of AVX512-BF16's `vdpbf16ps`, activations rounded per run, 32 x 5 tiles with f32 sums
+//! (`tiles.rs`), split over the tower pool by rows or by weight panels. `activations.rs` runs
+//! the same tiles on products of two activations.
 #![allow(unsafe_code)]
 
 use std::mem::MaybeUninit;
@@ -11,9 +11,11 @@ use tract_onnx::prelude::{Tensor, TractResult};
 mod activations;
 mod gelu;
 mod softmax;
+mod tiles;
 
 pub(in crate::engine::bf16) use activations::activation_products;
 pub(in crate::engine::bf16) use softmax::softmax_rows;
+use tiles::{round_row, round_rows, tiles, OutRows};
 
 /// The tower pool of the run in progress, if it has one of several threads
 /// (`crate::engine::threads::TowerPool`): products split their work over it.
@@ -207,6 +209,15 @@ unsafe fn written_tensor(
 }
 
 /// [`matmul`]'s products into `out` (`rows x n`), every element of it.
+///
+/// On a tower pool, a product of many rows (a batch of images) is split in row ranges, one per
+/// thread, each thread rounding its own rows: each keeps its rows' activations in its own L2
+/// while the weights pass by. A product of few rows (a lone image or query, whose products are
+/// as much a stream of weights as arithmetic) is split by weight panels instead: the
+/// activations are rounded first, on the calling thread, then the panels are shared out in
+/// small runs that the pool's threads take as they come free, so each thread reads only its
+/// share of the weights, a one-row product splits too, and a thread the machine holds up
+/// leaves its untaken panels to the other.
 fn write_products(
     x: &[f32],
     rows: usize,
@@ -216,195 +227,58 @@ fn write_products(
     out: &mut [MaybeUninit<f32>],
 ) {
     let (k, n, kp) = (w.k, w.n, w.kp);
-    // Each thread rounds its own rows of activations to bf16, then runs their tiles.
-    let run = |first_row: usize, y: &mut [MaybeUninit<f32>]| {
-        let chunk_rows = y.len() / n;
+    let panels = w.view().panels();
+    // Rounds rows `first_row..` into `xb`, then runs their tiles against `panels`.
+    let run = |first_row: usize, xb: &mut [u32], panels: Option<std::ops::Range<usize>>, y| {
         let source = |r: usize| sources.map_or(r, |s| s[r]);
+        let chunk_rows = xb.len() / kp;
         let x_rows = (first_row..first_row + chunk_rows).map(|r| &x[source(r) * k..][..k]);
-        let mut xb = vec![0u32; chunk_rows * kp];
         // SAFETY: `w` holds a `Bf16Cpu` (packing takes one), which only exists where the CPU
-        // has AVX512-F and AVX512-BF16, the features `round_rows` and `tiles` are compiled for.
+        // has AVX512-F and AVX512-BF16, the features `round_rows` and `tiles` are compiled
+        // for; each call of `run` given panels writes its own rows of `out`.
         unsafe {
-            round_rows(x_rows, &mut xb, kp);
-            tiles(&xb, chunk_rows, w.view(), epilogue, y)
+            round_rows(x_rows, xb, kp);
+            if let Some(panels) = panels {
+                tiles(xb, chunk_rows, w.view(), panels, epilogue, y)
+            }
         }
     };
     match tower_pool() {
-        Some(pool) if rows >= 2 * NR => {
+        Some(pool) if rows >= 2 * ROW_SPLIT => {
             // Row ranges, a multiple of NR each, one per thread.
             let per = rows.div_ceil(pool.current_num_threads()).div_ceil(NR) * NR;
             pool.install(|| {
                 use rayon::prelude::*;
-                out.par_chunks_mut(per * n)
-                    .enumerate()
-                    .for_each(|(i, chunk)| run(i * per, chunk));
+                out.par_chunks_mut(per * n).enumerate().for_each(|(i, y)| {
+                    let mut xb = vec![0u32; y.len() / n * kp];
+                    run(i * per, &mut xb, Some(0..panels), OutRows::new(y, n))
+                });
             });
         }
-        _ => run(0, out),
-    }
-}
-
-/// The activations `rows` (`k` floats each) as bf16 pairs: u32 `q` of a row of `xb` (`kp`
-/// each) holds the row's `x[2q]` (low half) and `x[2q + 1]` (high half, 0 past the end), which
-/// is the row's bf16 numbers in order. Rounded as [`round_row`] does.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
-fn round_rows<'a>(rows: impl Iterator<Item = &'a [f32]>, xb: &mut [u32], kp: usize) {
-    for (src, dst) in rows.zip(xb.chunks_exact_mut(kp)) {
-        round_row(src, dst);
-    }
-}
-
-/// One row `src` as bf16 pairs into `dst` (`ceil(src.len() / 2)` u32): rounded to nearest
-/// even by `vcvtne2ps2bf16`, 32 at a time, which reads denormal inputs as zero; [`bf16_bits`]
-/// for the tail.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
-fn round_row(src: &[f32], dst: &mut [u32]) {
-    use std::arch::x86_64::*;
-    let whole = src.len() / 32;
-    for (c, out) in dst.chunks_exact_mut(16).take(whole).enumerate() {
-        let lo = &src[c * 32..c * 32 + 16];
-        let hi = &src[c * 32 + 16..c * 32 + 32];
-        // SAFETY: `lo` and `hi` hold 16 floats each, `out` 16 u32.
-        unsafe {
-            let pair =
-                _mm512_cvtne2ps_pbh(_mm512_loadu_ps(hi.as_ptr()), _mm512_loadu_ps(lo.as_ptr()));
-            _mm512_storeu_si512(out.as_mut_ptr().cast(), as_bits(pair));
+        Some(pool) => {
+            let mut xb = vec![0u32; rows * kp];
+            let y = OutRows::new(out, n);
+            run(0, &mut xb, None, y);
+            pool.install(|| {
+                use rayon::prelude::*;
+                let per = (panels / 8).clamp(1, 4);
+                (0..panels.div_ceil(per)).into_par_iter().for_each(|c| {
+                    let range = c * per..((c + 1) * per).min(panels);
+                    // SAFETY: as in `run`; the ranges are disjoint and cover every panel.
+                    unsafe { tiles(&xb, rows, w.view(), range, epilogue, y) }
+                });
+            });
         }
-    }
-    for (q, d) in dst.iter_mut().enumerate().skip(whole * 16) {
-        let lo = bf16_bits(src[2 * q]);
-        let hi = src.get(2 * q + 1).map_or(0, |&v| bf16_bits(v));
-        *d = u32::from(lo) | (u32::from(hi) << 16);
-    }
-}
-
-/// All tiles of `rows` activation rows (bf16 pairs, `w.kp` per row) against every weight panel,
-/// then the `epilogue`, into `y` (`rows x w.n`), every element of which it writes.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
-fn tiles(
-    xb: &[u32],
-    rows: usize,
-    w: Panels<'_>,
-    epilogue: Epilogue<'_>,
-    y: &mut [MaybeUninit<f32>],
-) {
-    use std::arch::x86_64::*;
-    let (n, kp) = (w.n, w.kp);
-    let Epilogue { bias, gelu } = epilogue;
-    // Without a bias, -0.0 is added: the one number whose addition changes no f32.
-    let mut bias_panel = [-0.0f32; MR];
-    // Blocks of row tiles small enough to stay in L2 while every weight panel passes by.
-    const BLOCK: usize = 16 * NR;
-    for r0 in (0..rows).step_by(BLOCK) {
-        let r1 = (r0 + BLOCK).min(rows);
-        for p in 0..w.panels() {
-            let panel = w.panel(p);
-            let n0 = p * MR;
-            let width = (n - n0).min(MR);
-            if let Some(bias) = bias {
-                bias_panel[..width].copy_from_slice(&bias[n0..n0 + width]);
-            }
-            // SAFETY: `bias_panel` holds MR = 2 x 16 floats.
-            let (bias0, bias1) = unsafe {
-                (
-                    _mm512_loadu_ps(bias_panel.as_ptr()),
-                    _mm512_loadu_ps(bias_panel.as_ptr().add(16)),
-                )
-            };
-            for t0 in (r0..r1).step_by(NR) {
-                let live = (r1 - t0).min(NR);
-                // Missing rows of the last tile read row t0 again; their sums are dropped.
-                let row =
-                    |j: usize| &xb[(t0 + j.min(live - 1)) * kp..(t0 + j.min(live - 1) + 1) * kp];
-                let (b0, b1, b2, b3, b4) = (row(0), row(1), row(2), row(3), row(4));
-                let mut acc = [_mm512_setzero_ps(); 2 * NR];
-                for q in 0..kp {
-                    // SAFETY: the panel holds kp x MR u32, so 2 x 16 from q * MR are in it.
-                    let (a0, a1) = unsafe {
-                        (
-                            _mm512_loadu_si512(panel.as_ptr().add(q * MR).cast()),
-                            _mm512_loadu_si512(panel.as_ptr().add(q * MR + 16).cast()),
-                        )
-                    };
-                    let (a0, a1) = (as_bf16(a0), as_bf16(a1));
-                    for (j, b) in [b0[q], b1[q], b2[q], b3[q], b4[q]].into_iter().enumerate() {
-                        let b = as_bf16(_mm512_set1_epi32(b as i32));
-                        acc[2 * j] = _mm512_dpbf16_ps(acc[2 * j], a0, b);
-                        acc[2 * j + 1] = _mm512_dpbf16_ps(acc[2 * j + 1], a1, b);
-                    }
-                }
-                for pair in acc.chunks_exact_mut(2) {
-                    (pair[0], pair[1]) =
-                        (_mm512_add_ps(pair[0], bias0), _mm512_add_ps(pair[1], bias1));
-                }
-                if gelu {
-                    // All the tile's vectors at once: ten independent chains of the GELU's
-                    // dependent steps, which the CPU overlaps.
-                    for v in &mut acc {
-                        *v = gelu::gelu16(*v);
-                    }
-                }
-                for (j, pair) in acc.chunks_exact(2).take(live).enumerate() {
-                    let out = &mut y[(t0 + j) * n + n0..(t0 + j) * n + n0 + width];
-                    let (v0, v1) = (pair[0], pair[1]);
-                    if width == MR {
-                        // SAFETY: `out` holds MR = 2 x 16 floats (uninitialised ones may be
-                        // written).
-                        unsafe {
-                            let o = out.as_mut_ptr().cast::<f32>();
-                            _mm512_storeu_ps(o, v0);
-                            _mm512_storeu_ps(o.add(16), v1);
-                        }
-                        continue;
-                    }
-                    let mut tile = [0f32; MR];
-                    // SAFETY: `tile` holds MR = 2 x 16 floats.
-                    unsafe {
-                        _mm512_storeu_ps(tile.as_mut_ptr(), v0);
-                        _mm512_storeu_ps(tile.as_mut_ptr().add(16), v1);
-                    }
-                    for (o, &v) in out.iter_mut().zip(&tile[..width]) {
-                        o.write(v);
-                    }
-                }
-            }
+        None => {
+            let mut xb = vec![0u32; rows * kp];
+            run(0, &mut xb, Some(0..panels), OutRows::new(out, n))
         }
     }
 }
 
-/// The bits of the 32 bf16 numbers `v`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn as_bits(v: std::arch::x86_64::__m512bh) -> std::arch::x86_64::__m512i {
-    // SAFETY: both are 64 bytes of plain bits, valid for any bit pattern.
-    unsafe { std::mem::transmute::<std::arch::x86_64::__m512bh, std::arch::x86_64::__m512i>(v) }
-}
-
-/// The 32 bf16 numbers whose bits `v` holds.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn as_bf16(v: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512bh {
-    // SAFETY: both are 64 bytes of plain bits, valid for any bit pattern.
-    unsafe { std::mem::transmute::<std::arch::x86_64::__m512i, std::arch::x86_64::__m512bh>(v) }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn round_row(_: &[f32], _: &mut [u32]) {
-    unreachable!("bf16 products are only enabled on x86-64 with AVX512-BF16")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn round_rows<'a>(_: impl Iterator<Item = &'a [f32]>, _: &mut [u32], _: usize) {
-    unreachable!("bf16 products are only enabled on x86-64 with AVX512-BF16")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn tiles(_: &[u32], _: usize, _: Panels<'_>, _: Epilogue<'_>, _: &mut [MaybeUninit<f32>]) {
-    unreachable!("bf16 products are only enabled on x86-64 with AVX512-BF16")
-}
+/// The fewest rows per thread for which a product on a tower pool is split by rows rather
+/// than by weight panels.
+const ROW_SPLIT: usize = 16 * NR;
 
 #[cfg(test)]
 pub(super) mod testing {

@@ -101,16 +101,25 @@ fn products_split_over_a_pool_equal_the_single_thread_ones() {
         eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
         return;
     };
-    let (rows, k, n) = (53, 40, 64);
-    let x = values(rows * k, 3);
-    let w = values(k * n, 4);
-    let packed = PackedWeights::pack(cpu, k, n, |i, j| w[i * n + j]);
-    let alone = product(&x, rows, &packed, None);
-    let pool = tract_linalg::multithread::Executor::multithread(2);
-    let split = tract_linalg::multithread::multithread_tract_scope(pool, || {
-        product(&x, rows, &packed, None)
-    });
-    assert_eq!(alone, split);
+    // Few rows split by panels (one row; several runs of panels, the last one partial), many
+    // by rows.
+    for (rows, k, n) in [
+        (1, 40, 300),
+        (53, 40, 64),
+        (53, 24, 1000),
+        (2 * ROW_SPLIT + 7, 40, 300),
+    ] {
+        let x = values(rows * k, 3);
+        let w = values(k * n, 4);
+        let bias = values(n, 5);
+        let packed = PackedWeights::pack(cpu, k, n, |i, j| w[i * n + j]);
+        let alone = product(&x, rows, &packed, Some(&bias));
+        let pool = tract_linalg::multithread::Executor::multithread(2);
+        let split = tract_linalg::multithread::multithread_tract_scope(pool, || {
+            product(&x, rows, &packed, Some(&bias))
+        });
+        assert_eq!(alone, split, "{rows} x {k} x {n}");
+    }
 }
 
 /// A bias is the f32 sum of the product's output and the bias, bit for bit (what the separate
