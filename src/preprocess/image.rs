@@ -209,36 +209,37 @@ fn looks_truncated(detail: &str) -> bool {
 /// PIL's `convert("RGB")` for every colour type the decoders produce.
 fn to_rgb_like_pil(img: DynamicImage) -> RgbImage {
     let (w, h) = (img.width(), img.height());
+    // One RGB triple per pixel of `raw` (`channels` values each), written by `f` from the
+    // pixel's values, into a buffer sized once (a collect of a flat_map grew it as it went).
+    fn per_pixel<T: Copy>(raw: &[T], channels: usize, f: impl Fn(&[T]) -> [u8; 3]) -> Vec<u8> {
+        let mut out = vec![0u8; raw.len() / channels * 3];
+        for (o, p) in out.chunks_exact_mut(3).zip(raw.chunks_exact(channels)) {
+            o.copy_from_slice(&f(p));
+        }
+        out
+    }
     let from = |data: Vec<u8>| {
         RgbImage::from_raw(w, h, data).expect("one RGB triple was produced per decoded pixel")
     };
     match img {
         DynamicImage::ImageRgb8(rgb) => rgb,
-        DynamicImage::ImageRgba8(rgba) => from(
-            rgba.pixels()
-                .flat_map(|p| [p.0[0], p.0[1], p.0[2]])
-                .collect(),
-        ),
-        DynamicImage::ImageLuma8(l) => from(l.pixels().flat_map(|p| [p.0[0]; 3]).collect()),
-        DynamicImage::ImageLumaA8(la) => from(la.pixels().flat_map(|p| [p.0[0]; 3]).collect()),
+        DynamicImage::ImageRgba8(rgba) => from(per_pixel(rgba.as_raw(), 4, |p| [p[0], p[1], p[2]])),
+        DynamicImage::ImageLuma8(l) => from(per_pixel(l.as_raw(), 1, |p| [p[0]; 3])),
+        DynamicImage::ImageLumaA8(la) => from(per_pixel(la.as_raw(), 2, |p| [p[0]; 3])),
         // PIL opens 16-bit grey as I;16, whose conversion to RGB clips at 255 instead of scaling.
-        DynamicImage::ImageLuma16(l) => from(
-            l.pixels()
-                .flat_map(|p| [p.0[0].min(255) as u8; 3])
-                .collect(),
-        ),
+        DynamicImage::ImageLuma16(l) => {
+            from(per_pixel(l.as_raw(), 1, |p| [p[0].min(255) as u8; 3]))
+        }
         // Every other 16-bit mode is unpacked by PIL keeping the high byte.
         DynamicImage::ImageLumaA16(la) => {
-            from(la.pixels().flat_map(|p| [(p.0[0] >> 8) as u8; 3]).collect())
+            from(per_pixel(la.as_raw(), 2, |p| [(p[0] >> 8) as u8; 3]))
         }
         DynamicImage::ImageRgb16(rgb) => {
             from(rgb.as_raw().iter().map(|&v| (v >> 8) as u8).collect())
         }
-        DynamicImage::ImageRgba16(rgba) => from(
-            rgba.pixels()
-                .flat_map(|p| [p.0[0], p.0[1], p.0[2]].map(|v| (v >> 8) as u8))
-                .collect(),
-        ),
+        DynamicImage::ImageRgba16(rgba) => from(per_pixel(rgba.as_raw(), 4, |p| {
+            [p[0], p[1], p[2]].map(|v| (v >> 8) as u8)
+        })),
         // Float images (some TIFFs) have no PIL RGB equivalent; scale [0, 1] to [0, 255].
         other => other.into_rgb8(),
     }
