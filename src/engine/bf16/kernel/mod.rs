@@ -228,20 +228,19 @@ fn write_products(
 ) {
     let (k, n, kp) = (w.k, w.n, w.kp);
     let panels = w.view().panels();
-    // Rounds rows `first_row..` into `xb`, then runs their tiles against `panels`.
-    let run = |first_row: usize, xb: &mut [u32], panels: Option<std::ops::Range<usize>>, y| {
+    // Rounds rows `first_row..` (as many as `xb` holds) to bf16 pairs into `xb`.
+    let round = |first_row: usize, xb: &mut [u32]| {
         let source = |r: usize| sources.map_or(r, |s| s[r]);
-        let chunk_rows = xb.len() / kp;
-        let x_rows = (first_row..first_row + chunk_rows).map(|r| &x[source(r) * k..][..k]);
+        let x_rows = (first_row..first_row + xb.len() / kp).map(|r| &x[source(r) * k..][..k]);
         // SAFETY: `w` holds a `Bf16Cpu` (packing takes one), which only exists where the CPU
-        // has AVX512-F and AVX512-BF16, the features `round_rows` and `tiles` are compiled
-        // for; each call of `run` given panels writes its own rows of `out`.
-        unsafe {
-            round_rows(x_rows, xb, kp);
-            if let Some(panels) = panels {
-                tiles(xb, chunk_rows, w.view(), panels, epilogue, y)
-            }
-        }
+        // has AVX512-F and AVX512-BF16, the features `round_rows` is compiled for.
+        unsafe { round_rows(x_rows, xb, kp) }
+    };
+    // Runs the tiles of `rows` rounded rows against the weight panels `range`, into `y`.
+    let products = |xb: &[u32], rows: usize, range: std::ops::Range<usize>, y: OutRows| {
+        // SAFETY: as for `round_rows`; each call below writes its own rows of `out`, or its own
+        // panels' columns, and together they cover every element.
+        unsafe { tiles(xb, rows, w.view(), range, epilogue, y) }
     };
     match tower_pool() {
         Some(pool) if rows >= 2 * ROW_SPLIT => {
@@ -250,28 +249,29 @@ fn write_products(
             pool.install(|| {
                 use rayon::prelude::*;
                 out.par_chunks_mut(per * n).enumerate().for_each(|(i, y)| {
-                    let mut xb = vec![0u32; y.len() / n * kp];
-                    run(i * per, &mut xb, Some(0..panels), OutRows::new(y, n))
+                    let chunk_rows = y.len() / n;
+                    let mut xb = vec![0u32; chunk_rows * kp];
+                    round(i * per, &mut xb);
+                    products(&xb, chunk_rows, 0..panels, OutRows::new(y, n));
                 });
             });
         }
         Some(pool) => {
             let mut xb = vec![0u32; rows * kp];
+            round(0, &mut xb);
             let y = OutRows::new(out, n);
-            run(0, &mut xb, None, y);
             pool.install(|| {
                 use rayon::prelude::*;
                 let per = (panels / 8).clamp(1, 4);
                 (0..panels.div_ceil(per)).into_par_iter().for_each(|c| {
-                    let range = c * per..((c + 1) * per).min(panels);
-                    // SAFETY: as in `run`; the ranges are disjoint and cover every panel.
-                    unsafe { tiles(&xb, rows, w.view(), range, epilogue, y) }
+                    products(&xb, rows, c * per..((c + 1) * per).min(panels), y);
                 });
             });
         }
         None => {
             let mut xb = vec![0u32; rows * kp];
-            run(0, &mut xb, Some(0..panels), OutRows::new(out, n))
+            round(0, &mut xb);
+            products(&xb, rows, 0..panels, OutRows::new(out, n));
         }
     }
 }
