@@ -146,7 +146,9 @@ impl Bf16MatMul {
 mod tests {
     use tract_onnx::tract_core::ops::nn::gelu_exact::gelu_exact;
 
-    use super::super::kernel::testing::{assert_sums_close, product, rounded, run, values};
+    use super::super::kernel::testing::{
+        assert_same_bits, assert_sums_close, product, rounded, run, values,
+    };
     use super::super::{rewrite, supported};
     use super::*;
 
@@ -252,17 +254,7 @@ mod tests {
             assert_eq!(counts.gelus, usize::from(!shared), "{what}");
             let last = model.node(model.output_outlets()?[0].node);
             assert_eq!(last.op_is::<Bf16MatMul>(), !shared, "{what}");
-            let got = run(model, &[(x_shape, &x)]);
-            let got = got.to_plain_array_view::<f32>()?;
-            let want = want.to_plain_array_view::<f32>()?;
-            assert_eq!(got.shape(), want.shape(), "{what}");
-            for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
-                assert_eq!(
-                    g.to_bits(),
-                    w.to_bits(),
-                    "{what}, element {i}: {g} against {w}"
-                );
-            }
+            assert_same_bits(&run(model, &[(x_shape, &x)]), &want, &what);
         }
         Ok(())
     }

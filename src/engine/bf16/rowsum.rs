@@ -121,7 +121,7 @@ pub(super) fn rows(model: &mut TypedModel) -> TractResult<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::kernel::testing::values;
+    use super::super::kernel::testing::{assert_same_bits, values};
     use super::*;
 
     /// Rows of many lengths, at every alignment a row can start at, give the bits of tract's
@@ -153,16 +153,7 @@ mod tests {
                 .eval(&ctx, tvec![tensor.clone().into_tvalue()])
                 .unwrap();
             let got = RowSum.eval(&ctx, tvec![tensor.into_tvalue()]).unwrap();
-            assert_eq!(got[0].shape(), want[0].shape(), "{rows} x {len}");
-            let got = got[0].to_plain_array_view::<f32>().unwrap();
-            let want = want[0].to_plain_array_view::<f32>().unwrap();
-            for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
-                assert_eq!(
-                    g.to_bits(),
-                    w.to_bits(),
-                    "{rows} x {len}, row {i}: {g} against {w}"
-                );
-            }
+            assert_same_bits(&got[0], &want[0], &format!("{rows} x {len}"));
         }
     }
 }

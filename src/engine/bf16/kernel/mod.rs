@@ -352,6 +352,20 @@ pub(super) mod testing {
             assert!((g - w).abs() <= tolerance, "{what}: {g} against {w}");
         }
     }
+
+    /// `got` has `want`'s shape and, element by element, its bits.
+    pub fn assert_same_bits(got: &Tensor, want: &Tensor, what: &str) {
+        assert_eq!(got.shape(), want.shape(), "{what}");
+        let got = got.to_plain_array_view::<f32>().unwrap();
+        let want = want.to_plain_array_view::<f32>().unwrap();
+        for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+            assert_eq!(
+                g.to_bits(),
+                w.to_bits(),
+                "{what}, element {i}: {g} against {w}"
+            );
+        }
+    }
 }
 
 #[cfg(test)]

@@ -153,7 +153,7 @@ mod tests {
     use tract_onnx::tract_core::ops::nn::Softmax;
     use tract_onnx::tract_core::ops::EvalOp;
 
-    use super::super::testing::values;
+    use super::super::testing::{assert_same_bits, values};
     use super::*;
 
     /// Rows of many lengths, starting at every alignment, with spreads from flat to peaked:
@@ -184,15 +184,7 @@ mod tests {
                 let mut got = tensor;
                 let mut plain = got.try_as_plain_ram_mut().unwrap();
                 softmax_rows(cpu, plain.as_slice_mut::<f32>().unwrap(), row_len);
-                let got = got.to_plain_array_view::<f32>().unwrap();
-                let want = want[0].to_plain_array_view::<f32>().unwrap();
-                for (i, (g, w)) in got.iter().zip(want.iter()).enumerate() {
-                    assert_eq!(
-                        g.to_bits(),
-                        w.to_bits(),
-                        "{rows} x {row_len} x {spread}, {i}"
-                    );
-                }
+                assert_same_bits(&got, &want[0], &format!("{rows} x {row_len} x {spread}"));
             }
         }
     }
