@@ -11,6 +11,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
 use super::kernel::{activation_products, Bf16Cpu};
+use super::views::OperandView;
 
 /// `out = x . y` for two activations, with bf16 products: `x`'s axes read as `[batch..., m, k]`,
 /// `y`'s as `[batch..., k, n]`, the result `[batch..., m, n]` laid out as the replaced einsum's
@@ -19,6 +20,9 @@ use super::kernel::{activation_products, Bf16Cpu};
 pub struct Bf16ActMatMul {
     cpu: Bf16Cpu,
     layout: ActLayout,
+    /// Per operand, whether it is read in place from the tensor a chain of copies started from
+    /// (`views.rs`) rather than being its input as it is.
+    pub(super) views: [Option<OperandView>; 2],
 }
 
 /// Which axis of each operand is which, as [`ActLayout::plan`] reads them from an einsum.
@@ -98,7 +102,11 @@ impl ActLayout {
 
     /// The op, for the CPU `cpu` proves.
     pub(super) fn build(self, cpu: Bf16Cpu) -> Bf16ActMatMul {
-        Bf16ActMatMul { cpu, layout: self }
+        Bf16ActMatMul {
+            cpu,
+            layout: self,
+            views: [None, None],
+        }
     }
 }
 
@@ -131,6 +139,14 @@ fn operand<'a>(view: &ArrayViewD<'a, f32>, batch_axes: usize, mut b: usize) -> A
         .expect("two axes left after the batch ones")
 }
 
+/// Input `t` as the product reads it: in place through its view, if it has one.
+fn operand_view<'a>(t: &'a TValue, view: &Option<OperandView>) -> TractResult<ArrayViewD<'a, f32>> {
+    match view {
+        Some(v) => v.view(t),
+        None => t.to_plain_array_view::<f32>(),
+    }
+}
+
 type ArrayView2D<'a> = tract_ndarray::ArrayView2<'a, f32>;
 
 impl EvalOp for Bf16ActMatMul {
@@ -139,8 +155,12 @@ impl EvalOp for Bf16ActMatMul {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let layout = &self.layout;
         let (x, y) = args_2!(inputs);
-        let x = x.to_plain_array_view::<f32>()?;
-        let y = y.to_plain_array_view::<f32>()?;
+        let x = operand_view(&x, &self.views[0])?;
+        let y = operand_view(&y, &self.views[1])?;
+        let scales = self
+            .views
+            .each_ref()
+            .map(|v| v.as_ref().and_then(OperandView::scale));
         let x = x.permuted_axes(layout.x_order.as_slice());
         let y = y.permuted_axes(layout.y_order.as_slice());
         let nb = layout.batch_axes();
@@ -158,6 +178,7 @@ impl EvalOp for Bf16ActMatMul {
             self.cpu,
             (batches, m, n),
             |b| (operand(&x, nb, b), operand(&y, nb, b)),
+            scales,
             &canonical,
         )?;
         if layout.out_order.iter().enumerate().any(|(i, &o)| i != o) {
@@ -170,7 +191,13 @@ impl EvalOp for Bf16ActMatMul {
 impl TypedOp for Bf16ActMatMul {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let layout = &self.layout;
-        let (x, y) = (&inputs[0].shape, &inputs[1].shape);
+        let shape = |i: usize| -> ShapeFact {
+            match &self.views[i] {
+                Some(v) => v.shape.iter().map(|&d| TDim::from(d)).collect(),
+                None => inputs[i].shape.clone(),
+            }
+        };
+        let (x, y) = (&shape(0), &shape(1));
         let nb = layout.batch_axes();
         let canonical: TVec<TDim> = layout.x_order[..nb + 1]
             .iter()

@@ -13,7 +13,9 @@
 //! projection; in the text tower the query, key, value and output projections, the MLP's two
 //! layers and the projection head. The attention's two products of activations (scores, and
 //! their weighting of the values) become [`Bf16ActMatMul`]s, both operands rounded at every run
-//! (`activations.rs`), and the image tower's patch embedding a [`Bf16Patches`]
+//! (`activations.rs`), reading their operands in place where the graph only copies them into
+//! shape first ([`fold_views`], per plan, `views.rs`), and the image tower's patch embedding a
+//! [`Bf16Patches`]
 //! (`patches.rs`). A constant add of one value per output feature after a [`Bf16MatMul`] (a
 //! layer's bias), and a GELU after that, are folded into it (`fuse.rs`), and each softmax over a
 //! last axis runs as a [`RowSoftmax`] (`softmax.rs`) and each sum over one (the layer norms'
@@ -41,6 +43,7 @@ mod matmul;
 mod patches;
 mod rowsum;
 mod softmax;
+mod views;
 
 use activations::ActLayout;
 pub use activations::Bf16ActMatMul;
@@ -50,6 +53,7 @@ pub use matmul::Bf16MatMul;
 pub use patches::Bf16Patches;
 pub use rowsum::RowSum;
 pub use softmax::RowSoftmax;
+pub use views::fold as fold_views;
 
 /// Whether this CPU has the instructions the bf16 products need.
 pub fn supported() -> bool {

@@ -326,12 +326,15 @@ impl Graph {
             // the symbolic model (see `narrow.rs`).
             let mut optimized = model;
             declutter_keeping_axes(&mut optimized)?;
+            // With the shapes bound: the attention's products read their operands in place.
+            let in_place = super::bf16::fold_views(&mut optimized)?;
             optimized.optimize()?;
             let added = pool.share(&mut optimized)?;
             tracing::debug!(
                 graph = %path.display(),
                 ?shape,
                 new_weights_mb = added >> 20,
+                operands_in_place = in_place,
                 kernels = ?matmul_kernels(&optimized),
                 "plan built"
             );

@@ -13,21 +13,26 @@ use super::{
     bf16_bits, round_row, tiles, tower_pool, written_tensor, Bf16Cpu, Epilogue, OutRows, Panels, MR,
 };
 
+/// Factors the two operands of a product are multiplied by, in f32, before they are rounded
+/// (`None`: read as they are): the attention's scalings of its queries and keys, folded in.
+pub(in crate::engine::bf16) type Scales = [Option<f32>; 2];
+
 /// `batches` products of two activations (see [`activation_product`]), `operands(i)` giving
-/// product `i`'s `a` (`m x k`) and `b` (`k x n`); the results one after the other
-/// (`batches x m x n`) as a tensor of `shape`, consecutive products split over the tower pool in
-/// a run that has one.
+/// product `i`'s `a` (`m x k`) and `b` (`k x n`), each first multiplied by its factor in
+/// `scales`; the results one after the other (`batches x m x n`) as a tensor of `shape`,
+/// consecutive products split over the tower pool in a run that has one.
 pub(in crate::engine::bf16) fn activation_products<'v>(
     cpu: Bf16Cpu,
     (batches, m, n): (usize, usize, usize),
     operands: impl Fn(usize) -> (ArrayView2<'v, f32>, ArrayView2<'v, f32>) + Sync,
+    scales: Scales,
     shape: &[usize],
 ) -> TractResult<Tensor> {
     assert_eq!(shape.iter().product::<usize>(), batches * m * n);
     // SAFETY: every product writes its `m x n` elements (there are none when `m x n` is 0).
     unsafe {
         written_tensor(shape, |out| {
-            write_products(cpu, (batches, m, n), operands, out)
+            write_products(cpu, (batches, m, n), operands, scales, out)
         })
     }
 }
@@ -38,11 +43,12 @@ fn write_products<'v>(
     cpu: Bf16Cpu,
     (batches, m, n): (usize, usize, usize),
     operands: impl Fn(usize) -> (ArrayView2<'v, f32>, ArrayView2<'v, f32>) + Sync,
+    scales: Scales,
     out: &mut [MaybeUninit<f32>],
 ) {
     let run = |scratch: &mut Scratch, (i, y_i): (usize, &mut [MaybeUninit<f32>])| {
         let (a, b) = operands(i);
-        activation_product(cpu, a, b, scratch, y_i);
+        activation_product(cpu, (a, b), scales, scratch, y_i);
     };
     match tower_pool() {
         // One product at a time, taken by whichever thread is free.
@@ -76,14 +82,14 @@ struct Scratch {
 }
 
 /// `y[i][j] = sum_l a[i][l] * b[l][j]` for two activations (`a` is `m x k`, `b` is `k x n`, any
-/// strides; the attention's scores and their weighting of the values), both rounded to bf16
-/// here, the sums in f32, into `y` (`m x n`, row-major; every element written). `b` is packed
-/// into the panels of [`super::PackedWeights`] on the fly, from its rows or its columns,
-/// whichever are contiguous.
+/// strides; the attention's scores and their weighting of the values), both multiplied by
+/// their factor in `scales` (if any) and rounded to bf16 here, the sums in f32, into `y`
+/// (`m x n`, row-major; every element written). `b` is packed into the panels of
+/// [`super::PackedWeights`] on the fly, from its rows or its columns, whichever are contiguous.
 fn activation_product(
     cpu: Bf16Cpu,
-    a: ArrayView2<'_, f32>,
-    b: ArrayView2<'_, f32>,
+    (a, b): (ArrayView2<'_, f32>, ArrayView2<'_, f32>),
+    [a_scale, b_scale]: Scales,
     scratch: &mut Scratch,
     y: &mut [MaybeUninit<f32>],
 ) {
@@ -103,13 +109,22 @@ fn activation_product(
     xb.resize(m * kp, 0);
     panels.resize(n.div_ceil(MR) * kp * MR, 0);
     pairs.resize(kp, 0);
-    /// `v` as a slice, gathered into `buf` when its elements are not contiguous.
-    fn contiguous<'v>(v: ArrayView1<'v, f32>, buf: &'v mut Vec<f32>) -> &'v [f32] {
-        match v.to_slice() {
-            Some(s) => s,
-            None => {
+    /// `v` times `scale` as a slice: `v` itself when its elements are contiguous and there is no
+    /// factor, else gathered into `buf` (each product in f32, as tract's multiply gives it).
+    fn gathered<'v>(
+        v: ArrayView1<'v, f32>,
+        scale: Option<f32>,
+        buf: &'v mut Vec<f32>,
+    ) -> &'v [f32] {
+        match (v.to_slice(), scale) {
+            (Some(s), None) => s,
+            (contiguous, scale) => {
                 buf.clear();
-                buf.extend(v.iter());
+                match (contiguous, scale) {
+                    (Some(s), Some(f)) => buf.extend(s.iter().map(|&x| x * f)),
+                    (None, Some(f)) => buf.extend(v.iter().map(|&x| x * f)),
+                    (_, None) => buf.extend(v.iter()),
+                }
                 buf
             }
         }
@@ -118,19 +133,19 @@ fn activation_product(
     // `round_row`, `pack_row_pair` and `tiles` are compiled for.
     unsafe {
         for (i, dst) in xb.chunks_exact_mut(kp).enumerate() {
-            round_row(contiguous(a.row(i), lo), dst);
+            round_row(gathered(a.row(i), a_scale, lo), dst);
         }
         if b.strides()[1] == 1 || b.strides()[0] != 1 {
             // Rows of `b` are contiguous (the values, `[keys, head size]`): two at a time.
             for q in 0..kp {
-                let first = contiguous(b.row(2 * q), lo);
-                let second = (2 * q + 1 < k).then(|| contiguous(b.row(2 * q + 1), hi));
+                let first = gathered(b.row(2 * q), b_scale, lo);
+                let second = (2 * q + 1 < k).then(|| gathered(b.row(2 * q + 1), b_scale, hi));
                 pack_row_pair(first, second, panels, q, kp);
             }
         } else {
             // Columns are (the keys, `[head size, keys]` as read): each is one output's pairs.
             for j in 0..n {
-                round_row(contiguous(b.column(j), lo), pairs);
+                round_row(gathered(b.column(j), b_scale, lo), pairs);
                 let (p, r) = (j / MR, j % MR);
                 for (q, &pair) in pairs.iter().enumerate() {
                     panels[(p * kp + q) * MR + r] = pair;
