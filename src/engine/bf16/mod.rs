@@ -207,9 +207,18 @@ fn over_last_axis(axes: &[usize], x: &TypedFact) -> bool {
 
 /// Replaces node `id` by `op` reading the node's first `inputs` inputs.
 fn replace(model: &mut TypedModel, id: usize, op: impl TypedOp, inputs: usize) -> TractResult<()> {
-    let node = model.node(id);
-    let name = node.name.clone();
-    let wires: TVec<OutletId> = node.inputs[..inputs].into();
+    let wires: TVec<OutletId> = model.node(id).inputs[..inputs].into();
+    replace_reading(model, id, op, &wires)
+}
+
+/// Replaces node `id` by `op` reading `wires`.
+fn replace_reading(
+    model: &mut TypedModel,
+    id: usize,
+    op: impl TypedOp,
+    wires: &[OutletId],
+) -> TractResult<()> {
+    let name = model.node(id).name.clone();
     let mut patch = TypedModelPatch::new(format!("bf16 {name}"));
     let tapped: TVec<OutletId> = wires
         .iter()

@@ -107,15 +107,7 @@ pub fn fold(model: &mut TypedModel) -> TractResult<usize> {
             }
         }
         if changed {
-            let name = node.name.clone();
-            let mut patch = TypedModelPatch::new(format!("fold views into {name}"));
-            let tapped: TVec<OutletId> = wires
-                .iter()
-                .map(|&w| patch.tap_model(model, w))
-                .collect::<TractResult<_>>()?;
-            let y = patch.wire_node(format!("{name}.in_place"), op, &tapped)?[0];
-            patch.shunt_outside(model, OutletId::new(id, 0), y)?;
-            patch.apply(model)?;
+            super::replace_reading(model, id, op, &wires)?;
         }
     }
     Ok(folded)
@@ -170,7 +162,8 @@ fn scalar_factor(model: &TypedModel, node: &TypedNode) -> TractResult<Option<f32
         (Some(k), None) => (facts[1], k),
         _ => return Ok(None),
     };
-    if k.datum_type() != f32::datum_type() || k.len() != 1 || x.shape != out.shape {
+    let f32s = [x.datum_type, k.datum_type(), out.datum_type] == [f32::datum_type(); 3];
+    if !f32s || k.len() != 1 || x.shape != out.shape {
         return Ok(None);
     }
     Ok(k.to_plain_array_view::<f32>()?.iter().next().copied())
