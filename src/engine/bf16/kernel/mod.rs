@@ -256,22 +256,20 @@ fn write_products(
                 });
             });
         }
-        Some(pool) => {
+        pool => {
             let mut xb = vec![0u32; rows * kp];
             round(0, &mut xb);
             let y = OutRows::new(out, n);
-            pool.install(|| {
-                use rayon::prelude::*;
-                let per = (panels / 8).clamp(1, 4);
-                (0..panels.div_ceil(per)).into_par_iter().for_each(|c| {
-                    products(&xb, rows, c * per..((c + 1) * per).min(panels), y);
-                });
-            });
-        }
-        None => {
-            let mut xb = vec![0u32; rows * kp];
-            round(0, &mut xb);
-            products(&xb, rows, 0..panels, OutRows::new(out, n));
+            match pool {
+                Some(pool) => pool.install(|| {
+                    use rayon::prelude::*;
+                    let per = (panels / 8).clamp(1, 4);
+                    (0..panels.div_ceil(per)).into_par_iter().for_each(|c| {
+                        products(&xb, rows, c * per..((c + 1) * per).min(panels), y);
+                    });
+                }),
+                None => products(&xb, rows, 0..panels, y),
+            }
         }
     }
 }
