@@ -52,6 +52,7 @@ def cosine(a, b):
 def collect(out: Path):
     r = {"meta": load(out / "meta.json", {}), "server": load(out / "server.json"),
          "tract": load(out / "tract.json"), "ort": load(out / "ort.json"), "torch": load(out / "torch.json"),
+         "ort_beside": load(out / "ort_beside.json"),
          "load_after": load(out / "load_after.json"), "info": load(out / "info.json", {}),
          "jitter": load(out / "jitter.json"), "wrk": {}, "rss": []}
     for f in sorted(glob.glob(str(out / "wrk-*.json"))):
@@ -186,9 +187,15 @@ def targets(r):
         rows.append(f"| {what} | {goal} | {got} | {'yes' if ok else ('no' if ok is not None else '–')} |")
 
     img = best_rps(r, "image")
-    o32 = ort.get("image_b32", {}).get("items_per_s")
+    # ONNX Runtime's batch 32 is timed twice in a run (with the other encoders, and right after
+    # the HTTP image cells): the goal is set by the better of the two, as ours is the best cell.
+    o32_main = ort.get("image_b32", {}).get("items_per_s")
+    o32_beside = ((r.get("ort_beside") or {}).get("workloads") or {}).get("image_b32", {}).get("items_per_s")
+    o32 = max((o for o in (o32_main, o32_beside) if o), default=None)
+    both = (f"; ORT batch 32 timed {fmt(o32_beside)}/s right after the image cells, {fmt(o32_main)}/s with the "
+            "other encoders: the better one sets the goal" if o32_beside else "")
     row("image throughput over HTTP", f">= 2 x ORT batch 32 ({fmt(o32 and 2 * o32)}/s)",
-        f"{fmt(img)}/s ({fmt(img / o32 if img and o32 else None, 2)}x ORT)",
+        f"{fmt(img)}/s ({fmt(img / o32 if img and o32 else None, 2)}x ORT{both})",
         img >= 2 * o32 if img and o32 else None)
     txt = best_rps(r, "text")
     o77 = ort.get("text_77tok_b1", {}).get("items_per_s")
