@@ -9,80 +9,27 @@
 //! body.
 #![no_main]
 
-use std::sync::OnceLock;
+#[path = "common/forms.rs"]
+mod forms;
 
-use axum::body::{Body, Bytes};
-use axum::extract::Request;
-use axum::http::{header::CONTENT_TYPE, HeaderValue, StatusCode};
-use axum::response::IntoResponse;
-use clipserve::config::Settings;
+use axum::http::{HeaderValue, StatusCode};
 use clipserve::http::error::ApiError;
 use clipserve::http::routes::immich::read_form;
 use clipserve::http::types::ClipTask;
-use clipserve::http::AppState;
-use clipserve::telemetry::Metrics;
-use http_body_util::{Limited, StreamBody};
 use libfuzzer_sys::fuzz_target;
 
 /// A small limit, so that inputs of a few KiB reach it.
 const MAX_BODY: usize = 2 * 1024;
 
-struct Fixture {
-    runtime: tokio::runtime::Runtime,
-    state: AppState,
-}
-
-fn fixture() -> &'static Fixture {
-    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-    FIXTURE.get_or_init(|| {
-        let mut settings = Settings::default();
-        settings.limits.max_body_bytes = MAX_BODY;
-        // Bodies here are in memory: a 408 would mean the parser stalled.
-        settings.server.body_timeout_ms = 10_000;
-        Fixture {
-            runtime: tokio::runtime::Builder::new_current_thread()
-                .enable_time()
-                .build()
-                .expect("a current-thread runtime builds"),
-            state: AppState::new(settings, Metrics::new()),
-        }
-    })
-}
-
-/// The request behind the server's body limit: chunked, cut at `MAX_BODY`, in chunks of a
-/// size taken from the body.
-fn request(content_type: HeaderValue, body: &[u8]) -> Request {
-    let chunk = match body.len() % 4 {
-        0 => body.len().max(1),
-        _ => 1 + (body.len() / 4) % 61,
-    };
-    let frames: Vec<Result<_, std::convert::Infallible>> = body
-        .chunks(chunk)
-        .map(|c| Ok(http_body::Frame::data(Bytes::copy_from_slice(c))))
-        .collect();
-    let stream = StreamBody::new(futures_util::stream::iter(frames));
-    let mut req = Request::new(Body::new(Limited::new(stream, MAX_BODY)));
-    req.headers_mut().insert(CONTENT_TYPE, content_type);
-    req
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
-}
-
 fn check_error(e: &ApiError) {
-    let status = e.status();
-    assert!(
-        [
+    forms::check_error(
+        e,
+        &[
             StatusCode::BAD_REQUEST,
             StatusCode::PAYLOAD_TOO_LARGE,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        ]
-        .contains(&status),
-        "{e:?}"
+        ],
     );
-    assert!(!e.message().is_empty());
-    assert_eq!(e.clone().into_response().status(), status);
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -101,15 +48,18 @@ fuzz_target!(|data: &[u8]| {
     let Ok(content_type) = HeaderValue::from_str(&content_type) else {
         return;
     };
-    let f = fixture();
-    match f.runtime.block_on(read_form(request(content_type, body), &f.state)) {
+    let f = forms::fixture(MAX_BODY, None);
+    match f.runtime.block_on(read_form(
+        forms::request(content_type, body, MAX_BODY),
+        &f.state,
+    )) {
         Ok(form) => {
-            assert!(contains(body, form.entries.as_bytes()));
+            assert!(forms::contains(body, form.entries.as_bytes()));
             if let Some(image) = &form.image {
-                assert!(contains(body, &image.bytes));
+                assert!(forms::contains(body, &image.bytes));
             }
             if let Some(text) = &form.text {
-                assert!(contains(body, text.as_bytes()));
+                assert!(forms::contains(body, text.as_bytes()));
             }
             // `entries` as the handler reads it: never a panic, whatever the JSON.
             if let Ok(serde_json::Value::Object(mut tasks)) =
