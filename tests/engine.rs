@@ -98,35 +98,38 @@ fn bf16_products_stay_within_the_parity_tolerance() {
         // query, key, value and output projections and the MLP's two layers; plus the
         // projection head's two layers.
         let blocks = 2;
-        assert_eq!(image.bf16_products(), 4 * blocks + 2);
-        assert_eq!(text.bf16_products(), 6 * blocks + 2);
+        assert_eq!(image.bf16().by_weights, 4 * blocks + 2);
+        assert_eq!(text.bf16().by_weights, 6 * blocks + 2);
         // Both towers, per block: the attention's scores and their weighting of the values.
-        assert_eq!(image.bf16_activation_products(), 2 * blocks);
-        assert_eq!(text.bf16_activation_products(), 2 * blocks);
+        assert_eq!(image.bf16().of_activations, 2 * blocks);
+        assert_eq!(text.bf16().of_activations, 2 * blocks);
         // The image MLP's two biases per block are added inside their products. (The other
         // layers of the random-weight fixture have zero biases, whose adds tract removes.)
-        assert_eq!(image.bf16_biases(), 2 * blocks);
+        assert_eq!(image.bf16().biases, 2 * blocks);
         // The GELU after each block's first MLP layer is applied inside that product; in the
         // text tower the projection head's too (its MLP: layer, GELU, layer).
-        assert_eq!(image.bf16_gelus(), blocks);
-        assert_eq!(text.bf16_gelus(), blocks + 1);
+        assert_eq!(image.bf16().gelus, blocks);
+        assert_eq!(text.bf16().gelus, blocks + 1);
+        // Each of those products hands its output to the MLP's second layer as bf16 pairs.
+        assert_eq!(image.bf16().handoffs, blocks);
+        assert_eq!(text.bf16().handoffs, blocks + 1);
         // Each block's attention softmax runs as a RowSoftmax, and the layer norms' means sum
         // their rows in a RowSum.
-        assert_eq!(image.bf16_softmaxes(), blocks);
-        assert_eq!(text.bf16_softmaxes(), blocks);
+        assert_eq!(image.bf16().softmaxes, blocks);
+        assert_eq!(text.bf16().softmaxes, blocks);
         // Two norms per block; the image tower's before and after the blocks, the text tower's
         // after its embeddings.
-        assert_eq!(image.bf16_sums(), 2 * blocks + 2);
-        assert_eq!(text.bf16_sums(), 2 * blocks + 1);
+        assert_eq!(image.bf16().sums, 2 * blocks + 2);
+        assert_eq!(text.bf16().sums, 2 * blocks + 1);
         // The bf16 weights are counted once, at half the f32 size of what they replace.
         let f32_engine = load("models/tiny", &bucketed());
         assert!(image.weight_bytes() < f32_engine.image.graph().weight_bytes());
         assert!(text.weight_bytes() < f32_engine.text.graph().weight_bytes());
     } else {
         eprintln!("no AVX512-BF16 on this CPU: the towers stay f32");
-        assert_eq!((image.bf16_products(), text.bf16_products()), (0, 0));
-        assert_eq!(image.bf16_activation_products(), 0);
-        assert_eq!(text.bf16_activation_products(), 0);
+        assert_eq!((image.bf16().by_weights, text.bf16().by_weights), (0, 0));
+        assert_eq!(image.bf16().of_activations, 0);
+        assert_eq!(text.bf16().of_activations, 0);
     }
     assert_within(&engine, &reference, 0.9999, 0.9999);
 }

@@ -65,15 +65,15 @@ fn auto_picks_bf16_for_both_towers_where_the_cpu_has_avx512_bf16() {
         // query, key, value and output projections and the MLP's two layers; plus the two
         // layers of the projection head.
         let blocks = 2;
-        assert_eq!(image.bf16_products(), 4 * blocks + 2);
-        assert_eq!(text.bf16_products(), 6 * blocks + 2);
+        assert_eq!(image.bf16().by_weights, 4 * blocks + 2);
+        assert_eq!(text.bf16().by_weights, 6 * blocks + 2);
         // Both towers, per block: the attention's scores and their weighting of the values.
-        assert_eq!(image.bf16_activation_products(), 2 * blocks);
-        assert_eq!(text.bf16_activation_products(), 2 * blocks);
+        assert_eq!(image.bf16().of_activations, 2 * blocks);
+        assert_eq!(text.bf16().of_activations, 2 * blocks);
     } else {
-        assert_eq!((image.bf16_products(), text.bf16_products()), (0, 0));
-        assert_eq!(image.bf16_activation_products(), 0);
-        assert_eq!(text.bf16_activation_products(), 0);
+        assert_eq!((image.bf16().by_weights, text.bf16().by_weights), (0, 0));
+        assert_eq!(image.bf16().of_activations, 0);
+        assert_eq!(text.bf16().of_activations, 0);
     }
 }
 
@@ -93,10 +93,10 @@ fn an_unreachable_threshold_keeps_both_towers_in_f32() {
         }
     }
     // The bf16 plans were dropped: no product runs in bf16.
-    assert_eq!(engine.image.graph().bf16_products(), 0);
-    assert_eq!(engine.text.graph().bf16_products(), 0);
-    assert_eq!(engine.image.graph().bf16_activation_products(), 0);
-    assert_eq!(engine.text.graph().bf16_activation_products(), 0);
+    assert_eq!(engine.image.graph().bf16().by_weights, 0);
+    assert_eq!(engine.text.graph().bf16().by_weights, 0);
+    assert_eq!(engine.image.graph().bf16().of_activations, 0);
+    assert_eq!(engine.text.graph().bf16().of_activations, 0);
 }
 
 #[test]

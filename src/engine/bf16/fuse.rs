@@ -11,6 +11,7 @@ use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::math::Add;
 use tract_onnx::tract_core::ops::nn::GeluExact;
 
+use super::kernel::Output;
 use super::matmul::OutAxis;
 use super::Bf16MatMul;
 
@@ -45,6 +46,48 @@ pub(super) fn gelus(model: &mut TypedModel) -> TractResult<usize> {
             .is_some_and(|e| e.0.is::<GeluExact>() && e.1.is_none());
         Ok(if is_gelu { product.with_gelu() } else { None })
     })
+}
+
+/// Where a [`Bf16MatMul`]'s output goes to one other only, which sums it (the MLP's first
+/// layer, GELU included, and its second), the first writes its outputs rounded to bf16 pairs
+/// and the second reads them as they are: the same rounding as the second would make, in the
+/// first's registers instead of a pass over the f32 outputs, and half the bytes between the
+/// two. The same bits. Returns how many pairs of products it joined.
+pub(super) fn handoffs(model: &mut TypedModel) -> TractResult<usize> {
+    let products: Vec<usize> = model
+        .nodes()
+        .iter()
+        .filter(|n| n.op_is::<Bf16MatMul>())
+        .map(|n| n.id)
+        .collect();
+    let mut joined = 0;
+    for id in products {
+        let node = model.node(id);
+        let output = OutletId::new(id, 0);
+        let &[inlet] = model.outlet_successors(output) else {
+            continue;
+        };
+        if model.output_outlets()?.contains(&output) {
+            continue;
+        }
+        let next = model.node(inlet.node);
+        let first = node.op_as::<Bf16MatMul>().expect("listed as one");
+        let Some(second) = next.op_as::<Bf16MatMul>() else {
+            continue;
+        };
+        let Some((first, second)) = first.handing_off_to(second) else {
+            continue;
+        };
+        let (x, next_id, name) = (node.inputs[0], next.id, next.name.clone());
+        let mut patch = TypedModelPatch::new(format!("handoff {name}"));
+        let x = patch.tap_model(model, x)?;
+        let pairs = patch.wire_node(format!("{}.pairs", node.name), first, &[x])?[0];
+        let y = patch.wire_node(format!("{name}.from_pairs"), second, &[pairs])?[0];
+        patch.shunt_outside(model, OutletId::new(next_id, 0), y)?;
+        patch.apply(model)?;
+        joined += 1;
+    }
+    Ok(joined)
 }
 
 /// For each [`Bf16MatMul`] whose output goes to one node only: `fold(model, product, that node,
@@ -132,6 +175,35 @@ impl Bf16MatMul {
         })
     }
 
+    /// This product writing bf16 pairs and `next` reading them, if `next` sums this one's
+    /// output rows whole: both with one feature axis, this one's output laid out as its input's
+    /// rows then the features (which `next` reads as its rows), `next`'s one summed axis this
+    /// one's features, and `next`'s output laid out as its input's rows then its features
+    /// (`Bf16MatMul::eval_pairs`).
+    fn handing_off_to(&self, next: &Bf16MatMul) -> Option<(Bf16MatMul, Bf16MatMul)> {
+        let in_order = |p: &Bf16MatMul| {
+            p.out_axes
+                .iter()
+                .enumerate()
+                .all(|(i, a)| *a == OutAxis::Canonical(i))
+        };
+        let fits = self.output == Output::F32
+            && !self.pairs_in
+            && !next.pairs_in
+            && self.w_kept.len() == 1
+            && next.w_kept.len() == 1
+            && next.contracted == 1
+            && next.weights.k == self.weights.n
+            && in_order(self)
+            && in_order(next);
+        fits.then(|| {
+            let (mut first, mut second) = (self.clone(), next.clone());
+            first.output = Output::Pairs;
+            second.pairs_in = true;
+            (first, second)
+        })
+    }
+
     /// This product with tract's exact GELU applied to its output, or None if it already has one.
     fn with_gelu(&self) -> Option<Bf16MatMul> {
         (!self.gelu).then(|| {
@@ -146,8 +218,10 @@ impl Bf16MatMul {
 mod tests {
     use tract_onnx::tract_core::ops::nn::gelu_exact::gelu_exact;
 
+    use tract_onnx::tract_core::ops::einsum::EinSum;
+
     use super::super::kernel::testing::{
-        assert_same_bits, assert_sums_close, product, rounded, run, values,
+        assert_same_bits, assert_sums_close, product, rounded, run, run_alone_and_split, values,
     };
     use super::super::{rewrite, supported};
     use super::*;
@@ -255,6 +329,51 @@ mod tests {
             let last = model.node(model.output_outlets()?[0].node);
             assert_eq!(last.op_is::<Bf16MatMul>(), !shared, "{what}");
             assert_same_bits(&run(model, &[(x_shape, &x)]), &want, &what);
+        }
+        Ok(())
+    }
+
+    /// The MLP's two layers (product, bias, GELU, product): the first hands its output to the
+    /// second as bf16 pairs, which gives the bits of the two run apart (the second rounding the
+    /// first's f32 output itself), an odd width of it too. Not where the hidden layer is also
+    /// an output.
+    #[test]
+    fn the_mlp_hands_its_hidden_layer_over_in_bf16_bit_for_bit() -> TractResult<()> {
+        if !supported() {
+            eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
+            return Ok(());
+        }
+        let x_shape = [3usize, 7, 16];
+        let x = values(x_shape.iter().product(), 41);
+        for (hidden, shared, joined) in [(64, false, true), (64, true, false), (45, false, true)] {
+            let what = format!("hidden {hidden}, shared {shared}");
+            let w1 = values(16 * hidden, 42);
+            let w2 = values(hidden * 24, 43);
+            let bias = values(hidden, 44);
+            // The first layer alone, then the second alone on its output.
+            let (mut first, y) = product("amk,kn->amn", &x_shape, &[16, hidden], &w1)?;
+            let b = first.add_const("bias", Tensor::from_shape(&[1, 1, hidden], &bias)?)?;
+            let y = first.wire_node("add", tract_onnx::tract_core::ops::math::add(), &[y, b])?[0];
+            let g = first.wire_node("gelu", gelu_exact(), &[y])?[0];
+            let mut alone = first.clone();
+            alone.select_output_outlets(&[g])?;
+            rewrite(&mut alone)?;
+            let h = run(alone, &[(&x_shape, &x)]);
+            let h: Vec<f32> = h.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+            let (mut second, z) = product("amk,kn->amn", &[3, 7, hidden], &[hidden, 24], &w2)?;
+            second.select_output_outlets(&[z])?;
+            rewrite(&mut second)?;
+            let want = run(second, &[(&[3, 7, hidden], &h)]);
+            // Both in one graph.
+            let w2 = first.add_const("w2", Tensor::from_shape(&[hidden, 24], &w2)?)?;
+            let op = EinSum::new("amk,kn->amn".parse()?, f32::datum_type());
+            let z = first.wire_node("second", op, &[g, w2])?[0];
+            let outputs = if shared { vec![z, g] } else { vec![z] };
+            first.select_output_outlets(&outputs)?;
+            let counts = rewrite(&mut first)?;
+            assert_eq!(counts.handoffs, usize::from(joined), "{what}");
+            let got = run_alone_and_split(first, &[(&x_shape, &x)]);
+            assert_same_bits(&got, &want, &what);
         }
         Ok(())
     }

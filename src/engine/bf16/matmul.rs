@@ -1,7 +1,8 @@
 //! [`Bf16MatMul`]: a product of an activation by a constant weight matrix (an `EinSum` of the
 //! decluttered graph) with the weights packed in bf16 once, at load, and the activations rounded
-//! at every run, plus the layer's bias and GELU when they follow it (`fuse.rs`); and [`plan`],
-//! which reads the einsums it can replace.
+//! at every run, plus the layer's bias and GELU when they follow it, and its output written as
+//! bf16 for the product that reads it (the MLP's hidden layer; `fuse.rs`); and [`plan`], which
+//! reads the einsums it can replace.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
 use super::einsum_axes;
-use super::kernel::{matmul, Bf16Cpu, Epilogue, PackedWeights};
+use super::kernel::{matmul, Activations, Bf16Cpu, Epilogue, Output, PackedWeights};
 
 /// Where an output axis comes from: an axis of the canonical result `[x's kept axes..., w's
 /// kept axes...]`, or a unit axis the einsum adds.
@@ -29,7 +30,7 @@ pub struct Bf16MatMul {
     /// Shapes of `w`'s kept axes, in `w`'s order (their product is `n`).
     pub(super) w_kept: TVec<usize>,
     /// Number of `x`'s trailing axes that are summed.
-    contracted: usize,
+    pub(super) contracted: usize,
     /// The output's axes.
     pub(super) out_axes: TVec<OutAxis>,
     /// One value per output feature, added to the f32 sums in the product's registers: the
@@ -38,6 +39,12 @@ pub struct Bf16MatMul {
     /// Whether tract's exact GELU is applied to the sums (after the bias) in registers: the
     /// GELU that followed the product in the graph (`super::fuse`).
     pub(super) gelu: bool,
+    /// Whether the input is rows already rounded to bf16 pairs (u32, `ceil(k / 2)` a row),
+    /// the output of a product that writes [`Output::Pairs`] (`super::fuse::handoffs`).
+    pub(super) pairs_in: bool,
+    /// What the product writes: f32, or its outputs rounded to bf16 pairs for the one product
+    /// that reads them (u32, the last axis `ceil(n / 2)` long).
+    pub(super) output: Output,
 }
 
 impl PartialEq for Bf16MatMul {
@@ -48,6 +55,8 @@ impl PartialEq for Bf16MatMul {
             && self.out_axes == other.out_axes
             && self.bias.as_ref().map(Arc::as_ptr) == other.bias.as_ref().map(Arc::as_ptr)
             && self.gelu == other.gelu
+            && self.pairs_in == other.pairs_in
+            && self.output == other.output
     }
 }
 impl Eq for Bf16MatMul {}
@@ -63,6 +72,8 @@ impl Hash for Bf16MatMul {
             .map(|b| Arc::as_ptr(b) as usize)
             .hash(state);
         self.gelu.hash(state);
+        self.pairs_in.hash(state);
+        self.output.hash(state);
     }
 }
 
@@ -74,8 +85,14 @@ impl Op for Bf16MatMul {
     fn info(&self) -> TractResult<Vec<String>> {
         let bias = if self.bias.is_some() { " + bias" } else { "" };
         let gelu = if self.gelu { ", GELU" } else { "" };
+        let pairs_in = if self.pairs_in { ", bf16 in" } else { "" };
+        let pairs_out = if self.output == Output::Pairs {
+            ", bf16 out"
+        } else {
+            ""
+        };
         Ok(vec![format!(
-            "k={} n={}{bias}{gelu}",
+            "k={} n={}{bias}{gelu}{pairs_in}{pairs_out}",
             self.weights.k, self.weights.n
         )])
     }
@@ -92,6 +109,9 @@ impl EvalOp for Bf16MatMul {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = args_1!(inputs);
+        if self.pairs_in {
+            return self.eval_pairs(&x);
+        }
         let x = x.to_plain_array_view::<f32>()?;
         let rank = x.ndim();
         ensure!(rank >= self.contracted, "input of rank {rank}");
@@ -114,17 +134,14 @@ impl EvalOp for Bf16MatMul {
                 OutAxis::Unit => None,
             })
             .collect();
-        let epilogue = Epilogue {
-            bias: self.bias.as_deref().map(Vec::as_slice),
-            gelu: self.gelu,
-        };
+        let epilogue = self.epilogue();
         let (x_order, w_order) = order.split_at(kept.len());
         if w_order.iter().copied().eq(kept.len()..canonical.len()) {
             // The output features stay last and in order: the output is x's rows in another
             // order (or the same), which the product reads them in; no move after.
             let moved = x_order.iter().enumerate().any(|(i, &o)| i != o);
             let sources = moved.then(|| row_sources(kept, x_order));
-            let shape: TVec<usize> = self
+            let mut shape: TVec<usize> = self
                 .out_axes
                 .iter()
                 .map(|a| match a {
@@ -132,16 +149,58 @@ impl EvalOp for Bf16MatMul {
                     OutAxis::Unit => 1,
                 })
                 .collect();
-            let y = matmul(x, rows, &self.weights, epilogue, sources.as_deref(), &shape)?;
+            // One feature axis where the output is pairs (`super::fuse::handoffs`).
+            *shape.last_mut().expect("an output feature axis") = self.out_len();
+            let x = Activations::F32 {
+                x,
+                sources: sources.as_deref(),
+            };
+            let y = matmul(x, rows, &self.weights, epilogue, self.output, &shape)?;
             return Ok(tvec!(y.into_tvalue()));
         }
-        let mut y = matmul(x, rows, &self.weights, epilogue, None, &canonical)?;
+        ensure!(
+            self.output == Output::F32,
+            "pairs written with the features moved"
+        );
+        let x = Activations::F32 { x, sources: None };
+        let mut y = matmul(x, rows, &self.weights, epilogue, Output::F32, &canonical)?;
         y = y.permute_axes(&order)?;
         for (pos, a) in self.out_axes.iter().enumerate() {
             if *a == OutAxis::Unit {
                 y.insert_axis(pos)?;
             }
         }
+        Ok(tvec!(y.into_tvalue()))
+    }
+}
+
+impl Bf16MatMul {
+    fn epilogue(&self) -> Epilogue<'_> {
+        Epilogue {
+            bias: self.bias.as_deref().map(Vec::as_slice),
+            gelu: self.gelu,
+        }
+    }
+
+    /// The run of a product whose input is rows of bf16 pairs: one contracted axis, `ceil(k /
+    /// 2)` long, and the output's axes those of the input, in order, then the features
+    /// (`super::fuse::handoffs` only makes such products).
+    fn eval_pairs(&self, x: &Tensor) -> TractResult<TVec<TValue>> {
+        let kp = self.weights.k.div_ceil(2);
+        let shape = x.shape();
+        ensure!(
+            x.datum_type() == u32::datum_type() && shape.last() == Some(&kp),
+            "input of {kp} bf16 pairs a row, got {:?} {shape:?}",
+            x.datum_type()
+        );
+        let rows = x.len() / kp;
+        let mut out: TVec<usize> = shape.into();
+        *out.last_mut().expect("rank 1 or more") = match self.output {
+            Output::F32 => self.weights.n,
+            Output::Pairs => self.weights.n.div_ceil(2),
+        };
+        let x = Activations::Pairs(x.try_as_plain_ram()?.as_slice::<u32>()?);
+        let y = matmul(x, rows, &self.weights, self.epilogue(), self.output, &out)?;
         Ok(tvec!(y.into_tvalue()))
     }
 }
@@ -157,6 +216,14 @@ fn row_sources(dims: &[usize], order: &[usize]) -> Vec<usize> {
 impl TypedOp for Bf16MatMul {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let shape = &inputs[0].shape;
+        if self.pairs_in {
+            // One contracted axis of pairs, the output laid out as the input (`eval_pairs`).
+            let mut out: TVec<TDim> = shape.iter().cloned().collect();
+            if let Some(last) = out.last_mut() {
+                *last = self.out_len().to_dim();
+            }
+            return Ok(tvec!(self.output_fact(out)));
+        }
         let rank = shape.rank();
         let canonical: TVec<TDim> = shape
             .iter()
@@ -172,10 +239,31 @@ impl TypedOp for Bf16MatMul {
                 OutAxis::Unit => 1.to_dim(),
             })
             .collect();
-        Ok(tvec!(f32::fact(out)))
+        let mut out = out;
+        if let Some(last) = out.last_mut().filter(|_| self.output == Output::Pairs) {
+            *last = self.out_len().to_dim();
+        }
+        Ok(tvec!(self.output_fact(out)))
     }
 
     as_op!();
+}
+
+impl Bf16MatMul {
+    /// The length of the output's last axis: `n` features, or `ceil(n / 2)` pairs of them.
+    fn out_len(&self) -> usize {
+        match self.output {
+            Output::F32 => self.weights.n,
+            Output::Pairs => self.weights.n.div_ceil(2),
+        }
+    }
+
+    fn output_fact(&self, shape: TVec<TDim>) -> TypedFact {
+        match self.output {
+            Output::F32 => f32::fact(shape),
+            Output::Pairs => u32::fact(shape),
+        }
+    }
 }
 
 /// How a product by a weight matrix is laid out, as [`plan`] reads it from an einsum.
@@ -210,6 +298,8 @@ impl Layout {
             out_axes: self.out_axes,
             bias: None,
             gelu: false,
+            pairs_in: false,
+            output: Output::F32,
         })
     }
 }

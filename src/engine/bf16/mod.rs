@@ -15,11 +15,12 @@
 //! their weighting of the values) become [`Bf16ActMatMul`]s, both operands rounded at every run
 //! (`activations.rs`), reading their operands in place where the graph only copies them into
 //! shape first ([`fold_views`], per plan, `views.rs`), and the image tower's patch embedding a
-//! [`Bf16Patches`]
-//! (`patches.rs`). A constant add of one value per output feature after a [`Bf16MatMul`] (a
-//! layer's bias), and a GELU after that, are folded into it (`fuse.rs`), and each softmax over a
-//! last axis runs as a [`RowSoftmax`] (`softmax.rs`) and each sum over one (the layer norms'
-//! means) as a [`RowSum`] (`rowsum.rs`): all four give tract's bits. Everything else (the rest
+//! [`Bf16Patches`] (`patches.rs`). A constant add of one value per output feature after a
+//! [`Bf16MatMul`] (a layer's bias), and a GELU after that, are folded into it, and a product
+//! whose output only another sums (the MLP's first layer) writes it rounded for that one
+//! (`fuse.rs`); each softmax over a last axis runs as a [`RowSoftmax`] (`softmax.rs`) and each
+//! sum over one (the layer norms' means) as a [`RowSum`] (`rowsum.rs`): all five give the bits
+//! of what they replace. Everything else (the rest
 //! of the norms, the text tower's word-embedding table) is tract's, and all of it stays f32.
 //!
 //! This is lossy: each product's inputs lose 16 bits of mantissa. On the random-weight exports
@@ -85,6 +86,9 @@ pub struct Rewritten {
     pub biases: usize,
     /// GELUs applied inside a [`Bf16MatMul`] instead of by an op of their own.
     pub gelus: usize,
+    /// Products whose output goes to a [`Bf16MatMul`] that sums it, written as bf16 pairs that
+    /// the next one reads as they are (the MLP's first layer).
+    pub handoffs: usize,
     /// Softmaxes over a last axis computed by a [`RowSoftmax`].
     pub softmaxes: usize,
     /// Sums over a last axis computed by a [`RowSum`].
@@ -94,8 +98,8 @@ pub struct Rewritten {
 /// Replaces every f32 product of an activation by a constant matrix that fits the
 /// [`Bf16MatMul`] layout, every convolution that is a patch embedding ([`Bf16Patches`]), and
 /// every product of two activations that fits [`Bf16ActMatMul`]'s, then folds the biases added
-/// after products by weights, and the GELUs after those, into them (`fuse.rs`); returns how many
-/// of each. Products it cannot express stay f32.
+/// after products by weights, and the GELUs after those, into them, and hands the MLP's hidden
+/// layer from its first product to its second as bf16 (`fuse.rs`); returns how many of each. Products it cannot express stay f32.
 pub fn rewrite(model: &mut TypedModel) -> TractResult<Rewritten> {
     // Nothing is rewritten on a CPU without the instructions.
     let Some(cpu) = Bf16Cpu::detect() else {
@@ -158,6 +162,7 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<Rewritten> {
         of_activations: of_activations.len(),
         biases: 0,
         gelus: 0,
+        handoffs: 0,
         softmaxes: 0,
         sums: 0,
     };
@@ -172,6 +177,7 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<Rewritten> {
     }
     counts.biases = fuse::biases(model)?;
     counts.gelus = fuse::gelus(model)?;
+    counts.handoffs = fuse::handoffs(model)?;
     counts.softmaxes = softmax::rows(model, cpu)?;
     counts.sums = rowsum::rows(model)?;
     Ok(counts)

@@ -13,7 +13,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use super::kernel::{matmul, Bf16Cpu, Epilogue, PackedWeights};
+use super::kernel::{matmul, Activations, Bf16Cpu, Epilogue, Output, PackedWeights};
 
 /// `y[b][o][i][j] = sum_{c,u,v} x[b][c][i*ph + u][j*pw + v] * w[o][c][u][v] + bias[o]`: a
 /// convolution of an NCHW image by an OIHW kernel whose strides are its size, without padding
@@ -184,14 +184,12 @@ impl EvalOp for Bf16Patches {
             gelu: false,
         };
         let n = self.weights.n;
-        let y = matmul(
-            &patches,
-            rows,
-            &self.weights,
-            epilogue,
-            None,
-            &[batch, oh, ow, n],
-        )?;
+        let x = Activations::F32 {
+            x: &patches,
+            sources: None,
+        };
+        let shape = [batch, oh, ow, n];
+        let y = matmul(x, rows, &self.weights, epilogue, Output::F32, &shape)?;
         Ok(tvec!(y.permute_axes(&[0, 3, 1, 2])?.into_tvalue()))
     }
 }

@@ -269,6 +269,7 @@ impl Graph {
                 of_activations = bf16.of_activations,
                 biases_fused = bf16.biases,
                 gelus_fused = bf16.gelus,
+                bf16_handoffs = bf16.handoffs,
                 row_softmaxes = bf16.softmaxes,
                 row_sums = bf16.sums,
                 "bf16 products"
@@ -392,36 +393,10 @@ impl Graph {
         self.narrowed
     }
 
-    /// How many products by weight matrices run in bf16.
-    pub fn bf16_products(&self) -> usize {
-        self.bf16.by_weights
-    }
-
-    /// How many products of two activations (the attention's) run in bf16.
-    pub fn bf16_activation_products(&self) -> usize {
-        self.bf16.of_activations
-    }
-
-    /// How many biases the bf16 products by weights add themselves, instead of an add after
-    /// them.
-    pub fn bf16_biases(&self) -> usize {
-        self.bf16.biases
-    }
-
-    /// How many GELUs the bf16 products by weights apply themselves, instead of an op after
-    /// them.
-    pub fn bf16_gelus(&self) -> usize {
-        self.bf16.gelus
-    }
-
-    /// How many softmaxes run as [`super::bf16::RowSoftmax`] (the same bits as tract's).
-    pub fn bf16_softmaxes(&self) -> usize {
-        self.bf16.softmaxes
-    }
-
-    /// How many sums over a last axis run as [`super::bf16::RowSum`] (the same bits as tract's).
-    pub fn bf16_sums(&self) -> usize {
-        self.bf16.sums
+    /// What runs in bf16 (`super::bf16::rewrite`): products, and what they absorbed. All
+    /// zero for an f32 graph.
+    pub fn bf16(&self) -> super::bf16::Rewritten {
+        self.bf16
     }
 
     /// Bytes of constants (weights, packed for their kernels) the plans hold, each counted once.

@@ -163,7 +163,7 @@ fn activation_product(
             w,
             0..w.panels(),
             Epilogue::default(),
-            OutRows::new(y, n),
+            OutRows::f32s(y, n),
         );
     }
 }

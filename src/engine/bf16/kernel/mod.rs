@@ -1,12 +1,13 @@
 //! The bf16 matrix product behind [`super::Bf16MatMul`]: weights packed once in the operand
-//! layout of AVX512-BF16's `vdpbf16ps`, activations rounded per run, 32 x 5 tiles with f32 sums
-//! (`tiles.rs`), split over the tower pool by rows or by weight panels. `activations.rs` runs
+//! layout of AVX512-BF16's `vdpbf16ps`, activations rounded per run (or already rounded by the
+//! product before), 32 x 5 tiles with f32 sums (`tiles.rs`), written as f32 or rounded to bf16,
+//! split over the tower pool by rows or by weight panels. `activations.rs` runs
 //! the same tiles on products of two activations.
 #![allow(unsafe_code)]
 
 use std::mem::MaybeUninit;
 
-use tract_onnx::prelude::{Tensor, TractResult};
+use tract_onnx::prelude::{Datum, Tensor, TractResult};
 
 mod activations;
 mod gelu;
@@ -148,19 +149,74 @@ pub(super) fn bf16_bits(x: f32) -> u16 {
     (rounded >> 16) as u16
 }
 
-/// `y[r][n] = sum_k x[s(r)][k] * w[k][n] + bias[n]` for `rows` rows of output, where `x` holds
-/// `rows` rows of `k` floats and `s(r)` is `sources[r]`, or `r` without `sources`: a product
-/// whose output lays out `x`'s rows in another order (the image tower's attention input
-/// projection) reads them in that order as it rounds them, instead of moving its output after.
-/// The bias (`n` floats) is added to the f32 sums in registers, and the GELU applied to them
-/// there, as the separate ops they replace did ([`Epilogue`]). The result is a tensor of
-/// `shape`, whose elements are the `rows x n` outputs in order.
+/// The left operand of a product by weights, `rows` rows of `k` values.
+#[derive(Clone, Copy)]
+pub(super) enum Activations<'a> {
+    /// f32 rows, rounded to bf16 pairs as the product reads them: output row `r` reads row
+    /// `sources[r]` of `x`, or row `r` without `sources`. A product whose output lays out `x`'s
+    /// rows in another order (the image tower's attention input projection) reads them in that
+    /// order, instead of moving its output after.
+    F32 {
+        x: &'a [f32],
+        sources: Option<&'a [usize]>,
+    },
+    /// Rows already rounded to bf16 pairs, `ceil(k / 2)` u32 each: the output of a product
+    /// that rounded its own ([`Output::Pairs`]), read as it is.
+    Pairs(&'a [u32]),
+}
+
+impl<'a> Activations<'a> {
+    /// Rows `first..first + count` as bf16 pairs for a product by `w`: rounded into `buf`, or
+    /// as they are.
+    fn pairs<'b>(
+        self,
+        first: usize,
+        count: usize,
+        w: &PackedWeights,
+        buf: &'b mut Vec<u32>,
+    ) -> &'b [u32]
+    where
+        'a: 'b,
+    {
+        let (k, kp) = (w.k, w.kp);
+        match self {
+            Activations::F32 { x, sources } => {
+                let source = |r: usize| sources.map_or(r, |s| s[r]);
+                let x_rows = (first..first + count).map(|r| &x[source(r) * k..][..k]);
+                buf.resize(count * kp, 0);
+                let Bf16Cpu(()) = w.cpu;
+                // SAFETY: `w` holds a `Bf16Cpu` (packing takes one), which only exists where
+                // the CPU has AVX512-F and AVX512-BF16, the features `round_rows` is compiled
+                // for.
+                unsafe { round_rows(x_rows, buf, kp) };
+                buf
+            }
+            Activations::Pairs(xb) => &xb[first * kp..(first + count) * kp],
+        }
+    }
+}
+
+/// What a product by weights writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Output {
+    /// f32, `n` a row.
+    F32,
+    /// The outputs rounded to bf16 pairs, `ceil(n / 2)` u32 a row, as the product that reads
+    /// them would round them ([`Activations::Pairs`]).
+    Pairs,
+}
+
+/// `y[r][n] = sum_k x[r][k] * w[k][n] + bias[n]` for `rows` rows of output. The bias (`n`
+/// floats) is added to the f32 sums in registers, and the GELU applied to them there, as the
+/// separate ops they replace did ([`Epilogue`]). The result is a tensor of `shape`, whose
+/// elements are the `rows x n` outputs in order: f32, or u32 bf16 pairs for [`Output::Pairs`]
+/// (`rows x ceil(n / 2)` of them).
 pub(super) fn matmul(
-    x: &[f32],
+    x: Activations<'_>,
     rows: usize,
     w: &PackedWeights,
     epilogue: Epilogue<'_>,
-    sources: Option<&[usize]>,
+    output: Output,
     shape: &[usize],
 ) -> TractResult<Tensor> {
     let n = w.n;
@@ -169,46 +225,61 @@ pub(super) fn matmul(
         epilogue.bias.is_none_or(|b| b.len() == n),
         "a bias of {n} values"
     );
-    assert!(sources.is_none_or(|s| s.len() == rows && s.iter().all(|&r| r < rows)));
+    match x {
+        Activations::F32 { x, sources } => {
+            assert_eq!(x.len(), rows * w.k, "{rows} rows of {}", w.k);
+            assert!(sources.is_none_or(|s| s.len() == rows && s.iter().all(|&r| r < rows)));
+        }
+        Activations::Pairs(xb) => assert_eq!(xb.len(), rows * w.kp, "{rows} rounded rows"),
+    }
+    let row_len = match output {
+        Output::F32 => n,
+        Output::Pairs => n.div_ceil(2),
+    };
     assert_eq!(
         shape.iter().product::<usize>(),
-        rows * n,
+        rows * row_len,
         "an output of {rows} x {n}"
     );
-    // SAFETY: `write_products` writes all `rows x n` elements: every row of every chunk, against
+    // SAFETY: `write_products` writes all `rows x n` outputs: every row of every chunk, against
     // every panel, and the panels cover the `n` columns.
     unsafe {
-        written_tensor(shape, |out| {
-            write_products(x, rows, w, epilogue, sources, out)
-        })
+        match output {
+            Output::F32 => written_tensor::<f32>(shape, |out| {
+                write_products(x, rows, w, epilogue, OutRows::f32s(out, n))
+            }),
+            Output::Pairs => written_tensor::<u32>(shape, |out| {
+                write_products(x, rows, w, epilogue, OutRows::pairs(out, n))
+            }),
+        }
     }
 }
 
-/// A new f32 tensor of `shape` whose elements `fill` writes. The products write straight into
-/// the tensor's buffer: an ndarray array made into a tensor is copied, which was 3 % of an image
+/// A new tensor of `shape` whose elements `fill` writes. The products write straight into the
+/// tensor's buffer: an ndarray array made into a tensor is copied, which was 3 % of an image
 /// run. Not zeroed first either (a memset of every product's output was 2-3 % of a run).
 ///
 /// # Safety
 ///
 /// `fill` writes every element of the slice it is given.
-unsafe fn written_tensor(
+unsafe fn written_tensor<T: Datum + Copy>(
     shape: &[usize],
-    fill: impl FnOnce(&mut [MaybeUninit<f32>]),
+    fill: impl FnOnce(&mut [MaybeUninit<T>]),
 ) -> TractResult<Tensor> {
-    // SAFETY: f32 has no invalid bit patterns, and nothing reads an element before `fill` has
-    // written it (the caller's promise).
-    let mut t = unsafe { Tensor::uninitialized::<f32>(shape)? };
+    // SAFETY: the plain numbers written here (f32, u32) have no invalid bit patterns, and
+    // nothing reads an element before `fill` has written it (the caller's promise).
+    let mut t = unsafe { Tensor::uninitialized::<T>(shape)? };
     let len = t.len();
     if len > 0 {
-        // SAFETY: the tensor's storage holds `len` f32, seen as not yet initialised.
+        // SAFETY: the tensor's storage holds `len` elements of T, seen as not yet initialised.
         let out =
-            unsafe { std::slice::from_raw_parts_mut(t.as_ptr_mut_unchecked::<f32>().cast(), len) };
+            unsafe { std::slice::from_raw_parts_mut(t.as_ptr_mut_unchecked::<T>().cast(), len) };
         fill(out);
     }
     Ok(t)
 }
 
-/// [`matmul`]'s products into `out` (`rows x n`), every element of it.
+/// [`matmul`]'s products of `x` into `y` (`rows x n` outputs), every element of it.
 ///
 /// On a tower pool, a product of many rows (a batch of images) is split in row ranges, one per
 /// thread, each thread rounding its own rows: each keeps its rows' activations in its own L2
@@ -217,28 +288,18 @@ unsafe fn written_tensor(
 /// activations are rounded first, on the calling thread, then the panels are shared out in
 /// small runs that the pool's threads take as they come free, so each thread reads only its
 /// share of the weights, a one-row product splits too, and a thread the machine holds up
-/// leaves its untaken panels to the other.
+/// leaves its untaken panels to the other. Rows already rounded are read as they are.
 fn write_products(
-    x: &[f32],
+    x: Activations<'_>,
     rows: usize,
     w: &PackedWeights,
     epilogue: Epilogue<'_>,
-    sources: Option<&[usize]>,
-    out: &mut [MaybeUninit<f32>],
+    y: OutRows,
 ) {
-    let (k, n, kp) = (w.k, w.n, w.kp);
     let panels = w.view().panels();
-    // Rounds rows `first_row..` (as many as `xb` holds) to bf16 pairs into `xb`.
-    let round = |first_row: usize, xb: &mut [u32]| {
-        let source = |r: usize| sources.map_or(r, |s| s[r]);
-        let x_rows = (first_row..first_row + xb.len() / kp).map(|r| &x[source(r) * k..][..k]);
-        // SAFETY: `w` holds a `Bf16Cpu` (packing takes one), which only exists where the CPU
-        // has AVX512-F and AVX512-BF16, the features `round_rows` is compiled for.
-        unsafe { round_rows(x_rows, xb, kp) }
-    };
     // Runs the tiles of `rows` rounded rows against the weight panels `range`, into `y`.
     let products = |xb: &[u32], rows: usize, range: std::ops::Range<usize>, y: OutRows| {
-        // SAFETY: as for `round_rows`; each call below writes its own rows of `out`, or its own
+        // SAFETY: as for `round_rows`; each call below writes its own rows of `y`, or its own
         // panels' columns, and together they cover every element.
         unsafe { tiles(xb, rows, w.view(), range, epilogue, y) }
     };
@@ -248,27 +309,26 @@ fn write_products(
             let per = rows.div_ceil(pool.current_num_threads()).div_ceil(NR) * NR;
             pool.install(|| {
                 use rayon::prelude::*;
-                out.par_chunks_mut(per * n).enumerate().for_each(|(i, y)| {
-                    let chunk_rows = y.len() / n;
-                    let mut xb = vec![0u32; chunk_rows * kp];
-                    round(i * per, &mut xb);
-                    products(&xb, chunk_rows, 0..panels, OutRows::new(y, n));
+                (0..rows.div_ceil(per)).into_par_iter().for_each(|i| {
+                    let (first, count) = (i * per, per.min(rows - i * per));
+                    let mut buf = vec![];
+                    let xb = x.pairs(first, count, w, &mut buf);
+                    products(xb, count, 0..panels, y.rows(first, count));
                 });
             });
         }
         pool => {
-            let mut xb = vec![0u32; rows * kp];
-            round(0, &mut xb);
-            let y = OutRows::new(out, n);
+            let mut buf = vec![];
+            let xb = x.pairs(0, rows, w, &mut buf);
             match pool {
                 Some(pool) => pool.install(|| {
                     use rayon::prelude::*;
                     let per = (panels / 8).clamp(1, 4);
                     (0..panels.div_ceil(per)).into_par_iter().for_each(|c| {
-                        products(&xb, rows, c * per..((c + 1) * per).min(panels), y);
+                        products(xb, rows, c * per..((c + 1) * per).min(panels), y);
                     });
                 }),
-                None => products(&xb, rows, 0..panels, y),
+                None => products(xb, rows, 0..panels, y),
             }
         }
     }

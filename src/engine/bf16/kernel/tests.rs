@@ -6,7 +6,8 @@ use super::*;
 /// [`matmul`]'s `rows x n` outputs as a vector.
 fn product(x: &[f32], rows: usize, w: &PackedWeights, bias: Option<&[f32]>) -> Vec<f32> {
     let epilogue = Epilogue { bias, gelu: false };
-    let y = matmul(x, rows, w, epilogue, None, &[rows, w.n]).unwrap();
+    let x = Activations::F32 { x, sources: None };
+    let y = matmul(x, rows, w, epilogue, Output::F32, &[rows, w.n]).unwrap();
     y.to_plain_array_view::<f32>()
         .unwrap()
         .iter()
@@ -144,5 +145,93 @@ fn a_bias_is_added_to_the_sums_as_a_separate_add_would() {
                 "{rows}x{k}x{n}, {i}"
             );
         }
+    }
+}
+
+/// A product that writes its outputs as bf16 pairs writes the bits that rounding its f32
+/// outputs gives (GELU included), and a next product reading those pairs as they are gives
+/// the bits it gives on the f32 outputs it would round itself: alone and split over a pool,
+/// by panels (few rows) and by rows (many).
+#[test]
+fn outputs_written_as_pairs_are_the_rounded_outputs() {
+    let Some(cpu) = Bf16Cpu::detect() else {
+        eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
+        return;
+    };
+    // Whole panels, and a partial one of an odd width (the last pair's high half 0).
+    for (rows, n) in [
+        (1, 96),
+        (7, 96),
+        (2 * ROW_SPLIT + 7, 96),
+        (7, 45),
+        (2 * ROW_SPLIT + 7, 45),
+    ] {
+        let (k, m) = (40, 50);
+        let x = values(rows * k, 31);
+        let w1 = values(k * n, 32);
+        let w2 = values(n * m, 33);
+        let bias = values(n, 34);
+        let first = PackedWeights::pack(cpu, k, n, |i, j| w1[i * n + j]);
+        let second = PackedWeights::pack(cpu, n, m, |i, j| w2[i * m + j]);
+        let epilogue = Epilogue {
+            bias: Some(&bias),
+            gelu: true,
+        };
+        let x = Activations::F32 {
+            x: &x,
+            sources: None,
+        };
+        let run = || {
+            let f32s = matmul(x, rows, &first, epilogue, Output::F32, &[rows, n]).unwrap();
+            let pairs = matmul(
+                x,
+                rows,
+                &first,
+                epilogue,
+                Output::Pairs,
+                &[rows, n.div_ceil(2)],
+            )
+            .unwrap();
+            let f32s = f32s
+                .try_as_plain_ram()
+                .unwrap()
+                .as_slice::<f32>()
+                .unwrap()
+                .to_vec();
+            let pairs = pairs
+                .try_as_plain_ram()
+                .unwrap()
+                .as_slice::<u32>()
+                .unwrap()
+                .to_vec();
+            let from_f32s = Activations::F32 {
+                x: &f32s,
+                sources: None,
+            };
+            let next = |x| {
+                matmul(
+                    x,
+                    rows,
+                    &second,
+                    Epilogue::default(),
+                    Output::F32,
+                    &[rows, m],
+                )
+            };
+            let (a, b) = (
+                next(from_f32s).unwrap(),
+                next(Activations::Pairs(&pairs)).unwrap(),
+            );
+            (f32s, pairs, a, b)
+        };
+        let (f32s, pairs, a, b) = run();
+        let mut want = vec![0u32; rows * n.div_ceil(2)];
+        // SAFETY: the CPU has AVX512-F and AVX512-BF16 (checked above).
+        unsafe { round_rows(f32s.chunks_exact(n), &mut want, n.div_ceil(2)) };
+        assert_eq!(pairs, want, "{rows} x {n}: the pairs");
+        assert_eq!(a, b, "{rows} x {n}: the next product");
+        let pool = tract_linalg::multithread::Executor::multithread(2);
+        let split = tract_linalg::multithread::multithread_tract_scope(pool, run);
+        assert_eq!((split.1, split.3), (pairs, b), "{rows} x {n}, split");
     }
 }

@@ -7,25 +7,63 @@ use std::mem::MaybeUninit;
 
 use super::{bf16_bits, gelu, Epilogue, Panels, MR, NR};
 
-/// The output of a product, `n` f32 per row, as [`tiles`] writes it: threads of the pool each
-/// write their own panels' columns of every row, so they share it as a pointer.
+/// The output of a product, as [`tiles`] writes it: `rows` rows of `n` outputs, either as f32
+/// or rounded to bf16 pairs (`ceil(n / 2)` u32 a row, as [`round_row`] gives them, for a next
+/// product to read as they are). Threads of the pool each write their own rows, or their own
+/// panels' columns of every row, so they share it as a pointer.
 #[derive(Clone, Copy)]
 pub(super) struct OutRows {
-    ptr: *mut MaybeUninit<f32>,
-    len: usize,
+    ptr: OutPtr,
+    rows: usize,
     n: usize,
 }
 
-// SAFETY: an `OutRows` is only written through by `tiles`, each call on its own columns.
+#[derive(Clone, Copy)]
+enum OutPtr {
+    F32(*mut MaybeUninit<f32>),
+    Pairs(*mut MaybeUninit<u32>),
+}
+
+// SAFETY: an `OutRows` is only written through by `tiles`, each call on its own rows or columns.
 unsafe impl Send for OutRows {}
 unsafe impl Sync for OutRows {}
 
 impl OutRows {
-    pub(super) fn new(out: &mut [MaybeUninit<f32>], n: usize) -> OutRows {
+    /// `out` as rows of `n` f32.
+    pub(super) fn f32s(out: &mut [MaybeUninit<f32>], n: usize) -> OutRows {
+        assert!(n > 0 && out.len().is_multiple_of(n));
         OutRows {
-            ptr: out.as_mut_ptr(),
-            len: out.len(),
+            ptr: OutPtr::F32(out.as_mut_ptr()),
+            rows: out.len() / n,
             n,
+        }
+    }
+
+    /// `out` as rows of `n` outputs rounded to bf16 pairs, `ceil(n / 2)` u32 each, the bits
+    /// [`round_row`] gives.
+    pub(super) fn pairs(out: &mut [MaybeUninit<u32>], n: usize) -> OutRows {
+        assert!(n > 0 && out.len().is_multiple_of(n.div_ceil(2)));
+        OutRows {
+            ptr: OutPtr::Pairs(out.as_mut_ptr()),
+            rows: out.len() / n.div_ceil(2),
+            n,
+        }
+    }
+
+    /// Rows `first..first + count` of these.
+    pub(super) fn rows(self, first: usize, count: usize) -> OutRows {
+        assert!(first + count <= self.rows);
+        // SAFETY: row `first` starts inside the buffer (or at its end, for no rows).
+        let ptr = unsafe {
+            match self.ptr {
+                OutPtr::F32(p) => OutPtr::F32(p.add(first * self.n)),
+                OutPtr::Pairs(p) => OutPtr::Pairs(p.add(first * self.n.div_ceil(2))),
+            }
+        };
+        OutRows {
+            ptr,
+            rows: count,
+            n: self.n,
         }
     }
 }
@@ -86,7 +124,7 @@ pub(super) unsafe fn tiles(
 ) {
     use std::arch::x86_64::*;
     let (n, kp) = (w.n, w.kp);
-    assert!(y.n == n && y.len == rows * n && panels.end <= w.panels());
+    assert!(y.n == n && y.rows == rows && panels.end <= w.panels());
     let Epilogue { bias, gelu } = epilogue;
     // Without a bias, -0.0 is added: the one number whose addition changes no f32.
     let mut bias_panel = [-0.0f32; MR];
@@ -142,12 +180,29 @@ pub(super) unsafe fn tiles(
                     }
                 }
                 for (j, pair) in acc.chunks_exact(2).take(live).enumerate() {
+                    let (v0, v1) = (pair[0], pair[1]);
+                    let out = match y.ptr {
+                        OutPtr::F32(ptr) => ptr,
+                        OutPtr::Pairs(ptr) => {
+                            // SAFETY: row t0 + j < rows; its pairs from n0 / 2 (n0 is even)
+                            // to ceil((n0 + width) / 2) are inside `y`, and on this call's
+                            // panels.
+                            unsafe {
+                                store_pairs(
+                                    ptr.add((t0 + j) * n.div_ceil(2) + n0 / 2),
+                                    width,
+                                    v0,
+                                    v1,
+                                )
+                            };
+                            continue;
+                        }
+                    };
                     // SAFETY: row t0 + j < rows, columns n0..n0 + width <= n: inside `y`, and
                     // on this call's panels, which no other call writes (the caller's promise).
                     let out = unsafe {
-                        std::slice::from_raw_parts_mut(y.ptr.add((t0 + j) * n + n0), width)
+                        std::slice::from_raw_parts_mut(out.add((t0 + j) * n + n0), width)
                     };
-                    let (v0, v1) = (pair[0], pair[1]);
                     if width == MR {
                         // SAFETY: `out` holds MR = 2 x 16 floats (uninitialised ones may be
                         // written).
@@ -170,6 +225,46 @@ pub(super) unsafe fn tiles(
                 }
             }
         }
+    }
+}
+
+/// The `width` sums `v0` then `v1` (the first `width` of their 32 lanes) rounded to bf16 pairs
+/// at `out`, `ceil(width / 2)` u32, as [`round_row`] rounds a row: a whole panel is one chunk of
+/// 32 (`vcvtne2ps2bf16`), a partial one the row's tail ([`bf16_bits`], the last high half 0 for
+/// an odd width).
+///
+/// # Safety
+///
+/// `out` is valid for `ceil(width / 2)` u32 writes; the CPU has AVX512-F and AVX512-BF16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn store_pairs(
+    out: *mut MaybeUninit<u32>,
+    width: usize,
+    v0: std::arch::x86_64::__m512,
+    v1: std::arch::x86_64::__m512,
+) {
+    use std::arch::x86_64::*;
+    if width == MR {
+        // SAFETY: 16 u32 at `out` (the caller's promise).
+        unsafe { _mm512_storeu_si512(out.cast(), as_bits(_mm512_cvtne2ps_pbh(v1, v0))) };
+        return;
+    }
+    let mut tile = [0f32; MR];
+    // SAFETY: `tile` holds MR = 2 x 16 floats.
+    unsafe {
+        _mm512_storeu_ps(tile.as_mut_ptr(), v0);
+        _mm512_storeu_ps(tile.as_mut_ptr().add(16), v1);
+    }
+    for q in 0..width.div_ceil(2) {
+        let lo = bf16_bits(tile[2 * q]);
+        let hi = if 2 * q + 1 < width {
+            bf16_bits(tile[2 * q + 1])
+        } else {
+            0
+        };
+        // SAFETY: q < ceil(width / 2) (the caller's promise).
+        unsafe { (*out.add(q)).write(u32::from(lo) | (u32::from(hi) << 16)) };
     }
 }
 
