@@ -54,23 +54,12 @@ pub(super) fn gelus(model: &mut TypedModel) -> TractResult<usize> {
 /// first's registers instead of a pass over the f32 outputs, and half the bytes between the
 /// two. The same bits. Returns how many pairs of products it joined.
 pub(super) fn handoffs(model: &mut TypedModel) -> TractResult<usize> {
-    let products: Vec<usize> = model
-        .nodes()
-        .iter()
-        .filter(|n| n.op_is::<Bf16MatMul>())
-        .map(|n| n.id)
-        .collect();
     let mut joined = 0;
-    for id in products {
-        let node = model.node(id);
-        let output = OutletId::new(id, 0);
-        let &[inlet] = model.outlet_successors(output) else {
+    for id in products(model) {
+        let Some(next) = sole_reader(model, id)? else {
             continue;
         };
-        if model.output_outlets()?.contains(&output) {
-            continue;
-        }
-        let next = model.node(inlet.node);
+        let node = model.node(id);
         let first = node.op_as::<Bf16MatMul>().expect("listed as one");
         let Some(second) = next.op_as::<Bf16MatMul>() else {
             continue;
@@ -78,13 +67,11 @@ pub(super) fn handoffs(model: &mut TypedModel) -> TractResult<usize> {
         let Some((first, second)) = first.handing_off_to(second) else {
             continue;
         };
-        let (x, next_id, name) = (node.inputs[0], next.id, next.name.clone());
-        let mut patch = TypedModelPatch::new(format!("handoff {name}"));
-        let x = patch.tap_model(model, x)?;
-        let pairs = patch.wire_node(format!("{}.pairs", node.name), first, &[x])?[0];
-        let y = patch.wire_node(format!("{name}.from_pairs"), second, &[pairs])?[0];
-        patch.shunt_outside(model, OutletId::new(next_id, 0), y)?;
-        patch.apply(model)?;
+        let ops = [
+            (format!("{}.pairs", node.name), first),
+            (format!("{}.from_pairs", next.name), second),
+        ];
+        replace_pair(model, id, next.id, "handoff", ops)?;
         joined += 1;
     }
     Ok(joined)
@@ -98,37 +85,62 @@ fn absorb(
     what: &str,
     fold: impl Fn(&TypedModel, &Bf16MatMul, &TypedNode, OutletId) -> TractResult<Option<Bf16MatMul>>,
 ) -> TractResult<usize> {
-    let products: Vec<usize> = model
-        .nodes()
-        .iter()
-        .filter(|n| n.op_is::<Bf16MatMul>())
-        .map(|n| n.id)
-        .collect();
     let mut folded = 0;
-    for id in products {
-        let node = model.node(id);
-        let output = OutletId::new(id, 0);
-        // Only where nothing else reads the product's output, the model's outputs included.
-        let &[inlet] = model.outlet_successors(output) else {
+    for id in products(model) {
+        let Some(next) = sole_reader(model, id)? else {
             continue;
         };
-        if model.output_outlets()?.contains(&output) {
-            continue;
-        }
-        let next = model.node(inlet.node);
+        let (node, output) = (model.node(id), OutletId::new(id, 0));
         let product = node.op_as::<Bf16MatMul>().expect("listed as one");
         let Some(op) = fold(model, product, next, output)? else {
             continue;
         };
-        let (x, next_id, name) = (node.inputs[0], next.id, next.name.clone());
-        let mut patch = TypedModelPatch::new(format!("{what} {name}"));
-        let x = patch.tap_model(model, x)?;
-        let y = patch.wire_node(format!("{name}.bf16"), op, &[x])?[0];
-        patch.shunt_outside(model, OutletId::new(next_id, 0), y)?;
-        patch.apply(model)?;
+        let ops = [(format!("{}.bf16", next.name), op)];
+        replace_pair(model, id, next.id, what, ops)?;
         folded += 1;
     }
     Ok(folded)
+}
+
+/// Replaces product `id` and the node `next` that reads it by `ops`, wired one after the other
+/// from the product's input.
+fn replace_pair(
+    model: &mut TypedModel,
+    id: usize,
+    next: usize,
+    what: &str,
+    ops: impl IntoIterator<Item = (String, Bf16MatMul)>,
+) -> TractResult<()> {
+    let mut patch = TypedModelPatch::new(format!("{what} {}", model.node(next).name));
+    let mut y = patch.tap_model(model, model.node(id).inputs[0])?;
+    for (name, op) in ops {
+        y = patch.wire_node(name, op, &[y])?[0];
+    }
+    patch.shunt_outside(model, OutletId::new(next, 0), y)?;
+    patch.apply(model)
+}
+
+/// The ids of `model`'s [`Bf16MatMul`]s.
+fn products(model: &TypedModel) -> Vec<usize> {
+    model
+        .nodes()
+        .iter()
+        .filter(|n| n.op_is::<Bf16MatMul>())
+        .map(|n| n.id)
+        .collect()
+}
+
+/// The node that alone reads node `id`'s output, if one does: nothing else, the model's outputs
+/// included.
+fn sole_reader(model: &TypedModel, id: usize) -> TractResult<Option<&TypedNode>> {
+    let output = OutletId::new(id, 0);
+    let &[inlet] = model.outlet_successors(output) else {
+        return Ok(None);
+    };
+    if model.output_outlets()?.contains(&output) {
+        return Ok(None);
+    }
+    Ok(Some(model.node(inlet.node)))
 }
 
 impl Bf16MatMul {

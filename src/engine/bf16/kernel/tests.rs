@@ -192,18 +192,7 @@ fn outputs_written_as_pairs_are_the_rounded_outputs() {
                 &[rows, n.div_ceil(2)],
             )
             .unwrap();
-            let f32s = f32s
-                .try_as_plain_ram()
-                .unwrap()
-                .as_slice::<f32>()
-                .unwrap()
-                .to_vec();
-            let pairs = pairs
-                .try_as_plain_ram()
-                .unwrap()
-                .as_slice::<u32>()
-                .unwrap()
-                .to_vec();
+            let (f32s, pairs) = (elements::<f32>(&f32s), elements::<u32>(&pairs));
             let from_f32s = Activations::F32 {
                 x: &f32s,
                 sources: None,
@@ -234,4 +223,13 @@ fn outputs_written_as_pairs_are_the_rounded_outputs() {
         let split = tract_linalg::multithread::multithread_tract_scope(pool, run);
         assert_eq!((split.1, split.3), (pairs, b), "{rows} x {n}, split");
     }
+}
+
+/// The elements of `t`, in order.
+fn elements<T: Datum + Copy>(t: &Tensor) -> Vec<T> {
+    t.try_as_plain_ram()
+        .unwrap()
+        .as_slice::<T>()
+        .unwrap()
+        .to_vec()
 }
