@@ -149,8 +149,10 @@ impl EvalOp for Bf16MatMul {
                     OutAxis::Unit => 1,
                 })
                 .collect();
-            // One feature axis where the output is pairs (`super::fuse::handoffs`).
-            *shape.last_mut().expect("an output feature axis") = self.out_len();
+            if self.output == Output::Pairs {
+                // One feature axis, which pairs halve (`super::fuse::handoffs`).
+                *shape.last_mut().expect("an output feature axis") = self.out_len();
+            }
             let x = Activations::F32 {
                 x,
                 sources: sources.as_deref(),
@@ -195,10 +197,7 @@ impl Bf16MatMul {
         );
         let rows = x.len() / kp;
         let mut out: TVec<usize> = shape.into();
-        *out.last_mut().expect("rank 1 or more") = match self.output {
-            Output::F32 => self.weights.n,
-            Output::Pairs => self.weights.n.div_ceil(2),
-        };
+        *out.last_mut().expect("rank 1 or more") = self.out_len();
         let x = Activations::Pairs(x.try_as_plain_ram()?.as_slice::<u32>()?);
         let y = matmul(x, rows, &self.weights, self.epilogue(), self.output, &out)?;
         Ok(tvec!(y.into_tvalue()))
@@ -231,7 +230,7 @@ impl TypedOp for Bf16MatMul {
             .cloned()
             .chain(self.w_kept.iter().map(|&d| d.to_dim()))
             .collect();
-        let out: TVec<TDim> = self
+        let mut out: TVec<TDim> = self
             .out_axes
             .iter()
             .map(|a| match a {
@@ -239,7 +238,6 @@ impl TypedOp for Bf16MatMul {
                 OutAxis::Unit => 1.to_dim(),
             })
             .collect();
-        let mut out = out;
         if let Some(last) = out.last_mut().filter(|_| self.output == Output::Pairs) {
             *last = self.out_len().to_dim();
         }
@@ -252,10 +250,7 @@ impl TypedOp for Bf16MatMul {
 impl Bf16MatMul {
     /// The length of the output's last axis: `n` features, or `ceil(n / 2)` pairs of them.
     fn out_len(&self) -> usize {
-        match self.output {
-            Output::F32 => self.weights.n,
-            Output::Pairs => self.weights.n.div_ceil(2),
-        }
+        self.output.row_len(self.weights.n)
     }
 
     fn output_fact(&self, shape: TVec<TDim>) -> TypedFact {
@@ -420,6 +415,8 @@ mod tests {
             ("mak,kn->bamn", &[3, 7, 16], &[16, 40]),
             // Its output projection: two summed axes, the rows reordered.
             ("bmak,nak->mbn", &[5, 3, 2, 8], &[33, 2, 8]),
+            // Two kept axes of w, the features last: the output's last axis is w's last.
+            ("amk,knh->amnh", &[3, 7, 16], &[16, 4, 10]),
             // Three kept axes of x, reordered.
             ("abck,kn->cabn", &[2, 3, 4, 8], &[8, 20]),
             // The features first: the output is moved after the product.

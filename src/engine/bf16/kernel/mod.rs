@@ -206,6 +206,16 @@ pub(super) enum Output {
     Pairs,
 }
 
+impl Output {
+    /// The elements a row of `n` outputs takes: `n` f32, or `ceil(n / 2)` u32 pairs.
+    pub(super) fn row_len(self, n: usize) -> usize {
+        match self {
+            Output::F32 => n,
+            Output::Pairs => n.div_ceil(2),
+        }
+    }
+}
+
 /// `y[r][n] = sum_k x[r][k] * w[k][n] + bias[n]` for `rows` rows of output. The bias (`n`
 /// floats) is added to the f32 sums in registers, and the GELU applied to them there, as the
 /// separate ops they replace did ([`Epilogue`]). The result is a tensor of `shape`, whose
@@ -232,13 +242,9 @@ pub(super) fn matmul(
         }
         Activations::Pairs(xb) => assert_eq!(xb.len(), rows * w.kp, "{rows} rounded rows"),
     }
-    let row_len = match output {
-        Output::F32 => n,
-        Output::Pairs => n.div_ceil(2),
-    };
     assert_eq!(
         shape.iter().product::<usize>(),
-        rows * row_len,
+        rows * output.row_len(n),
         "an output of {rows} x {n}"
     );
     // SAFETY: `write_products` writes all `rows x n` outputs: every row of every chunk, against
