@@ -1,5 +1,6 @@
 //! Where a tower's run spends its time, op by op: loads a model folder as the server does
-//! (default settings: precision `auto`, image plans at batch 1 and 8), runs one plan on one
+//! (default settings, precision `auto` unless `--precision` says `f32` or `bf16`; image plans at
+//! batch 1 and 8), runs one plan on one
 //! thread with every node timed, and prints the time per kind of op, slowest first.
 //!
 //! ```sh
@@ -7,6 +8,7 @@
 //! cargo run --release --example op_profile -- --model DIR --tower text --batch 32 --seq 16
 //! cargo run --release --example op_profile -- --model DIR --detail   # ops split by their shapes
 //! cargo run --release --example op_profile -- --model DIR --batch 1 --threads 2  # a lone run
+//! cargo run --release --example op_profile -- --model DIR --precision f32  # tract's own f32
 //! ```
 //!
 //! One thread unless `--threads` says otherwise, so the shares are the tower's own and not the pool's scheduling. For the image
@@ -16,7 +18,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use clipserve::engine::{Buckets, Engine, EngineSettings, TowerPool};
+use clipserve::engine::{Buckets, Engine, EngineSettings, Precision, TowerPool};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::plan::eval;
 
@@ -30,7 +32,9 @@ fn main() -> anyhow::Result<()> {
     let mut model = PathBuf::from("models/xlmr-b32-random");
     let (mut tower, mut batch, mut seq, mut runs) = ("image".to_string(), 8usize, 16usize, 5usize);
     let mut detail = false;
+    let mut nodes = false;
     let mut threads = 1usize;
+    let mut precision = Precision::Auto;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = || {
@@ -44,9 +48,15 @@ fn main() -> anyhow::Result<()> {
             "--seq" => seq = value()?.parse()?,
             "--runs" => runs = value()?.parse()?,
             "--detail" => detail = true,
+            "--nodes" => nodes = true,
             "--threads" => threads = value()?.parse()?,
+            "--precision" => {
+                let v = value()?;
+                precision = serde_json::from_value(serde_json::Value::String(v.clone()))
+                    .map_err(|_| anyhow::anyhow!("--precision {v}: expected auto, f32 or bf16"))?;
+            }
             other => anyhow::bail!(
-                "unknown argument {other}; expected --model, --tower, --batch, --seq, --runs, --detail, --threads"
+                "unknown argument {other}; expected --model, --tower, --batch, --seq, --runs, --detail, --nodes, --threads, --precision"
             ),
         }
     }
@@ -59,6 +69,8 @@ fn main() -> anyhow::Result<()> {
             batch: Vec::new(),
             seq: vec![8, 16, 32, 77],
         },
+        image_precision: precision,
+        text_precision: precision,
         ..EngineSettings::default()
     };
     let engine = Engine::load(&model, &settings)?;
@@ -108,9 +120,30 @@ fn main() -> anyhow::Result<()> {
         active.as_str()
     );
     let plan = &run.plan;
-    let timed_runs = || -> TractResult<(PerOp, Duration)> {
+    if nodes {
+        // The plan's graph, one node a line: what each op reads and the shape it writes.
+        for node in plan.model().nodes() {
+            let inputs: Vec<String> = node
+                .inputs
+                .iter()
+                .map(|o| format!("{}/{}", o.node, o.slot))
+                .collect();
+            let fact = node.outputs.first().map(|o| format!("{:?}", o.fact));
+            println!(
+                "{:>5} {:<40} {} {} <- [{}] {}",
+                node.id,
+                node.name,
+                node.op().name(),
+                node.op().info().unwrap_or_default().join(" "),
+                inputs.join(", "),
+                fact.unwrap_or_default()
+            );
+        }
+        return Ok(());
+    }
+    let timed_runs = || -> TractResult<(PerOp, Duration, Duration)> {
         let mut per_op = PerOp::new();
-        let mut total = Duration::ZERO;
+        let (mut total, mut warm_up) = (Duration::ZERO, Duration::ZERO);
         let mut state = TypedSimpleState::new(plan)?;
         for i in 0..=runs {
             let mut timed: Vec<(String, Duration)> = Vec::new();
@@ -128,7 +161,9 @@ fn main() -> anyhow::Result<()> {
                     out
                 },
             )?;
-            if i > 0 {
+            if i == 0 {
+                warm_up = started.elapsed();
+            } else {
                 total += started.elapsed();
                 for (op, d) in timed {
                     let e = per_op.entry(op).or_default();
@@ -137,9 +172,9 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Ok((per_op, total))
+        Ok((per_op, total, warm_up))
     };
-    let (per_op, total) = TowerPool::new(threads).run(true, timed_runs)?;
+    let (per_op, total, warm_up) = TowerPool::new(threads).run(true, timed_runs)?;
     let mut rows: Vec<_> = per_op.into_iter().collect();
     rows.sort_by_key(|(_, (d, _))| std::cmp::Reverse(*d));
     let per_run = total.as_secs_f64() / runs as f64;
@@ -156,9 +191,10 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "total {:.1} ms per run, {:.1} ms per item",
+        "total {:.1} ms per run, {:.1} ms per item (the warm-up run: {:.1} ms)",
         per_run * 1000.0,
-        per_run * 1000.0 / batch as f64
+        per_run * 1000.0 / batch as f64,
+        warm_up.as_secs_f64() * 1000.0
     );
     if tower == "image" {
         println!(
