@@ -113,13 +113,17 @@ fn bf16_products_stay_within_the_parity_tolerance() {
         // Each of those products hands its output to the MLP's second layer as bf16 pairs.
         assert_eq!(image.bf16().handoffs, blocks);
         assert_eq!(text.bf16().handoffs, blocks + 1);
-        // Each block's attention softmax runs as a RowSoftmax, and the layer norms' means sum
-        // their rows in a RowSum.
+        // Each image block's two layer norms (pre-norm: only the attention's input projection
+        // and the MLP's first layer read them) are applied by those products. The text tower
+        // normalizes after its residual adds, which the next block reads too: none.
+        assert_eq!(image.bf16().norms, 2 * blocks);
+        assert_eq!(text.bf16().norms, 0);
+        // Each block's attention softmax runs as a RowSoftmax, and the other layer norms' means
+        // sum their rows in a RowSum: the image tower's before and after the blocks, the text
+        // tower's two per block and the one after its embeddings.
         assert_eq!(image.bf16().softmaxes, blocks);
         assert_eq!(text.bf16().softmaxes, blocks);
-        // Two norms per block; the image tower's before and after the blocks, the text tower's
-        // after its embeddings.
-        assert_eq!(image.bf16().sums, 2 * blocks + 2);
+        assert_eq!(image.bf16().sums, 2);
         assert_eq!(text.bf16().sums, 2 * blocks + 1);
         // The bf16 weights are counted once, at half the f32 size of what they replace.
         let f32_engine = load("models/tiny", &bucketed());

@@ -11,7 +11,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
 use super::einsum_axes;
-use super::kernel::{matmul, Activations, Bf16Cpu, Epilogue, Output, PackedWeights};
+use super::kernel::{matmul, Activations, Bf16Cpu, Epilogue, LayerNorm, Output, PackedWeights};
 
 /// Where an output axis comes from: an axis of the canonical result `[x's kept axes..., w's
 /// kept axes...]`, or a unit axis the einsum adds.
@@ -45,6 +45,9 @@ pub struct Bf16MatMul {
     /// What the product writes: f32, or its outputs rounded to bf16 pairs for the one product
     /// that reads them (u32, the last axis `ceil(n / 2)` long).
     pub(super) output: Output,
+    /// The layer norm applied to each input row as it is rounded: the norm that only this
+    /// product read in the graph, over the summed axis (`super::norms`).
+    pub(super) norm: Option<Arc<LayerNorm>>,
 }
 
 impl PartialEq for Bf16MatMul {
@@ -57,6 +60,7 @@ impl PartialEq for Bf16MatMul {
             && self.gelu == other.gelu
             && self.pairs_in == other.pairs_in
             && self.output == other.output
+            && self.norm.as_ref().map(Arc::as_ptr) == other.norm.as_ref().map(Arc::as_ptr)
     }
 }
 impl Eq for Bf16MatMul {}
@@ -74,6 +78,10 @@ impl Hash for Bf16MatMul {
         self.gelu.hash(state);
         self.pairs_in.hash(state);
         self.output.hash(state);
+        self.norm
+            .as_ref()
+            .map(|n| Arc::as_ptr(n) as usize)
+            .hash(state);
     }
 }
 
@@ -86,13 +94,14 @@ impl Op for Bf16MatMul {
         let bias = if self.bias.is_some() { " + bias" } else { "" };
         let gelu = if self.gelu { ", GELU" } else { "" };
         let pairs_in = if self.pairs_in { ", bf16 in" } else { "" };
+        let norm = if self.norm.is_some() { ", norm in" } else { "" };
         let pairs_out = if self.output == Output::Pairs {
             ", bf16 out"
         } else {
             ""
         };
         Ok(vec![format!(
-            "k={} n={}{bias}{gelu}{pairs_in}{pairs_out}",
+            "k={} n={}{norm}{bias}{gelu}{pairs_in}{pairs_out}",
             self.weights.k, self.weights.n
         )])
     }
@@ -156,6 +165,7 @@ impl EvalOp for Bf16MatMul {
             let x = Activations::F32 {
                 x,
                 sources: sources.as_deref(),
+                norm: self.norm.as_deref(),
             };
             let y = matmul(x, rows, &self.weights, epilogue, self.output, &shape)?;
             return Ok(tvec!(y.into_tvalue()));
@@ -164,7 +174,11 @@ impl EvalOp for Bf16MatMul {
             self.output == Output::F32,
             "pairs written with the features moved"
         );
-        let x = Activations::F32 { x, sources: None };
+        let x = Activations::F32 {
+            x,
+            sources: None,
+            norm: self.norm.as_deref(),
+        };
         let mut y = matmul(x, rows, &self.weights, epilogue, Output::F32, &canonical)?;
         y = y.permute_axes(&order)?;
         for (pos, a) in self.out_axes.iter().enumerate() {
@@ -295,6 +309,7 @@ impl Layout {
             gelu: false,
             pairs_in: false,
             output: Output::F32,
+            norm: None,
         })
     }
 }

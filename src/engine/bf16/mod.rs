@@ -18,10 +18,12 @@
 //! [`Bf16Patches`] (`patches.rs`). A constant add of one value per output feature after a
 //! [`Bf16MatMul`] (a layer's bias), and a GELU after that, are folded into it, and a product
 //! whose output only another sums (the MLP's first layer) writes it rounded for that one
-//! (`fuse.rs`); each softmax over a last axis runs as a [`RowSoftmax`] (`softmax.rs`) and each
-//! sum over one (the layer norms' means) as a [`RowSum`] (`rowsum.rs`): all five give the bits
-//! of what they replace. Everything else (the rest
-//! of the norms, the text tower's word-embedding table) is tract's, and all of it stays f32.
+//! (`fuse.rs`). A layer norm that only a [`Bf16MatMul`] reads (the image tower's two per block)
+//! is applied by that product to its input rows as it rounds them (`norms.rs`); each softmax
+//! over a last axis runs as a [`RowSoftmax`] (`softmax.rs`) and each other sum over one (the
+//! other layer norms' means) as a [`RowSum`] (`rowsum.rs`): all six give the bits of what they
+//! replace. Everything else (the rest of those norms, the text tower's word-embedding table)
+//! is tract's, and all of it stays f32.
 //!
 //! This is lossy: each product's inputs lose 16 bits of mantissa. On the random-weight exports
 //! the embeddings stay at cosine >= 0.99995 to f32, but real weights, with their outliers, may
@@ -41,6 +43,7 @@ mod activations;
 mod fuse;
 mod kernel;
 mod matmul;
+mod norms;
 mod patches;
 mod rowsum;
 mod softmax;
@@ -89,6 +92,9 @@ pub struct Rewritten {
     /// Products whose output goes to a [`Bf16MatMul`] that sums it, written as bf16 pairs that
     /// the next one reads as they are (the MLP's first layer).
     pub handoffs: usize,
+    /// Layer norms applied by the [`Bf16MatMul`] that alone reads them, to its input rows as it
+    /// rounds them (`norms.rs`).
+    pub norms: usize,
     /// Softmaxes over a last axis computed by a [`RowSoftmax`].
     pub softmaxes: usize,
     /// Sums over a last axis computed by a [`RowSum`].
@@ -98,8 +104,10 @@ pub struct Rewritten {
 /// Replaces every f32 product of an activation by a constant matrix that fits the
 /// [`Bf16MatMul`] layout, every convolution that is a patch embedding ([`Bf16Patches`]), and
 /// every product of two activations that fits [`Bf16ActMatMul`]'s, then folds the biases added
-/// after products by weights, and the GELUs after those, into them, and hands the MLP's hidden
-/// layer from its first product to its second as bf16 (`fuse.rs`); returns how many of each. Products it cannot express stay f32.
+/// after products by weights, and the GELUs after those, into them, hands the MLP's hidden
+/// layer from its first product to its second as bf16 (`fuse.rs`), and folds each layer norm
+/// that only a product reads into it (`norms.rs`); returns how many of each. Products it cannot
+/// express stay f32.
 pub fn rewrite(model: &mut TypedModel) -> TractResult<Rewritten> {
     // Nothing is rewritten on a CPU without the instructions.
     let Some(cpu) = Bf16Cpu::detect() else {
@@ -163,6 +171,7 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<Rewritten> {
         biases: 0,
         gelus: 0,
         handoffs: 0,
+        norms: 0,
         softmaxes: 0,
         sums: 0,
     };
@@ -178,6 +187,7 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<Rewritten> {
     counts.biases = fuse::biases(model)?;
     counts.gelus = fuse::gelus(model)?;
     counts.handoffs = fuse::handoffs(model)?;
+    counts.norms = norms::layer_norms(model)?;
     counts.softmaxes = softmax::rows(model, cpu)?;
     counts.sums = rowsum::rows(model)?;
     Ok(counts)

@@ -187,6 +187,7 @@ impl EvalOp for Bf16Patches {
         let x = Activations::F32 {
             x: &patches,
             sources: None,
+            norm: None,
         };
         let shape = [batch, oh, ow, n];
         let y = matmul(x, rows, &self.weights, epilogue, Output::F32, &shape)?;

@@ -53,26 +53,40 @@ impl TypedOp for RowSum {
 
 /// The sum of each `len` floats of `x` into `out`, as tract adds them.
 fn sum_rows(x: &[f32], len: usize, out: &mut [f32]) {
-    // Where every row starts on 16 bytes and fills whole groups of 4, tract's kernel takes a row
-    // in one piece: the chains, eight rows at a time.
-    let whole = len >= 4 && len.is_multiple_of(4) && x.as_ptr().align_offset(16) == 0;
-    let mut at = 0;
-    if whole {
-        for (rows, sums) in x.chunks_exact(8 * len).zip(out.chunks_exact_mut(8)) {
-            let mut acc = [start(); 8];
-            for j in 0..len {
-                for (r, a) in acc.iter_mut().enumerate() {
-                    *a += rows[r * len + j];
+    let rows: Vec<&[f32]> = x.chunks_exact(len).collect();
+    sums_of(&rows, out);
+}
+
+/// The sum of each of `rows` into `out`, the float tract's sum over the last axis gives it
+/// where it lies. Where eight rows in turn each start on 16 bytes and fill whole groups of 4,
+/// tract's kernel takes each in one piece: their chains run side by side. Also the layer norms
+/// that a product applies to its input (`kernel/norm.rs`).
+pub(super) fn sums_of(rows: &[&[f32]], out: &mut [f32]) {
+    assert_eq!(rows.len(), out.len(), "a sum per row");
+    let whole = |row: &[f32], len: usize| {
+        row.len() == len && len >= 4 && len.is_multiple_of(4) && row.as_ptr().align_offset(16) == 0
+    };
+    for (group, sums) in rows.chunks(8).zip(out.chunks_mut(8)) {
+        let len = group[0].len();
+        match <&[&[f32]; 8]>::try_from(group) {
+            Ok(eight) if eight.iter().all(|r| whole(r, len)) => {
+                let eight = eight.map(|r| &r[..len]);
+                let mut acc = [start(); 8];
+                for j in 0..len {
+                    for (a, row) in acc.iter_mut().zip(&eight) {
+                        *a += row[j];
+                    }
+                }
+                for (s, a) in sums.iter_mut().zip(acc) {
+                    *s = 0.0 + a;
                 }
             }
-            for (s, a) in sums.iter_mut().zip(acc) {
-                *s = 0.0 + a;
+            _ => {
+                for (row, s) in group.iter().zip(sums.iter_mut()) {
+                    *s = tract_sum(row);
+                }
             }
-            at += 8;
         }
-    }
-    for (row, s) in x.chunks_exact(len).zip(out.iter_mut()).skip(at) {
-        *s = tract_sum(row);
     }
 }
 

@@ -270,6 +270,7 @@ impl Graph {
                 biases_fused = bf16.biases,
                 gelus_fused = bf16.gelus,
                 bf16_handoffs = bf16.handoffs,
+                norms_fused = bf16.norms,
                 row_softmaxes = bf16.softmaxes,
                 row_sums = bf16.sums,
                 "bf16 products"

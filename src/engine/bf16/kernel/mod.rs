@@ -11,10 +11,12 @@ use tract_onnx::prelude::{Datum, Tensor, TractResult};
 
 mod activations;
 mod gelu;
+mod norm;
 mod softmax;
 mod tiles;
 
 pub(in crate::engine::bf16) use activations::activation_products;
+pub(in crate::engine::bf16) use norm::LayerNorm;
 pub(in crate::engine::bf16) use softmax::softmax_rows;
 use tiles::{round_row, round_rows, tiles, OutRows};
 
@@ -155,10 +157,12 @@ pub(super) enum Activations<'a> {
     /// f32 rows, rounded to bf16 pairs as the product reads them: output row `r` reads row
     /// `sources[r]` of `x`, or row `r` without `sources`. A product whose output lays out `x`'s
     /// rows in another order (the image tower's attention input projection) reads them in that
-    /// order, instead of moving its output after.
+    /// order, instead of moving its output after. With a `norm`, each row is that layer norm
+    /// of the row of `x`.
     F32 {
         x: &'a [f32],
         sources: Option<&'a [usize]>,
+        norm: Option<&'a LayerNorm>,
     },
     /// Rows already rounded to bf16 pairs, `ceil(k / 2)` u32 each: the output of a product
     /// that rounded its own ([`Output::Pairs`]), read as it is.
@@ -180,15 +184,20 @@ impl<'a> Activations<'a> {
     {
         let (k, kp) = (w.k, w.kp);
         match self {
-            Activations::F32 { x, sources } => {
+            Activations::F32 { x, sources, norm } => {
                 let source = |r: usize| sources.map_or(r, |s| s[r]);
                 let x_rows = (first..first + count).map(|r| &x[source(r) * k..][..k]);
                 buf.resize(count * kp, 0);
                 let Bf16Cpu(()) = w.cpu;
                 // SAFETY: `w` holds a `Bf16Cpu` (packing takes one), which only exists where
-                // the CPU has AVX512-F and AVX512-BF16, the features `round_rows` is compiled
-                // for.
-                unsafe { round_rows(x_rows, buf, kp) };
+                // the CPU has AVX512-F and AVX512-BF16, the features `round_rows` and
+                // `norm_rows` are compiled for.
+                unsafe {
+                    match norm {
+                        None => round_rows(x_rows, buf, kp),
+                        Some(norm) => norm::norm_rows(x_rows, buf, kp, norm),
+                    }
+                }
                 buf
             }
             Activations::Pairs(xb) => &xb[first * kp..(first + count) * kp],
@@ -236,8 +245,11 @@ pub(super) fn matmul(
         "a bias of {n} values"
     );
     match x {
-        Activations::F32 { x, sources } => {
+        Activations::F32 { x, sources, norm } => {
             assert_eq!(x.len(), rows * w.k, "{rows} rows of {}", w.k);
+            assert!(norm.is_none_or(|n| [&n.gamma, &n.beta]
+                .iter()
+                .all(|v| v.as_ref().is_none_or(|v| v.len() == w.k))));
             assert!(sources.is_none_or(|s| s.len() == rows && s.iter().all(|&r| r < rows)));
         }
         Activations::Pairs(xb) => assert_eq!(xb.len(), rows * w.kp, "{rows} rounded rows"),
@@ -383,6 +395,48 @@ pub(super) mod testing {
         let op = EinSum::new(expr.parse()?, f32::datum_type());
         let y = model.wire_node("product", op, &[source, weights])?[0];
         Ok((model, y))
+    }
+
+    /// tract's decluttered form of ONNX's `LayerNormalization` over the last axis (`k` long)
+    /// of `x`, epsilon 1e-5: the sum, times `1 / k`, subtracted from `x`, `RmsNorm`, then the
+    /// scales and the biases where given. Its output.
+    pub fn layer_norm(
+        model: &mut TypedModel,
+        x: OutletId,
+        k: usize,
+        gamma: Option<&[f32]>,
+        beta: Option<&[f32]>,
+    ) -> TractResult<OutletId> {
+        use tract_onnx::tract_core::ops::math::{add, mul, sub};
+        use tract_onnx::tract_core::ops::nn::{Reduce, Reducer, RmsNorm};
+        let last = model.outlet_fact(x)?.rank() - 1;
+        let per_feature = |len: usize, v: &[f32]| {
+            let mut shape = vec![1; last + 1];
+            shape[last] = len;
+            Tensor::from_shape(&shape, v)
+        };
+        let sum = Reduce {
+            axes: tvec![last],
+            reducer: Reducer::Sum,
+        };
+        let sum = model.wire_node("ln.sum", sum, &[x])?[0];
+        let recip = model.add_const("ln.recip", per_feature(1, &[1.0 / k as f32])?)?;
+        let mean = model.wire_node("ln.mean", mul(), &[sum, recip])?[0];
+        let centred = model.wire_node("ln.centred", sub(), &[x, mean])?[0];
+        let rms = RmsNorm {
+            axis: last,
+            eps: tensor0(1e-5f32).into_arc_tensor(),
+        };
+        let mut y = model.wire_node("ln.rms", rms, &[centred])?[0];
+        if let Some(gamma) = gamma {
+            let gamma = model.add_const("ln.gamma", per_feature(k, gamma)?)?;
+            y = model.wire_node("ln.scale", mul(), &[y, gamma])?[0];
+        }
+        if let Some(beta) = beta {
+            let beta = model.add_const("ln.beta", per_feature(k, beta)?)?;
+            y = model.wire_node("ln.shift", add(), &[y, beta])?[0];
+        }
+        Ok(y)
     }
 
     /// The first output of `model` on `inputs` (shape, values).

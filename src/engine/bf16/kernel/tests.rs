@@ -6,7 +6,11 @@ use super::*;
 /// [`matmul`]'s `rows x n` outputs as a vector.
 fn product(x: &[f32], rows: usize, w: &PackedWeights, bias: Option<&[f32]>) -> Vec<f32> {
     let epilogue = Epilogue { bias, gelu: false };
-    let x = Activations::F32 { x, sources: None };
+    let x = Activations::F32 {
+        x,
+        sources: None,
+        norm: None,
+    };
     let y = matmul(x, rows, w, epilogue, Output::F32, &[rows, w.n]).unwrap();
     y.to_plain_array_view::<f32>()
         .unwrap()
@@ -180,6 +184,7 @@ fn outputs_written_as_pairs_are_the_rounded_outputs() {
         let x = Activations::F32 {
             x: &x,
             sources: None,
+            norm: None,
         };
         let run = || {
             let f32s = matmul(x, rows, &first, epilogue, Output::F32, &[rows, n]).unwrap();
@@ -196,6 +201,7 @@ fn outputs_written_as_pairs_are_the_rounded_outputs() {
             let from_f32s = Activations::F32 {
                 x: &f32s,
                 sources: None,
+                norm: None,
             };
             let next = |x| {
                 matmul(
