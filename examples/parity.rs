@@ -60,10 +60,11 @@ fn main() {
     let chosen = engine.precision();
     for (tower, p) in [("image", chosen.image), ("text", chosen.text)] {
         eprintln!(
-            "{tower}: {} ({:?}; check lowest cosine {:?})",
+            "{tower}: {} ({:?}; check lowest cosine {:?}; bf16 speed-up {:?})",
             p.active.as_str(),
             p.reason,
-            p.check_min_cosine
+            p.check_min_cosine,
+            p.bf16_speedup
         );
     }
     // What the start-up check costs per arithmetic beyond building the plans: one run of the

@@ -1,12 +1,14 @@
 //! The precision each tower runs in, chosen at load on the weights being served (the committed
-//! tiny model here): `auto` keeps bf16 products only where the CPU has AVX512-BF16 and the
-//! calibration set's bf16 embeddings stay within `model.precision_min_cosine` of the f32 ones;
-//! the engine reports what it chose and what it measured.
+//! tiny model here): `auto` keeps bf16 products only where the CPU has AVX512-BF16, runs them
+//! at least `MIN_BF16_SPEEDUP` times as fast as f32 ones (`bf16::speedup`, measured once per
+//! process), and the calibration set's bf16 embeddings stay within `model.precision_min_cosine`
+//! of the f32 ones; the engine reports what it chose and what it measured. Which of these holds
+//! is this CPU's: each test expects what its CPU gives.
 
 mod common;
 
 use clipserve::engine::calibration;
-use clipserve::engine::{Arithmetic, Engine, EngineSettings, Precision, Reason};
+use clipserve::engine::{Arithmetic, Engine, EngineSettings, Precision, Reason, MIN_BF16_SPEEDUP};
 use clipserve::preprocess::image::{decode_rgb, DecodeLimits, ExifPolicy};
 use common::{fixture, parity};
 
@@ -30,6 +32,17 @@ fn bf16_cpu() -> bool {
     supported
 }
 
+/// Whether `auto` may keep bf16 here: the CPU has AVX512-BF16 and runs bf16 products fast
+/// enough.
+fn bf16_fast() -> bool {
+    let speedup = clipserve::engine::bf16::speedup();
+    let fast = speedup.is_some_and(|s| s >= MIN_BF16_SPEEDUP);
+    if bf16_cpu() && !fast {
+        eprintln!("this CPU runs bf16 products {speedup:?} times as fast as f32: `auto` runs f32");
+    }
+    fast
+}
+
 /// Cosine in f64 of two embeddings, without assuming unit length.
 fn cosine_f64(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a
@@ -42,16 +55,25 @@ fn cosine_f64(a: &[f32], b: &[f32]) -> f64 {
 }
 
 #[test]
-fn auto_picks_bf16_for_both_towers_where_the_cpu_has_avx512_bf16() {
+fn auto_picks_bf16_for_both_towers_where_the_cpu_runs_it_faster() {
     let engine = load(&EngineSettings::default());
     let report = engine.precision();
+    let speedup = clipserve::engine::bf16::speedup();
     for (tower, p) in [("image", report.image), ("text", report.text)] {
         assert_eq!(p.requested, Precision::Auto, "{tower}");
-        if bf16_cpu() {
+        assert_eq!(
+            p.bf16_speedup, speedup,
+            "{tower}: the one figure of this CPU"
+        );
+        if bf16_fast() {
             assert_eq!(p.active, Arithmetic::Bf16, "{tower}: {p:?}");
             assert_eq!(p.reason, Reason::CheckPassed, "{tower}");
             let lowest = p.check_min_cosine.expect("the check ran");
             assert!((0.9999..=1.0).contains(&lowest), "{tower}: {lowest}");
+        } else if bf16_cpu() {
+            assert_eq!(p.active, Arithmetic::F32, "{tower}: {p:?}");
+            assert_eq!(p.reason, Reason::Bf16NotFaster, "{tower}");
+            assert_eq!(p.check_min_cosine, None, "{tower}: nothing to check");
         } else {
             assert_eq!(p.active, Arithmetic::F32, "{tower}");
             assert_eq!(p.reason, Reason::NoBf16Cpu, "{tower}");
@@ -59,7 +81,7 @@ fn auto_picks_bf16_for_both_towers_where_the_cpu_has_avx512_bf16() {
         }
     }
     let (image, text) = (engine.image.graph(), engine.text.graph());
-    if bf16_cpu() {
+    if bf16_fast() {
         // Image, per block: the attention's input and output projections and the MLP's two
         // layers; plus the patch embedding and the final projection. Text, per block: the
         // query, key, value and output projections and the MLP's two layers; plus the two
@@ -86,10 +108,12 @@ fn an_unreachable_threshold_keeps_both_towers_in_f32() {
     let report = engine.precision();
     for (tower, p) in [("image", report.image), ("text", report.text)] {
         assert_eq!(p.active, Arithmetic::F32, "{tower}: {p:?}");
-        if bf16_cpu() {
+        if bf16_fast() {
             assert_eq!(p.reason, Reason::CheckFailed, "{tower}");
             let lowest = p.check_min_cosine.expect("the check ran");
             assert!(lowest < 1.0, "{tower}: {lowest}");
+        } else if bf16_cpu() {
+            assert_eq!(p.reason, Reason::Bf16NotFaster, "{tower}");
         }
     }
     // The bf16 plans were dropped: no product runs in bf16.
@@ -161,7 +185,13 @@ fn the_reported_lowest_cosine_is_the_one_recomputed_from_both_engines() {
         image < 1.0 && text < 1.0,
         "bf16 changed nothing: {image} {text}"
     );
-    for engine in [&fast, &auto] {
+    // `auto` checks only where bf16 is fast enough; `bf16` always.
+    let checked = if bf16_fast() {
+        vec![&fast, &auto]
+    } else {
+        vec![&fast]
+    };
+    for engine in checked {
         let report = engine.precision();
         for (tower, p, want) in [("image", report.image, image), ("text", report.text, text)] {
             let got = p.check_min_cosine.expect("the check ran");
@@ -213,7 +243,7 @@ fn a_threshold_outside_the_cosine_range_is_refused() {
 /// With an unreachable threshold both say f32.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn info_and_metrics_say_what_each_tower_runs() {
-    for (min_cosine, bf16_expected) in [(None, bf16_cpu()), (Some(1.0), false)] {
+    for (min_cosine, bf16_expected) in [(None, bf16_fast()), (Some(1.0), false)] {
         let server = common::TestServer::start(|s| {
             if let Some(m) = min_cosine {
                 s.model.precision_min_cosine = m;
@@ -237,7 +267,12 @@ async fn info_and_metrics_say_what_each_tower_runs() {
             let p = &info["precision"][tower];
             assert_eq!(p["active"], want, "{min_cosine:?} {tower}: {info}");
             let reported = p["check_min_cosine"].as_f64();
-            if bf16_cpu() {
+            let speedup = clipserve::engine::bf16::speedup();
+            assert_eq!(p["bf16_speedup"].as_f64(), speedup, "{tower}: {p}");
+            if bf16_cpu() && !bf16_fast() {
+                assert!(p["check_min_cosine"].is_null(), "{tower}: {p}");
+                assert_eq!(p["reason"], "bf16_not_faster", "{tower}");
+            } else if bf16_cpu() {
                 let lowest = reported.expect("the check ran");
                 assert!(lowest < 1.0, "{tower}: {lowest}");
                 let reason = if bf16_expected {

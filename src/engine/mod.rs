@@ -29,7 +29,9 @@ pub use alloc::release_free_memory;
 pub use encoders::{EncodeError, ImageEncoder, TextEncoder};
 pub use folder::{FolderError, ModelFolder};
 pub use graph::{Buckets, GraphError};
-pub use precision::{Arithmetic, Precision, PrecisionReport, Reason, TowerPrecision};
+pub use precision::{
+    Arithmetic, Precision, PrecisionReport, Reason, TowerPrecision, MIN_BF16_SPEEDUP,
+};
 pub use threads::{intra_op_threads, set_intra_op_threads, TowerPool};
 
 use crate::preprocess::image::ImageError;
@@ -150,6 +152,7 @@ impl Engine {
                 "text",
                 settings.text_precision,
                 min_cosine,
+                bf16::speedup,
                 |arithmetic| {
                     Ok(TextEncoder::build(
                         &prepared,
@@ -178,6 +181,7 @@ impl Engine {
                 "image",
                 settings.image_precision,
                 min_cosine,
+                bf16::speedup,
                 |arithmetic| {
                     Ok(ImageEncoder::build(
                         &prepared,

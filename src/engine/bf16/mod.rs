@@ -25,6 +25,11 @@
 //! replace. Everything else (the rest of those norms, the text tower's word-embedding table)
 //! is tract's, and all of it stays f32.
 //!
+//! AVX512-BF16 is not faster everywhere: Zen 4 runs `vdpbf16ps` at twice its f32 FMA rate, an
+//! Intel Xeon without AMX here at half (86 against 176 GFLOP/s a core), where the server ran
+//! slower in bf16 than in tract's f32. So `auto` keeps bf16 only where [`speedup`] finds a
+//! product faster in bf16 on this CPU (`speed.rs`).
+//!
 //! This is lossy: each product's inputs lose 16 bits of mantissa. On the random-weight exports
 //! the embeddings stay at cosine >= 0.99995 to f32, but real weights, with their outliers, may
 //! round worse: hence the check at start-up on the weights being served, against a calibration
@@ -47,6 +52,7 @@ mod norms;
 mod patches;
 mod rowsum;
 mod softmax;
+mod speed;
 mod views;
 
 use activations::ActLayout;
@@ -57,6 +63,7 @@ pub use matmul::Bf16MatMul;
 pub use patches::Bf16Patches;
 pub use rowsum::RowSum;
 pub use softmax::RowSoftmax;
+pub use speed::speedup;
 pub use views::fold as fold_views;
 
 /// Whether this CPU has the instructions the bf16 products need.

@@ -234,9 +234,16 @@ pub struct TowerPrecisionInfo {
     #[schema(example = "bf16")]
     pub active: String,
     /// The lowest cosine between a calibration item's bf16 and f32 embeddings, when the check
-    /// ran (`auto` or `bf16` on a CPU with AVX512-BF16); null otherwise.
+    /// ran (`auto` or `bf16` on a CPU with AVX512-BF16, `auto` only where bf16 products are
+    /// fast enough); null otherwise.
     pub check_min_cosine: Option<f64>,
-    /// Why: `f32_requested`, `no_bf16_cpu`, `check_passed`, `check_failed` or `bf16_requested`.
+    /// How many times as fast a bf16 product ran as an f32 one on this CPU, measured once at
+    /// start-up where the CPU has AVX512-BF16 and the settings ask for `auto` or `bf16`; `auto`
+    /// keeps bf16 only from 1.15 up. Null otherwise.
+    #[schema(example = 1.9)]
+    pub bf16_speedup: Option<f64>,
+    /// Why: `f32_requested`, `no_bf16_cpu`, `bf16_not_faster`, `check_passed`, `check_failed`
+    /// or `bf16_requested`.
     #[schema(example = "check_passed")]
     pub reason: String,
 }
@@ -246,6 +253,7 @@ impl From<crate::engine::PrecisionReport> for PrecisionInfo {
         let tower = |p: crate::engine::TowerPrecision| TowerPrecisionInfo {
             active: p.active.as_str().into(),
             check_min_cosine: p.check_min_cosine,
+            bf16_speedup: p.bf16_speedup,
             reason: serde_json::to_value(p.reason)
                 .ok()
                 .and_then(|v| v.as_str().map(String::from))

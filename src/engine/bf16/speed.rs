@@ -1,0 +1,105 @@
+//! How much faster the bf16 products are than tract's f32 ones on this CPU, measured once per
+//! process ([`speedup`]).
+//!
+//! AVX512-BF16 does not make products faster everywhere. On Zen 4, `vdpbf16ps` does twice the
+//! multiply-adds of an f32 FMA per cycle (bench/bf16_peak.c against bench/fma_peak.c: 234
+//! against 117 GFLOP/s a core), and the image tower serves about 1.8x the images in bf16. On an
+//! Intel Xeon of family 6 model 207 (Emerald Rapids, in a VM that does not expose AMX) it does
+//! half as many (86 against 176 GFLOP/s), and the server did better in f32: 18.4 against 16.6
+//! images/s, 60 against 48 unique queries/s (bench/RESULTS.md, row 57). So `auto`
+//! (`super::super::precision`) keeps bf16 only where this probe finds it faster: the image
+//! tower's largest product (the MLP's first layer, 768 by 3072, on 400 rows: 8 images' tokens),
+//! planned alone in each arithmetic and run on one thread, as a busy server's workers run, a
+//! warm-up each and then five runs of each in turn; the ratio of the fastest runs. About 0.3 s,
+//! once, and only where the CPU has the instructions. Timing the towers themselves at start-up
+//! was tried and dropped: on that Xeon, runs of the calibration set on the check's two threads
+//! ranked bf16 ahead for the image tower (1.05-1.27x) while the server served more images in
+//! f32, ranked the text tower differently from one start to the next (0.92-1.09x), and made
+//! start-up 2 s longer.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::bail;
+use tract_onnx::tract_core::ops::einsum::EinSum;
+
+use super::{rewrite, supported};
+use crate::engine::threads::TowerPool;
+
+/// The probe's product: rows, summed length, outputs.
+const PROBE: (usize, usize, usize) = (400, 768, 3072);
+/// Timed runs of each arithmetic, in turn.
+const ROUNDS: usize = 5;
+
+/// f32 time over bf16 time for the same product on this CPU (above 1: bf16 is faster), or
+/// `None` without AVX512-BF16 (or, logged, if the probe could not run). Measured on the first
+/// call only: every later one, and so both towers, get the same figure.
+pub fn speedup() -> Option<f64> {
+    static SPEEDUP: OnceLock<Option<f64>> = OnceLock::new();
+    *SPEEDUP.get_or_init(|| {
+        if !supported() {
+            return None;
+        }
+        // One thread, whatever pool the process has installed: the ratio is the cores'.
+        match TowerPool::new(1).run(true, measure) {
+            Ok((f32_time, bf16_time)) => {
+                let speedup = f32_time.as_secs_f64() / bf16_time.as_secs_f64();
+                tracing::info!(
+                    f32_ms = f32_time.as_secs_f64() * 1e3,
+                    bf16_ms = bf16_time.as_secs_f64() * 1e3,
+                    speedup,
+                    "bf16 products timed against f32 on this CPU"
+                );
+                Some(speedup)
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "the bf16 speed probe failed");
+                None
+            }
+        }
+    })
+}
+
+/// The fastest run of the probe's product in f32 and in bf16.
+fn measure() -> TractResult<(Duration, Duration)> {
+    let (rows, k, n) = PROBE;
+    // Small values of both signs, none of them subnormal.
+    let values = |len: usize, step: usize| -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * step) % 1000) as f32 / 5000.0 - 0.1)
+            .collect()
+    };
+    let w = Tensor::from_shape(&[k, n], &values(k * n, 7919))?;
+    let x = Tensor::from_shape(&[rows, k], &values(rows * k, 104_729))?.into_tvalue();
+    let model = || -> TractResult<TypedModel> {
+        let mut model = TypedModel::default();
+        let source = model.add_source("x", f32::fact([rows, k]))?;
+        let w = model.add_const("w", w.clone())?;
+        let op = EinSum::new("mk,kn->mn".parse()?, f32::datum_type());
+        let y = model.wire_node("product", op, &[source, w])?;
+        model.select_output_outlets(&y)?;
+        Ok(model)
+    };
+    let f32_plan = model()?.into_optimized()?.into_runnable()?;
+    let mut bf16_model = model()?;
+    if rewrite(&mut bf16_model)?.by_weights != 1 {
+        bail!("the probe's product was not rewritten in bf16");
+    }
+    let bf16_plan = bf16_model.into_optimized()?.into_runnable()?;
+    let time = |plan: &Arc<TypedRunnableModel>| -> TractResult<Duration> {
+        let started = Instant::now();
+        plan.run(tvec![x.clone()])?;
+        Ok(started.elapsed())
+    };
+    let (mut f32_best, mut bf16_best) = (Duration::MAX, Duration::MAX);
+    // Each plan's first run (its buffers, the weights into cache) is not timed.
+    for round in 0..=ROUNDS {
+        let (f, b) = (time(&f32_plan)?, time(&bf16_plan)?);
+        if round > 0 {
+            f32_best = f32_best.min(f);
+            bf16_best = bf16_best.min(b);
+        }
+    }
+    Ok((f32_best, bf16_best))
+}
