@@ -11,7 +11,8 @@
 //! tower's largest product (the MLP's first layer, 768 by 3072, on 400 rows: 8 images' tokens),
 //! planned alone in each arithmetic and run on one thread, as a busy server's workers run, a
 //! warm-up each and then five runs of each in turn; the ratio of the fastest runs. About 0.3 s,
-//! once, and only where the CPU has the instructions. Timing the towers themselves at start-up
+//! once, and only where the CPU has the instructions. (A debug build's kernel is not optimized,
+//! so there the probe stops after the warm-up and `auto` runs f32.) Timing the towers themselves at start-up
 //! was tried and dropped: on that Xeon, runs of the calibration set on the check's two threads
 //! ranked bf16 ahead for the image tower (1.05-1.27x) while the server served more images in
 //! f32, ranked the text tower differently from one start to the next (0.92-1.09x), and made
@@ -31,6 +32,10 @@ use crate::engine::threads::TowerPool;
 const PROBE: (usize, usize, usize) = (400, 768, 3072);
 /// Timed runs of each arithmetic, in turn.
 const ROUNDS: usize = 5;
+/// How many times slower than f32 a first bf16 run may be before that run decides alone: no
+/// CPU where it is gains anything from the rounds that would follow, and a debug build (whose
+/// kernel is not optimized: about 80x slower) would spend seconds on them.
+const HOPELESS: u32 = 4;
 
 /// f32 time over bf16 time for the same product on this CPU (above 1: bf16 is faster), or
 /// `None` without AVX512-BF16 (or, logged, if the probe could not run). Measured on the first
@@ -92,14 +97,15 @@ fn measure() -> TractResult<(Duration, Duration)> {
         plan.run(tvec![x.clone()])?;
         Ok(started.elapsed())
     };
+    // Each plan's first run (its buffers, the weights into cache) only screens.
+    let (f32_first, bf16_first) = (time(&f32_plan)?, time(&bf16_plan)?);
+    if bf16_first > f32_first * HOPELESS {
+        return Ok((f32_first, bf16_first));
+    }
     let (mut f32_best, mut bf16_best) = (Duration::MAX, Duration::MAX);
-    // Each plan's first run (its buffers, the weights into cache) is not timed.
-    for round in 0..=ROUNDS {
-        let (f, b) = (time(&f32_plan)?, time(&bf16_plan)?);
-        if round > 0 {
-            f32_best = f32_best.min(f);
-            bf16_best = bf16_best.min(b);
-        }
+    for _ in 0..ROUNDS {
+        f32_best = f32_best.min(time(&f32_plan)?);
+        bf16_best = bf16_best.min(time(&bf16_plan)?);
     }
     Ok((f32_best, bf16_best))
 }
