@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::math::Add;
 use tract_onnx::tract_core::ops::nn::GeluExact;
@@ -19,10 +19,7 @@ use super::Bf16MatMul;
 /// one value per output feature (a layer's bias). Returns how many it folded.
 pub(super) fn biases(model: &mut TypedModel) -> TractResult<usize> {
     absorb(model, "bias", |model, product, next, output| {
-        let is_add = next
-            .op_as::<TypedBinOp>()
-            .is_some_and(|b| b.0.is::<Add>() && b.1.is_none());
-        if !is_add || next.inputs.len() != 2 {
+        if !is_bin::<Add>(next) {
             return Ok(None);
         }
         let slot = usize::from(next.inputs[0] == output);
@@ -121,7 +118,7 @@ fn replace_pair(
 }
 
 /// The ids of `model`'s [`Bf16MatMul`]s.
-fn products(model: &TypedModel) -> Vec<usize> {
+pub(super) fn products(model: &TypedModel) -> Vec<usize> {
     model
         .nodes()
         .iter()
@@ -134,13 +131,21 @@ fn products(model: &TypedModel) -> Vec<usize> {
 /// included.
 fn sole_reader(model: &TypedModel, id: usize) -> TractResult<Option<&TypedNode>> {
     let output = OutletId::new(id, 0);
-    let &[inlet] = model.outlet_successors(output) else {
-        return Ok(None);
-    };
-    if model.output_outlets()?.contains(&output) {
-        return Ok(None);
-    }
-    Ok(Some(model.node(inlet.node)))
+    let read = read_once(model, output)?;
+    Ok(read.then(|| model.node(model.outlet_successors(output)[0].node)))
+}
+
+/// Whether one node alone reads `outlet`, and it is not an output of the model.
+pub(super) fn read_once(model: &TypedModel, outlet: OutletId) -> TractResult<bool> {
+    Ok(model.outlet_successors(outlet).len() == 1 && !model.output_outlets()?.contains(&outlet))
+}
+
+/// Whether `node` is a plain (not quantized) binary op `Op` of two inputs.
+pub(super) fn is_bin<Op: BinMiniOp>(node: &TypedNode) -> bool {
+    node.inputs.len() == 2
+        && node
+            .op_as::<TypedBinOp>()
+            .is_some_and(|b| b.0.is::<Op>() && b.1.is_none())
 }
 
 impl Bf16MatMul {

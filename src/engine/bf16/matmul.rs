@@ -191,6 +191,18 @@ impl EvalOp for Bf16MatMul {
 }
 
 impl Bf16MatMul {
+    /// The length of the output's last axis: `n` features, or `ceil(n / 2)` pairs of them.
+    fn out_len(&self) -> usize {
+        self.output.row_len(self.weights.n)
+    }
+
+    fn output_fact(&self, shape: TVec<TDim>) -> TypedFact {
+        match self.output {
+            Output::F32 => f32::fact(shape),
+            Output::Pairs => u32::fact(shape),
+        }
+    }
+
     fn epilogue(&self) -> Epilogue<'_> {
         Epilogue {
             bias: self.bias.as_deref().map(Vec::as_slice),
@@ -259,20 +271,6 @@ impl TypedOp for Bf16MatMul {
     }
 
     as_op!();
-}
-
-impl Bf16MatMul {
-    /// The length of the output's last axis: `n` features, or `ceil(n / 2)` pairs of them.
-    fn out_len(&self) -> usize {
-        self.output.row_len(self.weights.n)
-    }
-
-    fn output_fact(&self, shape: TVec<TDim>) -> TypedFact {
-        match self.output {
-            Output::F32 => f32::fact(shape),
-            Output::Pairs => u32::fact(shape),
-        }
-    }
 }
 
 /// How a product by a weight matrix is laid out, as [`plan`] reads it from an einsum.

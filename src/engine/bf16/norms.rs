@@ -9,10 +9,11 @@
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
+use tract_onnx::tract_core::ops::binary::BinMiniOp;
 use tract_onnx::tract_core::ops::math::{Add, Mul, Sub};
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer, RmsNorm};
 
+use super::fuse::{is_bin, products, read_once};
 use super::kernel::LayerNorm;
 use super::Bf16MatMul;
 
@@ -21,14 +22,8 @@ use super::Bf16MatMul;
 /// `1 / len`, a subtraction, `RmsNorm`, then a multiply by the scales and an add of the
 /// biases where the export has them). Returns how many it folded.
 pub(super) fn layer_norms(model: &mut TypedModel) -> TractResult<usize> {
-    let ids: Vec<usize> = model
-        .nodes()
-        .iter()
-        .filter(|n| n.op_is::<Bf16MatMul>())
-        .map(|n| n.id)
-        .collect();
     let mut folded = 0;
-    for id in ids {
+    for id in products(model) {
         let product = model.node(id);
         let op = product.op_as::<Bf16MatMul>().expect("listed as one");
         if op.pairs_in || op.norm.is_some() || op.contracted != 1 {
@@ -147,19 +142,6 @@ fn with_const<Op: BinMiniOp>(
         return Ok(Some((node.inputs[other], values)));
     }
     Ok(None)
-}
-
-/// Whether `node` is a plain (not quantized) binary op `Op` of two inputs.
-fn is_bin<Op: BinMiniOp>(node: &TypedNode) -> bool {
-    node.inputs.len() == 2
-        && node
-            .op_as::<TypedBinOp>()
-            .is_some_and(|b| b.0.is::<Op>() && b.1.is_none())
-}
-
-/// Whether one node alone reads `outlet` (and it is not an output of the model).
-fn read_once(model: &TypedModel, outlet: OutletId) -> TractResult<bool> {
-    Ok(model.outlet_successors(outlet).len() == 1 && !model.output_outlets()?.contains(&outlet))
 }
 
 #[cfg(test)]
