@@ -8,7 +8,7 @@
 //! cargo run --release --example op_profile -- --model DIR --tower text --batch 32 --seq 16
 //! cargo run --release --example op_profile -- --model DIR --detail   # ops split by their shapes
 //! cargo run --release --example op_profile -- --model DIR --batch 1 --threads 2  # a lone run
-//! cargo run --release --example op_profile -- --model DIR --precision f32  # tract's own f32
+//! cargo run --release --example op_profile -- --model DIR --precision f32  # f32 tiles (tract's without AVX-512)
 //! ```
 //!
 //! One thread unless `--threads` says otherwise, so the shares are the tower's own and not the pool's scheduling. For the image

@@ -78,6 +78,33 @@ fn assert_within(engine: &Engine, reference: &parity::Reference, texts: f64, ima
     );
 }
 
+/// `f32` for both towers: where the CPU has AVX-512, every product by a weight matrix runs in
+/// the f32 tiles of our own, with the same folds as in bf16 but for the attention's products
+/// of two activations (tract's) and the bf16 handoffs; the parity of f32 is checked above.
+#[test]
+fn f32_products_by_weights_are_our_own_where_the_cpu_has_avx512() {
+    let engine = load("models/tiny", &f32());
+    let (image, text) = (
+        engine.image.graph().rewritten(),
+        engine.text.graph().rewritten(),
+    );
+    if !clipserve::engine::bf16::f32_supported() {
+        eprintln!("no AVX-512 on this CPU: the towers are tract's");
+        assert_eq!((image.by_weights, text.by_weights), (0, 0));
+        return;
+    }
+    let blocks = 2;
+    assert_eq!(image.by_weights, 4 * blocks + 2);
+    assert_eq!(text.by_weights, 6 * blocks + 2);
+    assert_eq!((image.of_activations, text.of_activations), (0, 0));
+    assert_eq!(image.biases, 2 * blocks);
+    assert_eq!((image.gelus, text.gelus), (blocks, blocks + 1));
+    assert_eq!((image.handoffs, text.handoffs), (0, 0));
+    assert_eq!((image.norms, text.norms), (2 * blocks, 0));
+    assert_eq!((image.softmaxes, text.softmaxes), (blocks, blocks));
+    assert_eq!((image.sums, text.sums), (2, 2 * blocks + 1));
+}
+
 /// `bf16` for both towers: where the CPU has AVX512-BF16, every product by a weight matrix runs
 /// in bf16, and the embeddings must still meet the default mode's tolerances against PyTorch's
 /// f32 ones (images 0.9995, texts 0.9999; the image tower also meets f32's 0.9999); elsewhere
@@ -98,42 +125,45 @@ fn bf16_products_stay_within_the_parity_tolerance() {
         // query, key, value and output projections and the MLP's two layers; plus the
         // projection head's two layers.
         let blocks = 2;
-        assert_eq!(image.bf16().by_weights, 4 * blocks + 2);
-        assert_eq!(text.bf16().by_weights, 6 * blocks + 2);
+        assert_eq!(image.rewritten().by_weights, 4 * blocks + 2);
+        assert_eq!(text.rewritten().by_weights, 6 * blocks + 2);
         // Both towers, per block: the attention's scores and their weighting of the values.
-        assert_eq!(image.bf16().of_activations, 2 * blocks);
-        assert_eq!(text.bf16().of_activations, 2 * blocks);
+        assert_eq!(image.rewritten().of_activations, 2 * blocks);
+        assert_eq!(text.rewritten().of_activations, 2 * blocks);
         // The image MLP's two biases per block are added inside their products. (The other
         // layers of the random-weight fixture have zero biases, whose adds tract removes.)
-        assert_eq!(image.bf16().biases, 2 * blocks);
+        assert_eq!(image.rewritten().biases, 2 * blocks);
         // The GELU after each block's first MLP layer is applied inside that product; in the
         // text tower the projection head's too (its MLP: layer, GELU, layer).
-        assert_eq!(image.bf16().gelus, blocks);
-        assert_eq!(text.bf16().gelus, blocks + 1);
+        assert_eq!(image.rewritten().gelus, blocks);
+        assert_eq!(text.rewritten().gelus, blocks + 1);
         // Each of those products hands its output to the MLP's second layer as bf16 pairs.
-        assert_eq!(image.bf16().handoffs, blocks);
-        assert_eq!(text.bf16().handoffs, blocks + 1);
+        assert_eq!(image.rewritten().handoffs, blocks);
+        assert_eq!(text.rewritten().handoffs, blocks + 1);
         // Each image block's two layer norms (pre-norm: only the attention's input projection
         // and the MLP's first layer read them) are applied by those products. The text tower
         // normalizes after its residual adds, which the next block reads too: none.
-        assert_eq!(image.bf16().norms, 2 * blocks);
-        assert_eq!(text.bf16().norms, 0);
+        assert_eq!(image.rewritten().norms, 2 * blocks);
+        assert_eq!(text.rewritten().norms, 0);
         // Each block's attention softmax runs as a RowSoftmax, and the other layer norms' means
         // sum their rows in a RowSum: the image tower's before and after the blocks, the text
         // tower's two per block and the one after its embeddings.
-        assert_eq!(image.bf16().softmaxes, blocks);
-        assert_eq!(text.bf16().softmaxes, blocks);
-        assert_eq!(image.bf16().sums, 2);
-        assert_eq!(text.bf16().sums, 2 * blocks + 1);
+        assert_eq!(image.rewritten().softmaxes, blocks);
+        assert_eq!(text.rewritten().softmaxes, blocks);
+        assert_eq!(image.rewritten().sums, 2);
+        assert_eq!(text.rewritten().sums, 2 * blocks + 1);
         // The bf16 weights are counted once, at half the f32 size of what they replace.
         let f32_engine = load("models/tiny", &bucketed());
         assert!(image.weight_bytes() < f32_engine.image.graph().weight_bytes());
         assert!(text.weight_bytes() < f32_engine.text.graph().weight_bytes());
     } else {
         eprintln!("no AVX512-BF16 on this CPU: the towers stay f32");
-        assert_eq!((image.bf16().by_weights, text.bf16().by_weights), (0, 0));
-        assert_eq!(image.bf16().of_activations, 0);
-        assert_eq!(text.bf16().of_activations, 0);
+        assert_eq!(
+            (image.rewritten().by_weights, text.rewritten().by_weights),
+            (0, 0)
+        );
+        assert_eq!(image.rewritten().of_activations, 0);
+        assert_eq!(text.rewritten().of_activations, 0);
     }
     assert_within(&engine, &reference, 0.9999, 0.9999);
 }

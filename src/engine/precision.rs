@@ -6,7 +6,7 @@
 //! them at half its f32 rate, and served fewer images and queries in bf16), and how much they
 //! move an embedding depends on the weights: real weights with outliers may round worse than
 //! the exports they were measured on. So with [`Precision::Auto`] (the default), [`choose`]
-//! first asks how much faster a bf16 product is than tract's f32 one on this CPU
+//! first asks how much faster a bf16 product is than an f32 one on this CPU
 //! (`bf16::speedup`, measured once) and below [`MIN_BF16_SPEEDUP`] keeps f32 and checks
 //! nothing; else it builds the tower in f32 and embeds the calibration set (`calibration/`,
 //! compiled in), builds it again with bf16 products and embeds the same set, and keeps bf16
@@ -14,8 +14,9 @@
 //! (`model.precision_min_cosine`). The f32 plans are dropped before the bf16 ones are built, so
 //! the two never hold their weights at the same time; the rare tower that fails the check pays
 //! for building its f32 plans a second time. [`Precision::Bf16`] runs the same check, reports
-//! it and keeps bf16 whatever it found; [`Precision::F32`] runs no check and builds what it did
-//! before this choice existed.
+//! it and keeps bf16 whatever it found; [`Precision::F32`] runs no check. An f32 tower runs its
+//! products by weights in f32 tiles of our own where the CPU has AVX-512 (`bf16/kernel/fma.rs`),
+//! tract's elsewhere.
 
 use std::time::Instant;
 
@@ -26,10 +27,11 @@ use super::threads::TowerPool;
 use super::EngineError;
 use crate::embedding::Embedding;
 
-/// The least speed-up of a bf16 product over tract's f32 one on this CPU (`bf16::speedup`) for
+/// The least speed-up of a bf16 product over an f32 one on this CPU (`bf16::speedup`) for
 /// which `auto` trades f32's exact products for bf16's: a margin over 1, as the rest of a tower
 /// gains less than its products. The CPUs measured so far are far on either side: an Intel Xeon
-/// without AMX 0.73-0.75; Zen 4 runs `vdpbf16ps` at twice its f32 FMA rate.
+/// without AMX 0.73-0.75 against tract's f32 products, 0.63-0.66 against ours; Zen 4 runs
+/// `vdpbf16ps` at twice its f32 FMA rate.
 pub const MIN_BF16_SPEEDUP: f64 = 1.15;
 
 /// What the settings ask of a tower's products by its weight matrices.
@@ -110,7 +112,7 @@ pub struct TowerPrecision {
     /// The lowest cosine between a calibration item's bf16 and f32 embeddings, when the check
     /// ran (`auto` or `bf16` on a CPU with AVX512-BF16, `auto` only where bf16 is faster).
     pub check_min_cosine: Option<f64>,
-    /// How many times as fast a bf16 product ran as tract's f32 one on this CPU
+    /// How many times as fast a bf16 product ran as an f32 one on this CPU
     /// (`bf16::speedup`), when measured (`auto` or `bf16` on a CPU with AVX512-BF16).
     pub bf16_speedup: Option<f64>,
     /// Why `active` is what it is.

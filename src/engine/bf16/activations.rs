@@ -223,6 +223,7 @@ mod tests {
         assert_sums_close, rounded, run, run_alone_and_split, values,
     };
     use super::*;
+    use crate::engine::precision::Arithmetic;
 
     /// The attention's products as the two towers' graphs write them (tests/fixtures tiny
     /// model, after tract's decluttering).
@@ -265,7 +266,7 @@ mod tests {
                 &[(&xs, &rounded(&x)), (&ys, &rounded(&y))],
             );
             let mut model = einsum(expr, &xs, &ys)?;
-            let counts = super::super::rewrite(&mut model)?;
+            let counts = super::super::rewrite(&mut model, Arithmetic::Bf16)?;
             assert_eq!((counts.by_weights, counts.of_activations), (0, 1), "{expr}");
             let got = run_alone_and_split(model, &[(&xs, &x), (&ys, &y)]);
             assert_sums_close(&got, &want, xs[expr.find('k').unwrap()], expr);
@@ -307,7 +308,10 @@ mod tests {
             return Ok(());
         }
         let mut model = einsum("abmk,abkn->abmn", &[2, 3, 4, 8], &[2, 1, 8, 5])?;
-        assert_eq!(super::super::rewrite(&mut model)?.of_activations, 0);
+        assert_eq!(
+            super::super::rewrite(&mut model, Arithmetic::Bf16)?.of_activations,
+            0
+        );
         Ok(())
     }
 }

@@ -238,10 +238,12 @@ mod tests {
     use tract_onnx::tract_core::ops::einsum::EinSum;
 
     use super::super::kernel::testing::{
-        assert_same_bits, assert_sums_close, product, rounded, run, run_alone_and_split, values,
+        arithmetics, as_read, assert_same_bits, assert_sums_close, product, run,
+        run_alone_and_split, values,
     };
-    use super::super::{rewrite, supported};
+    use super::super::rewrite;
     use super::*;
+    use crate::engine::precision::Arithmetic;
 
     /// An add of one value per output feature after a product becomes part of the product,
     /// whichever side of the add it is on and however the output's axes are laid out; an add
@@ -249,10 +251,13 @@ mod tests {
     /// added constant, either way.
     #[test]
     fn a_bias_added_after_a_product_is_added_inside_it() -> TractResult<()> {
-        if !supported() {
-            eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
-            return Ok(());
+        for arithmetic in arithmetics() {
+            biases_fold_in(arithmetic)?;
         }
+        Ok(())
+    }
+
+    fn biases_fold_in(arithmetic: Arithmetic) -> TractResult<()> {
         let (x3, w2) = ([3usize, 7, 16].as_slice(), [16usize, 40].as_slice());
         for (expr, x_shape, w_shape, bias_shape, bias_first, fused) in [
             (
@@ -278,7 +283,7 @@ mod tests {
             ("amk,kn->amn", x3, w2, &[3, 1, 1], false, false),
             ("amk,kn->amn", x3, w2, &[3, 7, 40], false, false),
         ] {
-            let what = format!("{expr} + {bias_shape:?}");
+            let what = format!("{}: {expr} + {bias_shape:?}", arithmetic.as_str());
             let x = values(x_shape.iter().product(), 11);
             let w = values(w_shape.iter().product(), 12);
             let bias = values(bias_shape.iter().product(), 13);
@@ -291,9 +296,10 @@ mod tests {
                 model.select_output_outlets(&y)?;
                 Ok(model)
             };
-            let want = run(model(&rounded(&w))?, &[(x_shape, &rounded(&x))]);
+            let read = |v: &[f32]| as_read(arithmetic, v);
+            let want = run(model(&read(&w))?, &[(x_shape, &read(&x))]);
             let mut rewritten = model(&w)?;
-            let counts = rewrite(&mut rewritten)?;
+            let counts = rewrite(&mut rewritten, arithmetic)?;
             assert_eq!(
                 (counts.by_weights, counts.biases),
                 (1, usize::from(fused)),
@@ -317,31 +323,37 @@ mod tests {
     /// elsewhere stays an op of its own.
     #[test]
     fn a_gelu_after_a_product_is_applied_inside_it_bit_for_bit() -> TractResult<()> {
-        if !supported() {
-            eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
-            return Ok(());
+        for arithmetic in arithmetics() {
+            gelus_fold_in(arithmetic)?;
         }
+        Ok(())
+    }
+
+    fn gelus_fold_in(arithmetic: Arithmetic) -> TractResult<()> {
         let (x_shape, w_shape) = ([3usize, 7, 16].as_slice(), [16usize, 40].as_slice());
         let x = values(x_shape.iter().product(), 21);
         let w = values(w_shape.iter().product(), 22);
         let bias = values(40, 23);
         for (with_bias, shared) in [(true, false), (false, false), (true, true)] {
-            let what = format!("bias {with_bias}, output shared {shared}");
+            let what = format!(
+                "{}: bias {with_bias}, output shared {shared}",
+                arithmetic.as_str()
+            );
             let (mut model, mut y) = product("amk,kn->amn", x_shape, w_shape, &w)?;
             if with_bias {
                 let b = model.add_const("bias", Tensor::from_shape(&[1, 1, 40], &bias)?)?;
                 y = model.wire_node("add", tract_onnx::tract_core::ops::math::add(), &[y, b])?[0];
             }
-            // The product alone, bf16 too, and tract's GELU op on its output.
+            // The product alone, in the same arithmetic, and tract's GELU op on its output.
             let mut alone = model.clone();
             alone.select_output_outlets(&[y])?;
-            rewrite(&mut alone)?;
+            rewrite(&mut alone, arithmetic)?;
             let mut want = run(alone, &[(x_shape, &x)]);
             gelu_exact().0.eval_in_place(&mut want, None)?;
             let g = model.wire_node("gelu", gelu_exact(), &[y])?[0];
             let outputs = if shared { vec![g, y] } else { vec![g] };
             model.select_output_outlets(&outputs)?;
-            let counts = rewrite(&mut model)?;
+            let counts = rewrite(&mut model, arithmetic)?;
             assert_eq!(counts.gelus, usize::from(!shared), "{what}");
             let last = model.node(model.output_outlets()?[0].node);
             assert_eq!(last.op_is::<Bf16MatMul>(), !shared, "{what}");
@@ -350,20 +362,24 @@ mod tests {
         Ok(())
     }
 
-    /// The MLP's two layers (product, bias, GELU, product): the first hands its output to the
-    /// second as bf16 pairs, which gives the bits of the two run apart (the second rounding the
-    /// first's f32 output itself), an odd width of it too. Not where the hidden layer is also
-    /// an output.
+    /// The MLP's two layers (product, bias, GELU, product): in bf16 the first hands its output
+    /// to the second as bf16 pairs, which gives the bits of the two run apart (the second
+    /// rounding the first's f32 output itself), an odd width of it too. Not where the hidden
+    /// layer is also an output, nor in f32 (whose products read f32).
     #[test]
     fn the_mlp_hands_its_hidden_layer_over_in_bf16_bit_for_bit() -> TractResult<()> {
-        if !supported() {
-            eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
-            return Ok(());
+        for arithmetic in arithmetics() {
+            mlp_hands_over(arithmetic)?;
         }
+        Ok(())
+    }
+
+    fn mlp_hands_over(arithmetic: Arithmetic) -> TractResult<()> {
         let x_shape = [3usize, 7, 16];
         let x = values(x_shape.iter().product(), 41);
         for (hidden, shared, joined) in [(64, false, true), (64, true, false), (45, false, true)] {
-            let what = format!("hidden {hidden}, shared {shared}");
+            let what = format!("{}: hidden {hidden}, shared {shared}", arithmetic.as_str());
+            let joined = joined && arithmetic == Arithmetic::Bf16;
             let w1 = values(16 * hidden, 42);
             let w2 = values(hidden * 24, 43);
             let bias = values(hidden, 44);
@@ -374,12 +390,12 @@ mod tests {
             let g = first.wire_node("gelu", gelu_exact(), &[y])?[0];
             let mut alone = first.clone();
             alone.select_output_outlets(&[g])?;
-            rewrite(&mut alone)?;
+            rewrite(&mut alone, arithmetic)?;
             let h = run(alone, &[(&x_shape, &x)]);
             let h: Vec<f32> = h.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
             let (mut second, z) = product("amk,kn->amn", &[3, 7, hidden], &[hidden, 24], &w2)?;
             second.select_output_outlets(&[z])?;
-            rewrite(&mut second)?;
+            rewrite(&mut second, arithmetic)?;
             let want = run(second, &[(&[3, 7, hidden], &h)]);
             // Both in one graph.
             let w2 = first.add_const("w2", Tensor::from_shape(&[hidden, 24], &w2)?)?;
@@ -387,7 +403,7 @@ mod tests {
             let z = first.wire_node("second", op, &[g, w2])?[0];
             let outputs = if shared { vec![z, g] } else { vec![z] };
             first.select_output_outlets(&outputs)?;
-            let counts = rewrite(&mut first)?;
+            let counts = rewrite(&mut first, arithmetic)?;
             assert_eq!(counts.handoffs, usize::from(joined), "{what}");
             let got = run_alone_and_split(first, &[(&x_shape, &x)]);
             assert_same_bits(&got, &want, &what);

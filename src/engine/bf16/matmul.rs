@@ -11,7 +11,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
 use super::einsum_axes;
-use super::kernel::{matmul, Activations, Bf16Cpu, Epilogue, LayerNorm, Output, PackedWeights};
+use super::kernel::{matmul, Activations, Epilogue, LayerNorm, Output, PackedWeights, Packing};
 
 /// Where an output axis comes from: an axis of the canonical result `[x's kept axes..., w's
 /// kept axes...]`, or a unit axis the einsum adds.
@@ -87,7 +87,11 @@ impl Hash for Bf16MatMul {
 
 impl Op for Bf16MatMul {
     fn name(&self) -> StaticName {
-        "Bf16MatMul".into()
+        if self.weights.is_bf16() {
+            "Bf16MatMul".into()
+        } else {
+            "F32MatMul".into()
+        }
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
@@ -288,15 +292,15 @@ pub(super) struct Layout {
 }
 
 impl Layout {
-    /// The op, with `w` packed for the CPU `cpu` proves.
-    pub(super) fn build(self, w: &Tensor, cpu: Bf16Cpu) -> Option<Bf16MatMul> {
+    /// The op, with `w` packed as `packing` says.
+    pub(super) fn build(self, w: &Tensor, packing: Packing) -> Option<Bf16MatMul> {
         let view = w.to_plain_array_view::<f32>().ok()?;
         let data = view.as_slice()?;
         let (k, n) = (self.k, self.n);
         let weights = if self.summed_first {
-            PackedWeights::pack(cpu, k, n, |ki, ni| data[ki * n + ni])
+            packing.pack(k, n, |ki, ni| data[ki * n + ni])
         } else {
-            PackedWeights::pack(cpu, k, n, |ki, ni| data[ni * k + ki])
+            packing.pack(k, n, |ki, ni| data[ni * k + ki])
         };
         Some(Bf16MatMul {
             weights: Arc::new(weights),
@@ -376,10 +380,11 @@ pub(super) fn plan(expr: &str, w: &Tensor) -> Option<Layout> {
 #[cfg(test)]
 mod tests {
     use super::super::kernel::testing::{
-        assert_sums_close, product, rounded, run, run_alone_and_split, values,
+        arithmetics, as_read, assert_sums_close, product, run, run_alone_and_split, values,
     };
-    use super::super::{rewrite, supported};
+    use super::super::rewrite;
     use super::*;
+    use crate::engine::precision::Arithmetic;
 
     #[test]
     fn the_layouts_of_the_towers_products_are_planned() {
@@ -408,16 +413,19 @@ mod tests {
         assert!(plan("mak,ank->mn", &w(&[3, 8, 4])).is_none());
     }
 
-    /// A rewritten graph computes what the einsum did, up to the rounding of its inputs, in the
-    /// einsum's output layout: the rows of x in their order, or in another (read in that order
-    /// by the product), or an output whose features are not last (moved after the product);
-    /// on one thread and split over a pool alike.
+    /// A rewritten graph computes what the einsum did (in bf16, up to the rounding of its
+    /// inputs), in the einsum's output layout: the rows of x in their order, or in another (read
+    /// in that order by the product), or an output whose features are not last (moved after the
+    /// product); on one thread and split over a pool alike; in either arithmetic.
     #[test]
     fn a_rewritten_einsum_keeps_its_output_layout() -> TractResult<()> {
-        if !supported() {
-            eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
-            return Ok(());
+        for arithmetic in arithmetics() {
+            einsums_keep_their_layout(arithmetic)?;
         }
+        Ok(())
+    }
+
+    fn einsums_keep_their_layout(arithmetic: Arithmetic) -> TractResult<()> {
         for (expr, x_shape, w_shape) in [
             (
                 "amk,kn->amn",
@@ -442,13 +450,15 @@ mod tests {
                 model.select_output_outlets(&[y])?;
                 Ok(model)
             };
-            // The f32 einsum on inputs already rounded to bf16: the same products, exactly.
-            let want = run(einsum(&rounded(&w))?, &[(x_shape, &rounded(&x))]);
+            // tract's f32 einsum on the inputs as the product reads them (in bf16, already
+            // rounded): the same products, exactly.
+            let read = |v: &[f32]| as_read(arithmetic, v);
+            let want = run(einsum(&read(&w))?, &[(x_shape, &read(&x))]);
             let mut model = einsum(&w)?;
-            assert_eq!(rewrite(&mut model)?.by_weights, 1, "{expr}");
+            assert_eq!(rewrite(&mut model, arithmetic)?.by_weights, 1, "{expr}");
             let got = run_alone_and_split(model, &[(x_shape, &x)]);
             let k: usize = x_shape[x_shape.len() - 1];
-            assert_sums_close(&got, &want, k, expr);
+            assert_sums_close(&got, &want, k, &format!("{}: {expr}", arithmetic.as_str()));
         }
         Ok(())
     }

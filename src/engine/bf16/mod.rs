@@ -25,6 +25,14 @@
 //! replace. Everything else (the rest of those norms, the text tower's word-embedding table)
 //! is tract's, and all of it stays f32.
 //!
+//! The same rewrite in f32 ([`rewrite`] with [`Arithmetic::F32`], what an f32 tower runs on a
+//! CPU with AVX-512) packs the weights unrounded for f32 tiles of AVX-512 FMAs
+//! (`kernel/fma.rs`), with the same folds of biases, GELUs and layer norms and the same row
+//! softmaxes and sums, all exact f32; the attention's products of two activations stay tract's,
+//! and nothing is handed on in bf16. On an Intel Xeon without AMX, tract's f32 products ran at
+//! about half its FMA peak and these at 85 %: an image batch took 0.76x the time, a batch of
+//! queries 0.57x (bench/RESULTS.md, row 58).
+//!
 //! AVX512-BF16 is not faster everywhere: Zen 4 runs `vdpbf16ps` at twice its f32 FMA rate, an
 //! Intel Xeon without AMX here at half (86 against 176 GFLOP/s a core), where the server ran
 //! slower in bf16 than in tract's f32. So `auto` keeps bf16 only where [`speedup`] finds a
@@ -44,6 +52,8 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::cnn::Conv;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
+use crate::engine::precision::Arithmetic;
+
 mod activations;
 mod fuse;
 mod kernel;
@@ -57,7 +67,7 @@ mod views;
 
 use activations::ActLayout;
 pub use activations::Bf16ActMatMul;
-use kernel::Bf16Cpu;
+use kernel::{Avx512Cpu, Bf16Cpu, Packing};
 use matmul::plan;
 pub use matmul::Bf16MatMul;
 pub use patches::Bf16Patches;
@@ -71,6 +81,12 @@ pub fn supported() -> bool {
     Bf16Cpu::detect().is_some()
 }
 
+/// Whether this CPU runs the f32 products of our own (`kernel/fma.rs`): it has AVX-512. On one
+/// without, an f32 tower is tract's.
+pub fn f32_supported() -> bool {
+    Avx512Cpu::detect().is_some()
+}
+
 /// Bytes of bf16 weights the [`Bf16MatMul`] ops of `model` hold, each copy counted once (the
 /// plans built from `model` share them).
 pub fn weight_bytes(model: &TypedModel) -> usize {
@@ -80,7 +96,7 @@ pub fn weight_bytes(model: &TypedModel) -> usize {
         .iter()
         .filter_map(|n| n.op_as::<Bf16MatMul>())
         .filter(|op| seen.insert(Arc::as_ptr(&op.weights)))
-        .map(|op| op.weights.data.len() * std::mem::size_of::<u32>())
+        .map(|op| op.weights.bytes())
         .sum()
 }
 
@@ -115,10 +131,18 @@ pub struct Rewritten {
 /// layer from its first product to its second as bf16 (`fuse.rs`), and folds each layer norm
 /// that only a product reads into it (`norms.rs`); returns how many of each. Products it cannot
 /// express stay f32.
-pub fn rewrite(model: &mut TypedModel) -> TractResult<Rewritten> {
+pub fn rewrite(model: &mut TypedModel, arithmetic: Arithmetic) -> TractResult<Rewritten> {
     // Nothing is rewritten on a CPU without the instructions.
-    let Some(cpu) = Bf16Cpu::detect() else {
+    let packing = match arithmetic {
+        Arithmetic::Bf16 => Bf16Cpu::detect().map(Packing::Bf16),
+        Arithmetic::F32 => Avx512Cpu::detect().map(Packing::F32),
+    };
+    let Some(packing) = packing else {
         return Ok(Rewritten::default());
+    };
+    let bf16 = match packing {
+        Packing::Bf16(cpu) => Some(cpu),
+        Packing::F32(_) => None,
     };
     let mut by_weights: Vec<(usize, Bf16MatMul)> = vec![];
     let mut of_activations: Vec<(usize, Bf16ActMatMul)> = vec![];
@@ -135,7 +159,7 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<Rewritten> {
             let (kernel, bias) = (konst(1)?, konst(2)?);
             let bias_is_const = node.inputs.len() < 3 || bias.is_some();
             if let (Some(kernel), true) = (kernel, bias_is_const && x.konst.is_none()) {
-                if let Some(op) = Bf16Patches::plan(conv, x, &kernel, bias.as_deref(), cpu) {
+                if let Some(op) = Bf16Patches::plan(conv, x, &kernel, bias.as_deref(), packing) {
                     patches.push((node.id, op));
                 }
             }
@@ -161,11 +185,13 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<Rewritten> {
         let expr = einsum.axes.to_string();
         match w.konst.as_ref() {
             Some(weights) => {
-                if let Some(op) = plan(&expr, weights).and_then(|l| l.build(weights, cpu)) {
+                if let Some(op) = plan(&expr, weights).and_then(|l| l.build(weights, packing)) {
                     by_weights.push((node.id, op));
                 }
             }
+            // Products of two activations stay tract's in f32.
             None => {
+                let Some(cpu) = bf16 else { continue };
                 if let Some(layout) = ActLayout::plan(&expr).filter(|l| l.fits(x, w)) {
                     of_activations.push((node.id, layout.build(cpu)));
                 }
@@ -193,9 +219,11 @@ pub fn rewrite(model: &mut TypedModel) -> TractResult<Rewritten> {
     }
     counts.biases = fuse::biases(model)?;
     counts.gelus = fuse::gelus(model)?;
-    counts.handoffs = fuse::handoffs(model)?;
+    if bf16.is_some() {
+        counts.handoffs = fuse::handoffs(model)?;
+    }
     counts.norms = norms::layer_norms(model)?;
-    counts.softmaxes = softmax::rows(model, cpu)?;
+    counts.softmaxes = softmax::rows(model, packing.avx512())?;
     counts.sums = rowsum::rows(model)?;
     Ok(counts)
 }

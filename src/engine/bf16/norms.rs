@@ -149,20 +149,24 @@ mod tests {
     use tract_onnx::tract_core::ops::einsum::EinSum;
 
     use super::super::kernel::testing::{
-        assert_same_bits, layer_norm, product, run, run_alone_and_split, values,
+        arithmetics, assert_same_bits, layer_norm, product, run, run_alone_and_split, values,
     };
-    use super::super::{rewrite, supported};
+    use super::super::rewrite;
     use super::*;
+    use crate::engine::precision::Arithmetic;
 
     /// A layer norm before a product becomes part of it and gives the bits of the norm run by
     /// tract's ops then the product on its output, with and without scales and biases; a norm
     /// whose output is also read elsewhere stays ops of its own.
     #[test]
     fn a_layer_norm_read_by_a_product_alone_is_applied_inside_it_bit_for_bit() -> TractResult<()> {
-        if !supported() {
-            eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
-            return Ok(());
+        for arithmetic in arithmetics() {
+            norm_folds_in(arithmetic)?;
         }
+        Ok(())
+    }
+
+    fn norm_folds_in(arithmetic: Arithmetic) -> TractResult<()> {
         let (k, n) = (80, 40);
         let x_shape = [2usize, 7, k];
         let x = values(x_shape.iter().product(), 51);
@@ -175,7 +179,10 @@ mod tests {
             (false, true, false),
             (true, true, true),
         ] {
-            let what = format!("scales {scales}, biases {biases}, shared {shared}");
+            let what = format!(
+                "{}: scales {scales}, biases {biases}, shared {shared}",
+                arithmetic.as_str()
+            );
             let (gamma, beta) = (scales.then_some(&gamma[..]), biases.then_some(&beta[..]));
             // The norm by tract's ops, then the product alone on its output.
             let mut norm = TypedModel::default();
@@ -185,7 +192,7 @@ mod tests {
             let normed = run(norm, &[(&x_shape, &x)]);
             let (mut alone, z) = product("amk,kn->amn", &x_shape, &[k, n], &w)?;
             alone.select_output_outlets(&[z])?;
-            rewrite(&mut alone)?;
+            rewrite(&mut alone, arithmetic)?;
             let want = run(
                 alone,
                 &[(&x_shape, normed.try_as_plain_ram()?.as_slice::<f32>()?)],
@@ -199,7 +206,7 @@ mod tests {
             let z = model.wire_node("product", op, &[y, w])?[0];
             let outputs = if shared { vec![z, y] } else { vec![z] };
             model.select_output_outlets(&outputs)?;
-            let counts = rewrite(&mut model)?;
+            let counts = rewrite(&mut model, arithmetic)?;
             assert_eq!(counts.norms, usize::from(!shared), "{what}");
             let norms_left = model
                 .nodes()

@@ -13,7 +13,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use super::kernel::{matmul, Activations, Bf16Cpu, Epilogue, Output, PackedWeights};
+use super::kernel::{matmul, Activations, Epilogue, Output, PackedWeights, Packing};
 
 /// `y[b][o][i][j] = sum_{c,u,v} x[b][c][i*ph + u][j*pw + v] * w[o][c][u][v] + bias[o]`: a
 /// convolution of an NCHW image by an OIHW kernel whose strides are its size, without padding
@@ -60,7 +60,7 @@ impl Bf16Patches {
         x: &TypedFact,
         kernel: &Tensor,
         bias: Option<&Tensor>,
-        cpu: Bf16Cpu,
+        packing: Packing,
     ) -> Option<Bf16Patches> {
         let spec = &conv.pool_spec;
         if conv.q_params.is_some()
@@ -122,7 +122,7 @@ impl Bf16Patches {
         let data = view.as_slice()?;
         let k = channels * ph * pw;
         // OIHW is `[O, k]` with k in the order patches are laid out below.
-        let weights = PackedWeights::pack(cpu, k, out, |ki, ni| data[ni * k + ki]);
+        let weights = packing.pack(k, out, |ki, ni| data[ni * k + ki]);
         Some(Bf16Patches {
             weights: Arc::new(weights),
             bias,
@@ -134,7 +134,11 @@ impl Bf16Patches {
 
 impl Op for Bf16Patches {
     fn name(&self) -> StaticName {
-        "Bf16Patches".into()
+        if self.weights.is_bf16() {
+            "Bf16Patches".into()
+        } else {
+            "F32Patches".into()
+        }
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
@@ -214,9 +218,10 @@ impl TypedOp for Bf16Patches {
 #[cfg(test)]
 mod tests {
     use super::super::kernel::testing::{
-        assert_sums_close, rounded, run, run_alone_and_split, values,
+        arithmetics, as_read, assert_sums_close, run, run_alone_and_split, values,
     };
     use super::*;
+    use crate::engine::precision::Arithmetic;
 
     fn conv_model(kernel: &[f32], bias: &[f32], ks: [usize; 4], xs: [usize; 4]) -> TypedModel {
         let mut model = TypedModel::default();
@@ -247,29 +252,34 @@ mod tests {
         model
     }
 
-    /// The rewritten convolution gives tract's f32 convolution of the rounded image by the
-    /// rounded kernel, bias added, in the convolution's layout, on one thread and split.
+    /// The rewritten convolution gives tract's f32 convolution of the image by the kernel as
+    /// the product reads them (rounded, in bf16), bias added, in the convolution's layout, on
+    /// one thread and split, in either arithmetic.
     #[test]
     fn patches_are_the_convolution_of_rounded_inputs() -> TractResult<()> {
-        if !super::super::supported() {
-            eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
-            return Ok(());
+        for arithmetic in arithmetics() {
+            patches_in(arithmetic)?;
         }
+        Ok(())
+    }
+
+    fn patches_in(arithmetic: Arithmetic) -> TractResult<()> {
         // 3 channels, 4 x 6 patches, 37 outputs, 3 x 2 patches per image, 3 images.
         let (ks, xs) = ([37, 3, 4, 6], [3, 3, 12, 12]);
         let kernel = values(ks.iter().product(), 21);
         let bias = values(37, 22);
         let x = values(xs.iter().product(), 23);
+        let read = |v: &[f32]| as_read(arithmetic, v);
         let want = run(
-            conv_model(&rounded(&kernel), &bias, ks, xs),
-            &[(&xs, &rounded(&x))],
+            conv_model(&read(&kernel), &bias, ks, xs),
+            &[(&xs, &read(&x))],
         );
         let mut model = conv_model(&kernel, &bias, ks, xs);
-        assert_eq!(super::super::rewrite(&mut model)?.by_weights, 1);
+        assert_eq!(super::super::rewrite(&mut model, arithmetic)?.by_weights, 1);
         assert!(model.nodes().iter().any(|n| n.op_is::<Bf16Patches>()));
         let got = run_alone_and_split(model, &[(&xs, &x)]);
         assert_eq!(got.shape(), [3, 37, 3, 2]);
-        assert_sums_close(&got, &want, 72, "patches");
+        assert_sums_close(&got, &want, 72, arithmetic.as_str());
         Ok(())
     }
 
@@ -296,7 +306,10 @@ mod tests {
             let mut conv = model.node(id).op_as::<Conv>().unwrap().clone();
             change(&mut conv);
             model.node_mut(id).op = Box::new(conv);
-            assert_eq!(super::super::rewrite(&mut model)?.by_weights, 0);
+            assert_eq!(
+                super::super::rewrite(&mut model, Arithmetic::Bf16)?.by_weights,
+                0
+            );
         }
         Ok(())
     }

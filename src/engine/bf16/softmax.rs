@@ -1,17 +1,17 @@
 //! [`RowSoftmax`]: tract's softmax over a tensor's last axis, the same bits without its
 //! per-row kernel calls (`kernel/softmax.rs`). [`rows`] puts one in place of each such softmax
-//! of a bf16 graph; in the image tower's attention (rows of 50) they took 2.7 % of a run.
+//! of a rewritten graph; in the image tower's attention (rows of 50) they took 2.7 % of a run.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
 
-use super::kernel::{softmax_rows, Bf16Cpu};
+use super::kernel::{softmax_rows, Avx512Cpu};
 
 /// Softmax over the last axis of an f32 tensor, in place.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RowSoftmax {
-    cpu: Bf16Cpu,
+    cpu: Avx512Cpu,
 }
 
 impl Op for RowSoftmax {
@@ -46,7 +46,7 @@ impl TypedOp for RowSoftmax {
 
 /// Replaces every f32 softmax over the last axis of `model` by a [`RowSoftmax`]; returns how
 /// many.
-pub(super) fn rows(model: &mut TypedModel, cpu: Bf16Cpu) -> TractResult<usize> {
+pub(super) fn rows(model: &mut TypedModel, cpu: Avx512Cpu) -> TractResult<usize> {
     super::replace_each(model, RowSoftmax { cpu }, |node, x| {
         node.op_as::<Softmax>().is_some_and(|op| {
             op.kind == SoftmaxKind::Softmax

@@ -1,5 +1,6 @@
-//! How much faster the bf16 products are than tract's f32 ones on this CPU, measured once per
-//! process ([`speedup`]).
+//! How much faster the bf16 products are than the f32 ones on this CPU, measured once per
+//! process ([`speedup`]). Both are ours (the f32 one in the FMA tiles of `kernel/fma.rs`), as
+//! a tower runs them.
 //!
 //! AVX512-BF16 does not make products faster everywhere. On Zen 4, `vdpbf16ps` does twice the
 //! multiply-adds of an f32 FMA per cycle (bench/bf16_peak.c against bench/fma_peak.c: 234
@@ -11,9 +12,8 @@
 //! tower's largest product (the MLP's first layer, 768 by 3072, on 400 rows: 8 images' tokens),
 //! planned alone in each arithmetic and run on one thread, as a busy server's workers run, a
 //! warm-up each and then five runs of each in turn; the ratio of the fastest runs. About 0.3 s,
-//! once, and only where the CPU has the instructions. (A debug build's kernel is not optimized,
-//! so there the probe stops after the warm-up and `auto` runs f32.) Timing the towers themselves at start-up
-//! was tried and dropped: on that Xeon, runs of the calibration set on the check's two threads
+//! once, and only where the CPU has the instructions (a debug build times a smaller product:
+//! [`PROBE`]). Timing the towers themselves at start-up was tried and dropped: on that Xeon, runs of the calibration set on the check's two threads
 //! ranked bf16 ahead for the image tower (1.05-1.27x) while the server served more images in
 //! f32, ranked the text tower differently from one start to the next (0.92-1.09x), and made
 //! start-up 2 s longer.
@@ -26,15 +26,17 @@ use tract_onnx::tract_core::internal::bail;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
 use super::{rewrite, supported};
+use crate::engine::precision::Arithmetic;
 use crate::engine::threads::TowerPool;
 
-/// The probe's product: rows, summed length, outputs.
-const PROBE: (usize, usize, usize) = (400, 768, 3072);
+/// The probe's product: rows, summed length, outputs. A debug build's kernels are not
+/// optimized (bf16 and f32 alike, about 80x slower), so it times 16 rows, not 400: its figure is
+/// that build's kernels', and its tests do not spend 20 s a process on it.
+const PROBE: (usize, usize, usize) = (if cfg!(debug_assertions) { 16 } else { 400 }, 768, 3072);
 /// Timed runs of each arithmetic, in turn.
 const ROUNDS: usize = 5;
 /// How many times slower than f32 a first bf16 run may be before that run decides alone: no
-/// CPU where it is gains anything from the rounds that would follow, and a debug build (whose
-/// kernel is not optimized: about 80x slower) would spend seconds on them.
+/// CPU where it is gains anything from the rounds that would follow.
 const HOPELESS: u32 = 4;
 
 /// f32 time over bf16 time for the same product on this CPU (above 1: bf16 is faster), or
@@ -86,12 +88,17 @@ fn measure() -> TractResult<(Duration, Duration)> {
         model.select_output_outlets(&y)?;
         Ok(model)
     };
-    let f32_plan = model()?.into_optimized()?.into_runnable()?;
-    let mut bf16_model = model()?;
-    if rewrite(&mut bf16_model)?.by_weights != 1 {
-        bail!("the probe's product was not rewritten in bf16");
-    }
-    let bf16_plan = bf16_model.into_optimized()?.into_runnable()?;
+    let plan = |arithmetic: Arithmetic| -> TractResult<Arc<TypedRunnableModel>> {
+        let mut model = model()?;
+        if rewrite(&mut model, arithmetic)?.by_weights != 1 {
+            bail!(
+                "the probe's product was not rewritten in {}",
+                arithmetic.as_str()
+            );
+        }
+        model.into_optimized()?.into_runnable()
+    };
+    let (f32_plan, bf16_plan) = (plan(Arithmetic::F32)?, plan(Arithmetic::Bf16)?);
     let time = |plan: &Arc<TypedRunnableModel>| -> TractResult<Duration> {
         let started = Instant::now();
         plan.run(tvec![x.clone()])?;

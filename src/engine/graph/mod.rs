@@ -4,7 +4,9 @@
 //! The file is parsed once, typed and decluttered once, and a gather of one row (the image
 //! tower's class token) becomes a slice, so that the ops above it compute only that row (see
 //! `narrow.rs`). With [`Arithmetic::Bf16`], the products by weight matrices and the attention's
-//! products of two activations then become bf16 ops of our own (see `bf16/`). From that model:
+//! products of two activations then become bf16 ops of our own (see `bf16/`); with
+//! [`Arithmetic::F32`] on a CPU with AVX-512, the products by weight matrices become f32 ops of
+//! our own. From that model:
 //! - a graph with fixed shapes (immich's static export) gets one plan, and every run uses it;
 //! - a graph with symbolic batch (and sequence) axes gets one plan per configured bucket, made by
 //!   binding the symbols to concrete values and optimizing (tract picks faster kernels for
@@ -110,8 +112,10 @@ pub struct Graph {
     weight_bytes: usize,
     /// Scalar-index gathers made slices, so that only the rows they read are computed.
     narrowed: usize,
-    /// Products rewritten to bf16 (`Arithmetic::Bf16`).
-    bf16: super::bf16::Rewritten,
+    /// What the products by weights run in.
+    arithmetic: Arithmetic,
+    /// Products rewritten as ops of our own, and what they absorbed (`super::bf16::rewrite`).
+    rewritten: super::bf16::Rewritten,
     /// Bytes the word-embedding table saved by being stored in f16.
     halved: usize,
     /// Bytes of the word-embedding table read from the file rather than held.
@@ -242,7 +246,8 @@ impl Graph {
     }
 
     /// Builds the plans for `buckets` from `prepared`, with the products by weight matrices in
-    /// `arithmetic` (bf16 ones are made only where the CPU has AVX512-BF16; see `bf16/`).
+    /// `arithmetic` (bf16 ones are made only where the CPU has AVX512-BF16, f32 ones of our own
+    /// where it has AVX-512, tract's elsewhere; see `bf16/`).
     /// `seq_cap` bounds the sequence buckets (the context length).
     pub fn build(
         prepared: &Prepared,
@@ -252,28 +257,26 @@ impl Graph {
     ) -> Result<Graph, GraphError> {
         let path = &prepared.path;
         let mut typed = prepared.typed.clone();
-        let bf16 = match arithmetic {
-            Arithmetic::F32 => Default::default(),
-            // Never on a CPU without the instructions (the choice in `precision.rs` checks it
-            // first): the graph stays f32.
-            Arithmetic::Bf16 if !super::bf16::supported() => Default::default(),
-            Arithmetic::Bf16 => super::bf16::rewrite(&mut typed).map_err(|e| GraphError::Load {
+        // bf16 never on a CPU without the instructions (the choice in `precision.rs` checks
+        // it first); f32 products of our own where the CPU has AVX-512, else tract's.
+        let rewritten =
+            super::bf16::rewrite(&mut typed, arithmetic).map_err(|e| GraphError::Load {
                 path: path.clone(),
                 message: format!("{e:#}"),
-            })?,
-        };
-        if bf16.by_weights + bf16.of_activations > 0 {
+            })?;
+        if rewritten.by_weights + rewritten.of_activations > 0 {
             tracing::info!(
                 graph = %path.display(),
-                by_weights = bf16.by_weights,
-                of_activations = bf16.of_activations,
-                biases_fused = bf16.biases,
-                gelus_fused = bf16.gelus,
-                bf16_handoffs = bf16.handoffs,
-                norms_fused = bf16.norms,
-                row_softmaxes = bf16.softmaxes,
-                row_sums = bf16.sums,
-                "bf16 products"
+                arithmetic = arithmetic.as_str(),
+                by_weights = rewritten.by_weights,
+                of_activations = rewritten.of_activations,
+                biases_fused = rewritten.biases,
+                gelus_fused = rewritten.gelus,
+                bf16_handoffs = rewritten.handoffs,
+                norms_fused = rewritten.norms,
+                row_softmaxes = rewritten.softmaxes,
+                row_sums = rewritten.sums,
+                "products by weights rewritten"
             );
         }
         let mut graph = Graph {
@@ -285,7 +288,8 @@ impl Graph {
             symbolic: None,
             weight_bytes: 0,
             narrowed: prepared.narrowed,
-            bf16,
+            arithmetic,
+            rewritten,
             halved: prepared.halved,
             in_file: prepared.in_file,
         };
@@ -304,8 +308,8 @@ impl Graph {
             message: format!("{e:#}"),
         };
         let started = Instant::now();
-        // Held by the bf16 ops themselves, outside tract's constants, shared by every plan.
-        let bf16_bytes = super::bf16::weight_bytes(&typed);
+        // Held by our ops themselves, outside tract's constants, shared by every plan.
+        let own_bytes = super::bf16::weight_bytes(&typed);
         let batch_axis = self.input_shape[0].clone();
         let seq_axis = if self.is_text() {
             Some(self.input_shape[1].clone())
@@ -373,12 +377,12 @@ impl Graph {
         if self.fixed.is_empty() || !(batches_covered && seqs_covered) {
             self.symbolic = Some(build(typed, (0, 0)).map_err(load_err)?);
         }
-        self.weight_bytes = pool.held + bf16_bytes;
+        self.weight_bytes = pool.held + own_bytes;
         tracing::info!(
             graph = %self.path.display(),
             plans = self.fixed.len() + usize::from(self.symbolic.is_some()),
             weights_mb = pool.held >> 20,
-            bf16_weights_mb = bf16_bytes >> 20,
+            own_weights_mb = own_bytes >> 20,
             shared_mb = pool.deduplicated >> 20,
             f16_table_saved_mb = self.halved >> 20,
             table_in_file_mb = self.in_file >> 20,
@@ -394,10 +398,16 @@ impl Graph {
         self.narrowed
     }
 
-    /// What runs in bf16 (`super::bf16::rewrite`): products, and what they absorbed. All
-    /// zero for an f32 graph.
-    pub fn bf16(&self) -> super::bf16::Rewritten {
-        self.bf16
+    /// What the products by weight matrices run in.
+    pub fn arithmetic(&self) -> Arithmetic {
+        self.arithmetic
+    }
+
+    /// What runs in ops of our own (`super::bf16::rewrite`), in [`Self::arithmetic`]: products,
+    /// and what they absorbed. All zero for a graph left to tract (f32 on a CPU without
+    /// AVX-512).
+    pub fn rewritten(&self) -> super::bf16::Rewritten {
+        self.rewritten
     }
 
     /// Bytes of constants (weights, packed for their kernels) the plans hold, each counted once.

@@ -1,8 +1,9 @@
-//! The bf16 matrix product behind [`super::Bf16MatMul`]: weights packed once in the operand
+//! The matrix products behind [`super::Bf16MatMul`]. In bf16: weights packed once in the operand
 //! layout of AVX512-BF16's `vdpbf16ps`, activations rounded per run (or already rounded by the
-//! product before), 32 x 5 tiles with f32 sums (`tiles.rs`), written as f32 or rounded to bf16,
-//! split over the tower pool by rows or by weight panels. `activations.rs` runs
-//! the same tiles on products of two activations.
+//! product before), 32 x 5 tiles with f32 sums (`tiles.rs`), written as f32 or rounded to bf16.
+//! In f32, on a CPU where bf16 is not faster: weights packed once in panels of 32 features,
+//! 32 x 8 tiles of AVX-512 FMAs (`fma.rs`). Either is split over the tower pool by rows or by
+//! weight panels. `activations.rs` runs the bf16 tiles on products of two activations.
 #![allow(unsafe_code)]
 
 use std::mem::MaybeUninit;
@@ -10,6 +11,7 @@ use std::mem::MaybeUninit;
 use tract_onnx::prelude::{Datum, Tensor, TractResult};
 
 mod activations;
+mod fma;
 mod gelu;
 mod norm;
 mod softmax;
@@ -29,7 +31,7 @@ fn tower_pool() -> Option<std::sync::Arc<rayon::ThreadPool>> {
     }
 }
 
-/// Output features per weight panel: two 16-lane accumulators.
+/// Output features per weight panel, in either arithmetic: two 16-lane accumulators.
 const MR: usize = 32;
 /// Activation rows per tile.
 const NR: usize = 5;
@@ -42,6 +44,26 @@ pub(super) struct Epilogue<'a> {
     pub bias: Option<&'a [f32]>,
     /// tract's `GeluExact`, bit for bit ([`gelu::gelu16`]).
     pub gelu: bool,
+}
+
+/// Proof that this CPU runs AVX512-F: only [`Avx512Cpu::detect`] (or a [`Bf16Cpu`]) makes one,
+/// after asking the CPU, and f32 packed weights cannot exist without one, so [`matmul`] never
+/// reaches the vector code on a CPU without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct Avx512Cpu(());
+
+impl Avx512Cpu {
+    /// The proof, where the CPU has the instructions.
+    pub(super) fn detect() -> Option<Avx512Cpu> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512f").then_some(Avx512Cpu(()))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            None
+        }
+    }
 }
 
 /// Proof that this CPU runs AVX512-F and AVX512-BF16: only [`Bf16Cpu::detect`] makes one,
@@ -64,20 +86,61 @@ impl Bf16Cpu {
             None
         }
     }
+
+    /// The CPU has AVX512-F too.
+    pub(super) fn avx512(self) -> Avx512Cpu {
+        Avx512Cpu(())
+    }
 }
 
-/// Weights `[K, N]` rounded to bf16, in panels of `MR` output features: for each pair `q` of `k`,
-/// one u32 per feature holding `w[2q][n]` (low half) and `w[2q + 1][n]` (high half), which is
-/// the operand layout of `vdpbf16ps`.
+/// The arithmetic a product's weights are packed for, with the proof that this CPU runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Packing {
+    Bf16(Bf16Cpu),
+    F32(Avx512Cpu),
+}
+
+impl Packing {
+    /// `w(k, n)`, the f32 weight of input `k`, output `n`, of `k x n` weights, packed.
+    pub(super) fn pack(self, k: usize, n: usize, w: impl Fn(usize, usize) -> f32) -> PackedWeights {
+        match self {
+            Packing::Bf16(cpu) => PackedWeights::pack(cpu, k, n, w),
+            Packing::F32(cpu) => PackedWeights::pack_f32(cpu, k, n, w),
+        }
+    }
+
+    /// Either needs AVX512-F.
+    pub(super) fn avx512(self) -> Avx512Cpu {
+        match self {
+            Packing::Bf16(cpu) => cpu.avx512(),
+            Packing::F32(cpu) => cpu,
+        }
+    }
+}
+
+/// Weights `[K, N]` packed for one arithmetic's tiles.
 #[derive(Debug)]
 pub(super) struct PackedWeights {
-    /// Packing needs the proof, so every product of these weights has it.
-    cpu: Bf16Cpu,
     pub(super) k: usize,
     pub(super) n: usize,
-    /// `ceil(k / 2)`.
-    kp: usize,
-    pub(super) data: Vec<u32>,
+    pub(super) panels: Packed,
+}
+
+/// The weights' panels of `MR` output features, in one arithmetic.
+#[derive(Debug)]
+pub(super) enum Packed {
+    /// Rounded to bf16: for each pair `q` of `k`, one u32 per feature holding `w[2q][n]` (low
+    /// half) and `w[2q + 1][n]` (high half), which is the operand layout of `vdpbf16ps`.
+    /// Packing needs the proof, so every product of these weights has it.
+    Bf16 {
+        cpu: Bf16Cpu,
+        /// `ceil(k / 2)`.
+        kp: usize,
+        data: Vec<u32>,
+    },
+    /// As they are: for each `k`, one f32 per feature, the operand of an FMA by one
+    /// activation broadcast (`fma.rs`).
+    F32 { cpu: Avx512Cpu, data: Vec<f32> },
 }
 
 impl PackedWeights {
@@ -89,8 +152,6 @@ impl PackedWeights {
         w: impl Fn(usize, usize) -> f32,
     ) -> PackedWeights {
         let kp = k.div_ceil(2);
-        let panels = n.div_ceil(MR);
-        let mut data = vec![0u32; panels * kp * MR];
         let get = |k_ix: usize, n_ix: usize| {
             if k_ix < k && n_ix < n {
                 u32::from(bf16_bits(w(k_ix, n_ix)))
@@ -98,30 +159,62 @@ impl PackedWeights {
                 0
             }
         };
-        for p in 0..panels {
-            for q in 0..kp {
-                for r in 0..MR {
-                    let n_ix = p * MR + r;
-                    data[(p * kp + q) * MR + r] = get(2 * q, n_ix) | (get(2 * q + 1, n_ix) << 16);
-                }
-            }
-        }
+        let data = in_panels(n, kp, |q, n_ix| {
+            get(2 * q, n_ix) | (get(2 * q + 1, n_ix) << 16)
+        });
         PackedWeights {
-            cpu,
             k,
             n,
-            kp,
-            data,
+            panels: Packed::Bf16 { cpu, kp, data },
         }
     }
 
-    fn view(&self) -> Panels<'_> {
-        Panels {
-            n: self.n,
-            kp: self.kp,
-            data: &self.data,
+    /// The same weights for the f32 tiles, unrounded.
+    pub(super) fn pack_f32(
+        cpu: Avx512Cpu,
+        k: usize,
+        n: usize,
+        w: impl Fn(usize, usize) -> f32,
+    ) -> PackedWeights {
+        let data = in_panels(
+            n,
+            k,
+            |k_ix, n_ix| if n_ix < n { w(k_ix, n_ix) } else { 0.0 },
+        );
+        PackedWeights {
+            k,
+            n,
+            panels: Packed::F32 { cpu, data },
         }
     }
+
+    /// Bytes the packed weights hold.
+    pub(super) fn bytes(&self) -> usize {
+        match &self.panels {
+            Packed::Bf16 { data, .. } => std::mem::size_of_val(data.as_slice()),
+            Packed::F32 { data, .. } => std::mem::size_of_val(data.as_slice()),
+        }
+    }
+
+    /// Whether these are bf16 weights (else f32).
+    pub(super) fn is_bf16(&self) -> bool {
+        matches!(self.panels, Packed::Bf16 { .. })
+    }
+}
+
+/// Panels of `MR` features for `n` features, `depth` elements (`at(depth index, feature)`)
+/// per feature and panel: element `(p * depth + d) * MR + r` is feature `p * MR + r`'s `d`-th.
+fn in_panels<T: Default + Clone>(n: usize, depth: usize, at: impl Fn(usize, usize) -> T) -> Vec<T> {
+    let panels = n.div_ceil(MR);
+    let mut data = vec![T::default(); panels * depth * MR];
+    for p in 0..panels {
+        for d in 0..depth {
+            for r in 0..MR {
+                data[(p * depth + d) * MR + r] = at(d, p * MR + r);
+            }
+        }
+    }
+    data
 }
 
 /// The right operand of a product in [`PackedWeights`]' layout: panels of `MR` output features,
@@ -170,38 +263,65 @@ pub(super) enum Activations<'a> {
 }
 
 impl<'a> Activations<'a> {
-    /// Rows `first..first + count` as bf16 pairs for a product by `w`: rounded into `buf`, or
-    /// as they are.
-    fn pairs<'b>(
+    /// Rows `first..first + count` (`k` values each) as bf16 pairs, `kp` u32 a row: rounded
+    /// into `buf` (and `None`), or, already rounded, as they are.
+    fn pairs(
         self,
-        first: usize,
-        count: usize,
-        w: &PackedWeights,
-        buf: &'b mut Vec<u32>,
-    ) -> &'b [u32]
-    where
-        'a: 'b,
-    {
-        let (k, kp) = (w.k, w.kp);
+        (first, count): (usize, usize),
+        (k, kp): (usize, usize),
+        cpu: Bf16Cpu,
+        buf: &mut Vec<u32>,
+    ) -> Option<&'a [u32]> {
         match self {
             Activations::F32 { x, sources, norm } => {
                 let source = |r: usize| sources.map_or(r, |s| s[r]);
                 let x_rows = (first..first + count).map(|r| &x[source(r) * k..][..k]);
                 buf.resize(count * kp, 0);
-                let Bf16Cpu(()) = w.cpu;
-                // SAFETY: `w` holds a `Bf16Cpu` (packing takes one), which only exists where
-                // the CPU has AVX512-F and AVX512-BF16, the features `round_rows` and
-                // `norm_rows` are compiled for.
+                let Bf16Cpu(()) = cpu;
+                // SAFETY: a `Bf16Cpu` only exists where the CPU has AVX512-F and AVX512-BF16,
+                // the features `round_rows` and `norm_rows` are compiled for.
                 unsafe {
                     match norm {
                         None => round_rows(x_rows, buf, kp),
                         Some(norm) => norm::norm_rows(x_rows, buf, kp, norm),
                     }
                 }
-                buf
+                None
             }
-            Activations::Pairs(xb) => &xb[first * kp..(first + count) * kp],
+            Activations::Pairs(xb) => Some(&xb[first * kp..(first + count) * kp]),
         }
+    }
+
+    /// Rows `first..first + count` (`k` values each) as f32 for the FMA tiles: in place where
+    /// they are the input's own rows in order, else (reordered, or normalized) into `buf` (and
+    /// `None`).
+    fn floats(
+        self,
+        (first, count): (usize, usize),
+        k: usize,
+        cpu: Avx512Cpu,
+        buf: &mut Vec<f32>,
+    ) -> Option<&'a [f32]> {
+        let Activations::F32 { x, sources, norm } = self else {
+            unreachable!("only bf16 products hand rounded rows on (`fuse::handoffs`)")
+        };
+        let source = |r: usize| sources.map_or(r, |s| s[r]);
+        let mut x_rows = (first..first + count).map(|r| &x[source(r) * k..][..k]);
+        match norm {
+            None if sources.is_none() => return Some(&x[first * k..(first + count) * k]),
+            None => {
+                buf.clear();
+                x_rows.for_each(|row| buf.extend_from_slice(row));
+            }
+            Some(norm) => {
+                buf.resize(count * k, 0.0);
+                let Avx512Cpu(()) = cpu;
+                // SAFETY: an `Avx512Cpu` only exists where the CPU has AVX512-F, the feature
+                // `norm_rows_f32` is compiled for.
+                unsafe { norm::norm_rows_f32(&mut x_rows, buf, k, norm) };
+            }
+        }
+        None
     }
 }
 
@@ -239,7 +359,6 @@ pub(super) fn matmul(
     shape: &[usize],
 ) -> TractResult<Tensor> {
     let n = w.n;
-    let Bf16Cpu(()) = w.cpu;
     assert!(
         epilogue.bias.is_none_or(|b| b.len() == n),
         "a bias of {n} values"
@@ -252,12 +371,18 @@ pub(super) fn matmul(
                 .all(|v| v.as_ref().is_none_or(|v| v.len() == w.k))));
             assert!(sources.is_none_or(|s| s.len() == rows && s.iter().all(|&r| r < rows)));
         }
-        Activations::Pairs(xb) => assert_eq!(xb.len(), rows * w.kp, "{rows} rounded rows"),
+        Activations::Pairs(xb) => {
+            assert_eq!(xb.len(), rows * w.k.div_ceil(2), "{rows} rounded rows")
+        }
     }
     assert_eq!(
         shape.iter().product::<usize>(),
         rows * output.row_len(n),
         "an output of {rows} x {n}"
+    );
+    assert!(
+        w.is_bf16() || output == Output::F32,
+        "f32 products write f32"
     );
     // SAFETY: `write_products` writes all `rows x n` outputs: every row of every chunk, against
     // every panel, and the panels cover the `n` columns.
@@ -297,16 +422,8 @@ unsafe fn written_tensor<T: Datum + Copy>(
     Ok(t)
 }
 
-/// [`matmul`]'s products of `x` into `y` (`rows x n` outputs), every element of it.
-///
-/// On a tower pool, a product of many rows (a batch of images) is split in row ranges, one per
-/// thread, each thread rounding its own rows: each keeps its rows' activations in its own L2
-/// while the weights pass by. A product of few rows (a lone image or query, whose products are
-/// as much a stream of weights as arithmetic) is split by weight panels instead: the
-/// activations are rounded first, on the calling thread, then the panels are shared out in
-/// small runs that the pool's threads take as they come free, so each thread reads only its
-/// share of the weights, a one-row product splits too, and a thread the machine holds up
-/// leaves its untaken panels to the other. Rows already rounded are read as they are.
+/// [`matmul`]'s products of `x` into `y` (`rows x n` outputs), every element of it, in the
+/// arithmetic of `w`.
 fn write_products(
     x: Activations<'_>,
     rows: usize,
@@ -314,54 +431,124 @@ fn write_products(
     epilogue: Epilogue<'_>,
     y: OutRows,
 ) {
-    let panels = w.view().panels();
-    // Runs the tiles of `rows` rounded rows against the weight panels `range`, into `y`.
-    let products = |xb: &[u32], rows: usize, range: std::ops::Range<usize>, y: OutRows| {
-        // SAFETY: as for `round_rows`; each call below writes its own rows of `y`, or its own
-        // panels' columns, and together they cover every element.
-        unsafe { tiles(xb, rows, w.view(), range, epilogue, y) }
-    };
+    let k = w.k;
+    let panels = w.n.div_ceil(MR);
+    match &w.panels {
+        Packed::Bf16 { cpu, kp, data } => {
+            let (cpu, kp) = (*cpu, *kp);
+            let view = Panels { n: w.n, kp, data };
+            split(
+                (rows, panels, NR),
+                |first, count, buf| x.pairs((first, count), (k, kp), cpu, buf),
+                |xb, rows, range, y| {
+                    // SAFETY: `cpu` proves AVX512-F and AVX512-BF16; each call `split` makes
+                    // writes its own rows of `y`, or its own panels' columns, and together
+                    // they cover every element.
+                    unsafe { tiles(xb, rows, view, range, epilogue, y) }
+                },
+                y,
+            );
+        }
+        Packed::F32 { cpu, data } => {
+            let cpu = *cpu;
+            let view = fma::F32Panels { n: w.n, k, data };
+            split(
+                (rows, panels, fma::NR),
+                |first, count, buf| x.floats((first, count), k, cpu, buf),
+                |xs, rows, range, y| {
+                    let Avx512Cpu(()) = cpu;
+                    // SAFETY: `cpu` proves AVX512-F; the calls write apart, as above.
+                    unsafe { fma::tiles(xs, rows, view, range, epilogue, y) }
+                },
+                y,
+            );
+        }
+    }
+}
+
+/// Runs `products(rows' operand, rows, weight panels, their output)` over all `rows` and
+/// `panels`, with the rows' operand from `prepare(first row, rows, buffer)` (`None` when it
+/// wrote the buffer), tiles of `nr` rows.
+///
+/// On a tower pool, a product of many rows (a batch of images) is split in row ranges, one per
+/// thread, each thread preparing its own rows: each keeps its rows' activations in its own L2
+/// while the weights pass by. A product of few rows (a lone image or query, whose products are
+/// as much a stream of weights as arithmetic) is split by weight panels instead: the
+/// activations are prepared first, on the calling thread, then the panels are shared out in
+/// small runs that the pool's threads take as they come free, so each thread reads only its
+/// share of the weights, a one-row product splits too, and a thread the machine holds up
+/// leaves its untaken panels to the other. Rows already in the operand's form are read as they
+/// are.
+fn split<'x, T: Send + Sync + 'x>(
+    (rows, panels, nr): (usize, usize, usize),
+    prepare: impl Fn(usize, usize, &mut Vec<T>) -> Option<&'x [T]> + Sync,
+    products: impl Fn(&[T], usize, std::ops::Range<usize>, OutRows) + Sync,
+    y: OutRows,
+) {
+    // The fewest rows per thread for which a product is split by rows rather than by panels.
+    let row_split = 16 * nr;
     match tower_pool() {
-        Some(pool) if rows >= 2 * ROW_SPLIT => {
-            // Row ranges, a multiple of NR each, one per thread.
-            let per = rows.div_ceil(pool.current_num_threads()).div_ceil(NR) * NR;
+        Some(pool) if rows >= 2 * row_split => {
+            // Row ranges, a multiple of `nr` each, one per thread.
+            let per = rows.div_ceil(pool.current_num_threads()).div_ceil(nr) * nr;
             pool.install(|| {
                 use rayon::prelude::*;
                 (0..rows.div_ceil(per)).into_par_iter().for_each(|i| {
                     let (first, count) = (i * per, per.min(rows - i * per));
                     let mut buf = vec![];
-                    let xb = x.pairs(first, count, w, &mut buf);
-                    products(xb, count, 0..panels, y.rows(first, count));
+                    let xs = prepare(first, count, &mut buf);
+                    products(xs.unwrap_or(&buf), count, 0..panels, y.rows(first, count));
                 });
             });
         }
         pool => {
             let mut buf = vec![];
-            let xb = x.pairs(0, rows, w, &mut buf);
+            let xs = prepare(0, rows, &mut buf);
+            let xs = xs.unwrap_or(&buf);
             match pool {
                 Some(pool) => pool.install(|| {
                     use rayon::prelude::*;
                     let per = (panels / 8).clamp(1, 4);
                     (0..panels.div_ceil(per)).into_par_iter().for_each(|c| {
-                        products(xb, rows, c * per..((c + 1) * per).min(panels), y);
+                        products(xs, rows, c * per..((c + 1) * per).min(panels), y);
                     });
                 }),
-                None => products(xb, rows, 0..panels, y),
+                None => products(xs, rows, 0..panels, y),
             }
         }
     }
 }
-
-/// The fewest rows per thread for which a product on a tower pool is split by rows rather
-/// than by weight panels.
-const ROW_SPLIT: usize = 16 * NR;
 
 #[cfg(test)]
 pub(super) mod testing {
     use tract_onnx::prelude::*;
     use tract_onnx::tract_core::ops::einsum::EinSum;
 
-    use super::bf16_bits;
+    use super::{bf16_bits, Avx512Cpu, Bf16Cpu};
+    use crate::engine::precision::Arithmetic;
+
+    /// The arithmetics whose products this CPU runs: bf16 where it has AVX512-BF16, f32 where it
+    /// has AVX-512 (said on stderr when it lacks either, so a test that checks none says so).
+    pub fn arithmetics() -> Vec<Arithmetic> {
+        let mut found = vec![];
+        match Bf16Cpu::detect() {
+            Some(_) => found.push(Arithmetic::Bf16),
+            None => eprintln!("no AVX512-BF16 on this CPU: the bf16 products are not checked"),
+        }
+        match Avx512Cpu::detect() {
+            Some(_) => found.push(Arithmetic::F32),
+            None => eprintln!("no AVX-512 on this CPU: the f32 products are not checked"),
+        }
+        found
+    }
+
+    /// `v` as a product in `arithmetic` reads it: rounded to bf16, or as it is.
+    pub fn as_read(arithmetic: Arithmetic, v: &[f32]) -> Vec<f32> {
+        match arithmetic {
+            Arithmetic::Bf16 => rounded(v),
+            Arithmetic::F32 => v.to_vec(),
+        }
+    }
 
     /// A deterministic spread of values, some of them needing rounding in bf16.
     pub fn values(len: usize, seed: u64) -> Vec<f32> {

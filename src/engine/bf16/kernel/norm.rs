@@ -1,6 +1,6 @@
-//! A layer norm applied to a product's input rows as they are rounded to bf16
-//! (`super::super::norms`): the product reads the norm's input, and the norm's output, which
-//! only that product read, is never written out. The same f32 operations in the same order as
+//! A layer norm applied to a product's input rows as they are rounded to bf16, or as the f32
+//! tiles take them (`super::super::norms`): the product reads the norm's input, and the norm's
+//! output, which only that product read, is never stored as a tensor. The same f32 operations in the same order as
 //! tract's ops of the decluttered graph, so the same bits.
 #![allow(unsafe_code)]
 
@@ -23,7 +23,7 @@ pub(in crate::engine::bf16) struct LayerNorm {
 }
 
 /// The `norm` of each of `rows`, rounded to bf16 pairs into `xb` (`kp` u32 a row) as
-/// [`round_row`] rounds: eight rows' sums at a time, as tract's sum takes them, then each row.
+/// [`round_row`] rounds.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 pub(super) fn norm_rows<'a>(
@@ -32,18 +32,47 @@ pub(super) fn norm_rows<'a>(
     kp: usize,
     norm: &LayerNorm,
 ) {
-    let mut rows = rows.peekable();
     let mut out = xb.chunks_exact_mut(kp);
-    let (mut group, mut sums, mut y) = (Vec::with_capacity(8), [0f32; 8], Vec::new());
+    let mut y = Vec::new();
+    with_sums(rows, |row, sum| {
+        y.resize(row.len(), 0.0);
+        norm_row(norm, row, sum, &mut y);
+        round_row(&y, out.next().expect("a rounded row for each row"));
+    });
+}
+
+/// The `norm` of each of `rows` (`k` values each) into `y`, `k` f32 a row, for the f32 tiles.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(super) fn norm_rows_f32<'a>(
+    rows: impl Iterator<Item = &'a [f32]>,
+    y: &mut [f32],
+    k: usize,
+    norm: &LayerNorm,
+) {
+    let mut out = y.chunks_exact_mut(k);
+    with_sums(rows, |row, sum| {
+        norm_row(
+            norm,
+            row,
+            sum,
+            out.next().expect("an output row for each row"),
+        );
+    });
+}
+
+/// `each(row, its sum)` for each of `rows`: eight rows' sums at a time, as tract's sum takes
+/// them.
+fn with_sums<'a>(rows: impl Iterator<Item = &'a [f32]>, mut each: impl FnMut(&'a [f32], f32)) {
+    let mut rows = rows.peekable();
+    let (mut group, mut sums) = (Vec::with_capacity(8), [0f32; 8]);
     while rows.peek().is_some() {
         group.clear();
         group.extend(rows.by_ref().take(8));
         let sums = &mut sums[..group.len()];
         sums_of(&group, sums);
         for (row, &sum) in group.iter().zip(sums.iter()) {
-            y.resize(row.len(), 0.0);
-            norm_row(norm, row, sum, &mut y);
-            round_row(&y, out.next().expect("a rounded row for each row"));
+            each(row, sum);
         }
     }
 }
@@ -106,6 +135,16 @@ fn norm_row(norm: &LayerNorm, row: &[f32], sum: f32, y: &mut [f32]) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
+pub(super) unsafe fn norm_rows_f32<'a>(
+    _: impl Iterator<Item = &'a [f32]>,
+    _: &mut [f32],
+    _: usize,
+    _: &LayerNorm,
+) {
+    unreachable!("the f32 tiles are only enabled on x86-64 with AVX-512")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
 pub(super) unsafe fn norm_rows<'a>(
     _: impl Iterator<Item = &'a [f32]>,
     _: &mut [u32],
@@ -120,18 +159,23 @@ mod tests {
     use tract_onnx::prelude::*;
 
     use super::super::testing::{layer_norm, run, values};
-    use super::super::{round_rows, Bf16Cpu};
+    use super::super::{round_rows, Avx512Cpu, Bf16Cpu};
     use super::*;
 
-    /// [`norm_rows`] gives the bits of tract's ops of a layer norm followed by the product's
-    /// rounding: rows of whole blocks of 64 and a tail, shorter than a block or than 4, rows
-    /// that start on 16 bytes or not, groups of 8 and a rest, with scales, biases, both or none.
+    /// [`norm_rows_f32`] gives the bits of tract's ops of a layer norm, and [`norm_rows`] the
+    /// bits of those followed by the product's rounding: rows of whole blocks of 64 and a tail,
+    /// shorter than a block or than 4, rows that start on 16 bytes or not, groups of 8 and a
+    /// rest, with scales, biases, both or none.
     #[test]
     fn rows_are_normalized_as_tracts_ops_normalize_them() -> TractResult<()> {
-        let Some(Bf16Cpu(())) = Bf16Cpu::detect() else {
-            eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
+        let Some(Avx512Cpu(())) = Avx512Cpu::detect() else {
+            eprintln!("no AVX-512 on this CPU: the folded norms are never used here");
             return Ok(());
         };
+        let bf16 = Bf16Cpu::detect().is_some();
+        if !bf16 {
+            eprintln!("no AVX512-BF16 on this CPU: only the f32 rows are checked");
+        }
         for k in [768, 64, 130, 50, 16, 3] {
             for (rows, scales, biases) in [(11, true, true), (8, false, false), (3, true, false)] {
                 let what = format!("{rows} rows of {k}, scales {scales}, biases {biases}");
@@ -144,37 +188,32 @@ mod tests {
                 let y = layer_norm(&mut model, source, k, gamma.as_deref(), beta.as_deref())?;
                 model.select_output_outlets(&[y])?;
                 let normed = run(model, &[(&shape, &x)]);
-                let kp = k.div_ceil(2);
-                let mut want = vec![0u32; rows * kp];
-                // SAFETY: the CPU has AVX512-F and AVX512-BF16 (checked above).
-                unsafe {
-                    round_rows(
-                        normed
-                            .try_as_plain_ram()?
-                            .as_slice::<f32>()?
-                            .chunks_exact(k),
-                        &mut want,
-                        kp,
-                    )
-                };
+                let normed = normed.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
                 // The rows where tract's sum reads them: a tensor's buffer, as `run` gives it.
                 let x = Tensor::from_shape(&shape, &x)?;
+                let x = x.try_as_plain_ram()?;
+                let x = x.as_slice::<f32>()?;
                 let norm = LayerNorm {
                     recip_len: 1.0 / k as f32,
                     eps: 1e-5,
                     gamma,
                     beta,
                 };
-                let mut got = vec![0u32; rows * kp];
-                // SAFETY: as above.
+                let mut floats = vec![0f32; rows * k];
+                // SAFETY: the CPU has AVX512-F (checked above).
+                unsafe { norm_rows_f32(x.chunks_exact(k), &mut floats, k, &norm) };
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&floats), bits(&normed), "{what}, f32");
+                if !bf16 {
+                    continue;
+                }
+                let kp = k.div_ceil(2);
+                let (mut want, mut got) = (vec![0u32; rows * kp], vec![0u32; rows * kp]);
+                // SAFETY: the CPU has AVX512-F and AVX512-BF16 (checked above).
                 unsafe {
-                    norm_rows(
-                        x.try_as_plain_ram()?.as_slice::<f32>()?.chunks_exact(k),
-                        &mut got,
-                        kp,
-                        &norm,
-                    )
-                };
+                    round_rows(normed.chunks_exact(k), &mut want, kp);
+                    norm_rows(x.chunks_exact(k), &mut got, kp, &norm);
+                }
                 assert_eq!(got, want, "{what}");
             }
         }

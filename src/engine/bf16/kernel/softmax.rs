@@ -13,16 +13,16 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::{tower_pool, Bf16Cpu};
+use super::{tower_pool, Avx512Cpu};
 
 /// The row softmax of every `row_len` floats of `data`, in place; rows split over the tower
 /// pool in a run that has one.
-pub(in crate::engine::bf16) fn softmax_rows(cpu: Bf16Cpu, data: &mut [f32], row_len: usize) {
-    let Bf16Cpu(()) = cpu;
+pub(in crate::engine::bf16) fn softmax_rows(cpu: Avx512Cpu, data: &mut [f32], row_len: usize) {
+    let Avx512Cpu(()) = cpu;
     if row_len == 0 {
         return;
     }
-    // SAFETY: a `Bf16Cpu` only exists where the CPU has AVX512-F.
+    // SAFETY: an `Avx512Cpu` only exists where the CPU has AVX512-F.
     let run = |rows: &mut [f32]| unsafe { rows_avx512(rows, row_len) };
     let rows = data.len() / row_len;
     match tower_pool() {
@@ -143,7 +143,7 @@ fn exp16(x: __m512) -> __m512 {
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn rows_avx512(_: &mut [f32], _: usize) {
-    unreachable!("bf16 products are only enabled on x86-64 with AVX512-BF16")
+    unreachable!("row softmaxes are only enabled on x86-64 with AVX-512")
 }
 
 #[cfg(test)]
@@ -160,8 +160,8 @@ mod tests {
     /// the bits of tract's `Softmax` op on the same buffer.
     #[test]
     fn rows_get_the_bits_of_tracts_softmax() {
-        let Some(cpu) = Bf16Cpu::detect() else {
-            eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
+        let Some(cpu) = Avx512Cpu::detect() else {
+            eprintln!("no AVX-512 on this CPU: the row softmax is never used here");
             return;
         };
         for (rows, row_len) in [(7, 50), (5, 16), (3, 77), (4, 64), (3, 130), (9, 1), (6, 3)] {

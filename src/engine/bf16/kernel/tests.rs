@@ -1,4 +1,5 @@
-//! The kernel against exact sums of the rounded products.
+//! The kernel against exact sums of the products: of the rounded ones in bf16, of the
+//! products themselves in f32.
 
 use super::testing::{round, values};
 use super::*;
@@ -21,15 +22,69 @@ fn product(x: &[f32], rows: usize, w: &PackedWeights, bias: Option<&[f32]>) -> V
 
 /// The exact sum of the bf16-rounded products, in f64.
 fn reference(x: &[f32], w: &[f32], rows: usize, k: usize, n: usize) -> Vec<f64> {
+    exact_sums(x, w, (rows, k, n), round)
+}
+
+/// The exact sum of the products of `x` and `w`, each input first mapped by `input`, in f64.
+fn exact_sums(
+    x: &[f32],
+    w: &[f32],
+    (rows, k, n): (usize, usize, usize),
+    input: impl Fn(f32) -> f32,
+) -> Vec<f64> {
     let mut y = vec![0f64; rows * n];
     for r in 0..rows {
         for j in 0..n {
             y[r * n + j] = (0..k)
-                .map(|i| f64::from(round(x[r * k + i])) * f64::from(round(w[i * n + j])))
+                .map(|i| f64::from(input(x[r * k + i])) * f64::from(input(w[i * n + j])))
                 .sum();
         }
     }
     y
+}
+
+/// The f32 tiles: the sums of the unrounded products up to the f32 rounding of the sums, with
+/// a bias added to them as a separate add would, bit for bit, and the same bits split over a
+/// pool. Edge tiles of every kind: one row, rows not a multiple of 8, features not a multiple
+/// of 32, split by panels (few rows) and by rows (many), and two row blocks (over 512 rows).
+#[test]
+fn f32_products_are_the_sums_of_the_products() {
+    let Some(cpu) = Avx512Cpu::detect() else {
+        eprintln!("no AVX-512 on this CPU: the f32 tiles are never used here");
+        return;
+    };
+    for (rows, k, n) in [
+        (1, 8, 32),
+        (7, 33, 45),
+        (50, 64, 96),
+        (81, 17, 5),
+        (2 * 16 * fma::NR + 7, 40, 300),
+        (600, 24, 70),
+    ] {
+        let what = format!("{rows} x {k} x {n}");
+        let x = values(rows * k, 11);
+        let w = values(k * n, 12);
+        let bias = values(n, 13);
+        let packed = PackedWeights::pack_f32(cpu, k, n, |i, j| w[i * n + j]);
+        let plain = product(&x, rows, &packed, None);
+        let want = exact_sums(&x, &w, (rows, k, n), |v| v);
+        for (i, (&got, &want)) in plain.iter().zip(&want).enumerate() {
+            let tolerance = 1e-5 * (k as f64).sqrt() * want.abs().max(1.0);
+            assert!(
+                (f64::from(got) - want).abs() <= tolerance,
+                "{what}, element {i}: {got} against {want}"
+            );
+        }
+        let biased = product(&x, rows, &packed, Some(&bias));
+        for (i, (&p, &b)) in plain.iter().zip(&biased).enumerate() {
+            assert_eq!(b.to_bits(), (p + bias[i % n]).to_bits(), "{what}, {i}");
+        }
+        let pool = tract_linalg::multithread::Executor::multithread(2);
+        let split = tract_linalg::multithread::multithread_tract_scope(pool, || {
+            product(&x, rows, &packed, Some(&bias))
+        });
+        assert_eq!(biased, split, "{what}, split");
+    }
 }
 
 #[test]
@@ -112,7 +167,7 @@ fn products_split_over_a_pool_equal_the_single_thread_ones() {
         (1, 40, 300),
         (53, 40, 64),
         (53, 24, 1000),
-        (2 * ROW_SPLIT + 7, 40, 300),
+        (2 * 16 * NR + 7, 40, 300),
     ] {
         let x = values(rows * k, 3);
         let w = values(k * n, 4);
@@ -166,9 +221,9 @@ fn outputs_written_as_pairs_are_the_rounded_outputs() {
     for (rows, n) in [
         (1, 96),
         (7, 96),
-        (2 * ROW_SPLIT + 7, 96),
+        (2 * 16 * NR + 7, 96),
         (7, 45),
-        (2 * ROW_SPLIT + 7, 45),
+        (2 * 16 * NR + 7, 45),
     ] {
         let (k, m) = (40, 50);
         let x = values(rows * k, 31);

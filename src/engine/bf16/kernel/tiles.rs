@@ -50,6 +50,49 @@ impl OutRows {
         }
     }
 
+    /// Stores `v0` then `v1`'s first `width` lanes as f32 outputs `n0..n0 + width` of `row`.
+    ///
+    /// # Safety
+    ///
+    /// These are f32 rows, `row < rows` and `n0 + width <= n`, `width <= MR`, no other thread
+    /// writes those outputs, and the CPU has AVX512-F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) unsafe fn store_f32(
+        self,
+        row: usize,
+        n0: usize,
+        width: usize,
+        v0: std::arch::x86_64::__m512,
+        v1: std::arch::x86_64::__m512,
+    ) {
+        use std::arch::x86_64::*;
+        let OutPtr::F32(ptr) = self.ptr else {
+            unreachable!("f32 outputs")
+        };
+        // SAFETY: inside `y` (the caller's promise).
+        let out = unsafe { std::slice::from_raw_parts_mut(ptr.add(row * self.n + n0), width) };
+        if width == MR {
+            // SAFETY: `out` holds MR = 2 x 16 floats (uninitialised ones may be written).
+            unsafe {
+                let o = out.as_mut_ptr().cast::<f32>();
+                _mm512_storeu_ps(o, v0);
+                _mm512_storeu_ps(o.add(16), v1);
+            }
+            return;
+        }
+        let mut tile = [0f32; MR];
+        // SAFETY: `tile` holds MR = 2 x 16 floats.
+        unsafe {
+            _mm512_storeu_ps(tile.as_mut_ptr(), v0);
+            _mm512_storeu_ps(tile.as_mut_ptr().add(16), v1);
+        }
+        for (o, &v) in out.iter_mut().zip(&tile[..width]) {
+            o.write(v);
+        }
+    }
+
     /// Rows `first..first + count` of these.
     pub(super) fn rows(self, first: usize, count: usize) -> OutRows {
         assert!(first + count <= self.rows);
@@ -126,8 +169,6 @@ pub(super) unsafe fn tiles(
     let (n, kp) = (w.n, w.kp);
     assert!(y.n == n && y.rows == rows && panels.end <= w.panels());
     let Epilogue { bias, gelu } = epilogue;
-    // Without a bias, -0.0 is added: the one number whose addition changes no f32.
-    let mut bias_panel = [-0.0f32; MR];
     // Blocks of row tiles small enough to stay in L2 while every weight panel passes by.
     const BLOCK: usize = 16 * NR;
     for r0 in (0..rows).step_by(BLOCK) {
@@ -136,16 +177,7 @@ pub(super) unsafe fn tiles(
             let panel = w.panel(p);
             let n0 = p * MR;
             let width = (n - n0).min(MR);
-            if let Some(bias) = bias {
-                bias_panel[..width].copy_from_slice(&bias[n0..n0 + width]);
-            }
-            // SAFETY: `bias_panel` holds MR = 2 x 16 floats.
-            let (bias0, bias1) = unsafe {
-                (
-                    _mm512_loadu_ps(bias_panel.as_ptr()),
-                    _mm512_loadu_ps(bias_panel.as_ptr().add(16)),
-                )
-            };
+            let biases = bias_panel(bias, n0, width);
             for t0 in (r0..r1).step_by(NR) {
                 let live = (r1 - t0).min(NR);
                 // Missing rows of the last tile read row t0 again; their sums are dropped.
@@ -168,21 +200,15 @@ pub(super) unsafe fn tiles(
                         acc[2 * j + 1] = _mm512_dpbf16_ps(acc[2 * j + 1], a1, b);
                     }
                 }
-                for pair in acc.chunks_exact_mut(2) {
-                    (pair[0], pair[1]) =
-                        (_mm512_add_ps(pair[0], bias0), _mm512_add_ps(pair[1], bias1));
-                }
-                if gelu {
-                    // All the tile's vectors at once: ten independent chains of the GELU's
-                    // dependent steps, which the CPU overlaps.
-                    for v in &mut acc {
-                        *v = gelu::gelu16(*v);
-                    }
-                }
+                finish(&mut acc, biases, gelu);
                 for (j, pair) in acc.chunks_exact(2).take(live).enumerate() {
                     let (v0, v1) = (pair[0], pair[1]);
-                    let out = match y.ptr {
-                        OutPtr::F32(ptr) => ptr,
+                    match y.ptr {
+                        OutPtr::F32(_) => {
+                            // SAFETY: row t0 + j < rows, columns n0..n0 + width <= n, on this
+                            // call's panels, which no other call writes (the caller's promise).
+                            unsafe { y.store_f32(t0 + j, n0, width, v0, v1) }
+                        }
                         OutPtr::Pairs(ptr) => {
                             // SAFETY: row t0 + j < rows; its pairs from n0 / 2 (n0 is even)
                             // to ceil((n0 + width) / 2) are inside `y`, and on this call's
@@ -195,35 +221,57 @@ pub(super) unsafe fn tiles(
                                     v1,
                                 )
                             };
-                            continue;
                         }
-                    };
-                    // SAFETY: row t0 + j < rows, columns n0..n0 + width <= n: inside `y`, and
-                    // on this call's panels, which no other call writes (the caller's promise).
-                    let out = unsafe {
-                        std::slice::from_raw_parts_mut(out.add((t0 + j) * n + n0), width)
-                    };
-                    if width == MR {
-                        // SAFETY: `out` holds MR = 2 x 16 floats (uninitialised ones may be
-                        // written).
-                        unsafe {
-                            let o = out.as_mut_ptr().cast::<f32>();
-                            _mm512_storeu_ps(o, v0);
-                            _mm512_storeu_ps(o.add(16), v1);
-                        }
-                        continue;
-                    }
-                    let mut tile = [0f32; MR];
-                    // SAFETY: `tile` holds MR = 2 x 16 floats.
-                    unsafe {
-                        _mm512_storeu_ps(tile.as_mut_ptr(), v0);
-                        _mm512_storeu_ps(tile.as_mut_ptr().add(16), v1);
-                    }
-                    for (o, &v) in out.iter_mut().zip(&tile[..width]) {
-                        o.write(v);
                     }
                 }
             }
+        }
+    }
+}
+
+/// The epilogue's bias for the panel of features `n0..n0 + width` (`width <= MR`), as two
+/// vectors; -0.0 without a bias (or past `width`), the one number whose addition changes no
+/// f32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) fn bias_panel(
+    bias: Option<&[f32]>,
+    n0: usize,
+    width: usize,
+) -> (std::arch::x86_64::__m512, std::arch::x86_64::__m512) {
+    use std::arch::x86_64::*;
+    let mut panel = [-0.0f32; MR];
+    if let Some(bias) = bias {
+        panel[..width].copy_from_slice(&bias[n0..n0 + width]);
+    }
+    // SAFETY: `panel` holds MR = 2 x 16 floats.
+    unsafe {
+        (
+            _mm512_loadu_ps(panel.as_ptr()),
+            _mm512_loadu_ps(panel.as_ptr().add(16)),
+        )
+    }
+}
+
+/// The epilogue on a tile's sums (two vectors a row): the bias added, then the GELU applied.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) fn finish(
+    acc: &mut [std::arch::x86_64::__m512],
+    (bias0, bias1): (std::arch::x86_64::__m512, std::arch::x86_64::__m512),
+    gelu: bool,
+) {
+    use std::arch::x86_64::*;
+    for pair in acc.chunks_exact_mut(2) {
+        (pair[0], pair[1]) = (_mm512_add_ps(pair[0], bias0), _mm512_add_ps(pair[1], bias1));
+    }
+    if gelu {
+        // All the tile's vectors at once: independent chains of the GELU's dependent steps,
+        // which the CPU overlaps.
+        for v in acc {
+            *v = gelu::gelu16(*v);
         }
     }
 }

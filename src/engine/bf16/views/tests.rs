@@ -6,6 +6,7 @@ use super::super::kernel::testing::{assert_same_bits, run_alone_and_split, value
 use super::*;
 use crate::engine::graph::{Axis, Graph};
 use crate::engine::narrow::declutter_keeping_axes;
+use crate::engine::precision::Arithmetic;
 
 /// Both towers of the committed tiny model (the real architecture, small widths), rewritten
 /// and bound to a batch as a plan is: every query, key and value is read in place, and the
@@ -22,7 +23,7 @@ fn the_towers_queries_keys_and_values_are_read_in_place_with_the_same_bits() -> 
         let prepared = Graph::prepare(&tiny.join(file), rank).unwrap();
         let mut typed = prepared.typed().clone();
         assert_eq!(
-            super::super::rewrite(&mut typed)?.of_activations,
+            super::super::rewrite(&mut typed, Arithmetic::Bf16)?.of_activations,
             2 * blocks
         );
         // Batch 3, 7 tokens; the image's own size.
@@ -107,7 +108,10 @@ fn a_chain_that_is_no_strided_view_is_folded_only_as_far_as_one_is() -> TractRes
         return Ok(());
     }
     let mut copied = swapped_then_merged()?;
-    assert_eq!(super::super::rewrite(&mut copied)?.of_activations, 1);
+    assert_eq!(
+        super::super::rewrite(&mut copied, Arithmetic::Bf16)?.of_activations,
+        1
+    );
     let mut in_place = copied.clone();
     assert_eq!(fold(&mut in_place)?, 1);
     let product = in_place
