@@ -16,6 +16,9 @@ use super::{Epilogue, MR};
 /// fits twice with none wasted.
 pub(super) const NR: usize = 8;
 
+/// How many steps along `k` ahead the tiles prefetch the weight panel.
+const PREFETCH: usize = 16;
+
 /// The right operand of an f32 product: panels of `MR` output features, `k` f32 per feature
 /// and panel ([`super::PackedWeights::pack_f32`]).
 #[derive(Clone, Copy)]
@@ -74,6 +77,11 @@ pub(super) unsafe fn tiles(
                     // SAFETY: the panel holds k x MR floats, so 2 x 16 from q * MR are in it;
                     // each row of `src` holds k floats.
                     unsafe {
+                        // The panel a little ahead, into L1 (the next panel's start near the
+                        // end: panels lie one after another); prefetches do not fault.
+                        let ahead = panel.wrapping_add((q + PREFETCH) * MR).cast::<i8>();
+                        _mm_prefetch::<_MM_HINT_T0>(ahead);
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
                         let a0 = _mm512_loadu_ps(panel.add(q * MR));
                         let a1 = _mm512_loadu_ps(panel.add(q * MR + 16));
                         for (j, row) in src.iter().enumerate() {
