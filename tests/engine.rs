@@ -101,8 +101,9 @@ fn f32_products_by_weights_are_our_own_where_the_cpu_has_avx512() {
     assert_eq!((image.gelus, text.gelus), (blocks, blocks + 1));
     assert_eq!((image.handoffs, text.handoffs), (0, 0));
     assert_eq!((image.norms, text.norms), (2 * blocks, 0));
+    assert_eq!((image.layer_norms, text.layer_norms), (2, 2 * blocks + 1));
     assert_eq!((image.softmaxes, text.softmaxes), (blocks, blocks));
-    assert_eq!((image.sums, text.sums), (2, 2 * blocks + 1));
+    assert_eq!((image.sums, text.sums), (0, 0));
 }
 
 /// `bf16` for both towers: where the CPU has AVX512-BF16, every product by a weight matrix runs
@@ -145,13 +146,15 @@ fn bf16_products_stay_within_the_parity_tolerance() {
         // normalizes after its residual adds, which the next block reads too: none.
         assert_eq!(image.rewritten().norms, 2 * blocks);
         assert_eq!(text.rewritten().norms, 0);
-        // Each block's attention softmax runs as a RowSoftmax, and the other layer norms' means
-        // sum their rows in a RowSum: the image tower's before and after the blocks, the text
-        // tower's two per block and the one after its embeddings.
+        // Each block's attention softmax runs as a RowSoftmax, and the other layer norms each
+        // as one RowLayerNorm: the image tower's before and after the blocks, the text tower's
+        // two per block and the one after its embeddings. No other sum over a last axis is
+        // left.
         assert_eq!(image.rewritten().softmaxes, blocks);
         assert_eq!(text.rewritten().softmaxes, blocks);
-        assert_eq!(image.rewritten().sums, 2);
-        assert_eq!(text.rewritten().sums, 2 * blocks + 1);
+        assert_eq!(image.rewritten().layer_norms, 2);
+        assert_eq!(text.rewritten().layer_norms, 2 * blocks + 1);
+        assert_eq!((image.rewritten().sums, text.rewritten().sums), (0, 0));
         // The bf16 weights are counted once, at half the f32 size of what they replace.
         let f32_engine = load("models/tiny", &bucketed());
         assert!(image.weight_bytes() < f32_engine.image.graph().weight_bytes());

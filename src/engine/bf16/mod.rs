@@ -19,11 +19,11 @@
 //! [`Bf16MatMul`] (a layer's bias), and a GELU after that, are folded into it, and a product
 //! whose output only another sums (the MLP's first layer) writes it rounded for that one
 //! (`fuse.rs`). A layer norm that only a [`Bf16MatMul`] reads (the image tower's two per block)
-//! is applied by that product to its input rows as it rounds them (`norms.rs`); each softmax
-//! over a last axis runs as a [`RowSoftmax`] (`softmax.rs`) and each other sum over one (the
-//! other layer norms' means) as a [`RowSum`] (`rowsum.rs`): all six give the bits of what they
-//! replace. Everything else (the rest of those norms, the text tower's word-embedding table)
-//! is tract's, and all of it stays f32.
+//! is applied by that product to its input rows as it rounds them (`norms.rs`), and each other
+//! layer norm runs as one [`RowLayerNorm`] (`rownorm.rs`); each softmax over a last axis runs
+//! as a [`RowSoftmax`] (`softmax.rs`) and each other sum over one as a [`RowSum`]
+//! (`rowsum.rs`): all seven give the bits of what they replace. Everything else (the residual
+//! adds, the text tower's word-embedding table) is tract's, and all of it stays f32.
 //!
 //! The same rewrite in f32 ([`rewrite`] with [`Arithmetic::F32`], what an f32 tower runs on a
 //! CPU with AVX-512) packs the weights unrounded for f32 tiles of AVX-512 FMAs
@@ -60,6 +60,7 @@ mod kernel;
 mod matmul;
 mod norms;
 mod patches;
+mod rownorm;
 mod rowsum;
 mod softmax;
 mod speed;
@@ -71,6 +72,7 @@ use kernel::{Avx512Cpu, Bf16Cpu, Packing};
 use matmul::plan;
 pub use matmul::Bf16MatMul;
 pub use patches::Bf16Patches;
+pub use rownorm::RowLayerNorm;
 pub use rowsum::RowSum;
 pub use softmax::RowSoftmax;
 pub use speed::speedup;
@@ -118,6 +120,8 @@ pub struct Rewritten {
     /// Layer norms applied by the [`Bf16MatMul`] that alone reads them, to its input rows as it
     /// rounds them (`norms.rs`).
     pub norms: usize,
+    /// The other layer norms, each computed by a [`RowLayerNorm`] (`rownorm.rs`).
+    pub layer_norms: usize,
     /// Softmaxes over a last axis computed by a [`RowSoftmax`].
     pub softmaxes: usize,
     /// Sums over a last axis computed by a [`RowSum`].
@@ -205,6 +209,7 @@ pub fn rewrite(model: &mut TypedModel, arithmetic: Arithmetic) -> TractResult<Re
         gelus: 0,
         handoffs: 0,
         norms: 0,
+        layer_norms: 0,
         softmaxes: 0,
         sums: 0,
     };
@@ -223,6 +228,7 @@ pub fn rewrite(model: &mut TypedModel, arithmetic: Arithmetic) -> TractResult<Re
         counts.handoffs = fuse::handoffs(model)?;
     }
     counts.norms = norms::layer_norms(model)?;
+    counts.layer_norms = rownorm::rows(model, packing.avx512())?;
     counts.softmaxes = softmax::rows(model, packing.avx512())?;
     counts.sums = rowsum::rows(model)?;
     Ok(counts)

@@ -274,6 +274,7 @@ impl Graph {
                 gelus_fused = rewritten.gelus,
                 bf16_handoffs = rewritten.handoffs,
                 norms_fused = rewritten.norms,
+                layer_norms = rewritten.layer_norms,
                 row_softmaxes = rewritten.softmaxes,
                 row_sums = rewritten.sums,
                 "products by weights rewritten"

@@ -325,6 +325,22 @@ impl<'a> Activations<'a> {
     }
 }
 
+/// The `norm` of each row of `x` (`k` values each) into `y`, as tract's ops of that norm give
+/// it on `x`'s buffer ([`LayerNorm`]).
+pub(in crate::engine::bf16) fn layer_norm_rows(
+    cpu: Avx512Cpu,
+    x: &[f32],
+    k: usize,
+    norm: &LayerNorm,
+    y: &mut [f32],
+) {
+    assert!(k > 0 && x.len() == y.len() && x.len().is_multiple_of(k));
+    let Avx512Cpu(()) = cpu;
+    // SAFETY: an `Avx512Cpu` only exists where the CPU has AVX512-F, the feature
+    // `norm_rows_f32` is compiled for.
+    unsafe { norm::norm_rows_f32(x.chunks_exact(k), y, k, norm) };
+}
+
 /// What a product by weights writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum Output {
