@@ -15,7 +15,7 @@ use tract_onnx::tract_core::internal::*;
 use super::kernel::{layer_norm_rows, Avx512Cpu, LayerNorm};
 use super::norms::layer_norm;
 
-/// tract's layer norm over the last axis of an f32 tensor ([`LayerNorm`]).
+/// tract's layer norm over the last axis of an f32 tensor (`kernel::LayerNorm`).
 #[derive(Debug, Clone)]
 pub struct RowLayerNorm {
     norm: Arc<LayerNorm>,

@@ -43,6 +43,18 @@ fn exact_sums(
     y
 }
 
+/// `got` is the exact sums `want` up to the f32 rounding of sums of `k` terms.
+fn assert_sums(got: &[f32], want: &[f64], k: usize, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (i, (&got, &want)) in got.iter().zip(want).enumerate() {
+        let tolerance = 1e-5 * (k as f64).sqrt() * want.abs().max(1.0);
+        assert!(
+            (f64::from(got) - want).abs() <= tolerance,
+            "{what}, element {i}: {got} against {want}"
+        );
+    }
+}
+
 /// The f32 tiles: the sums of the unrounded products up to the f32 rounding of the sums, with
 /// a bias added to them as a separate add would, bit for bit, and the same bits split over a
 /// pool. Edge tiles of every kind: one row, rows not a multiple of 8, features not a multiple
@@ -68,13 +80,7 @@ fn f32_products_are_the_sums_of_the_products() {
         let packed = PackedWeights::pack_f32(cpu, k, n, |i, j| w[i * n + j]);
         let plain = product(&x, rows, &packed, None);
         let want = exact_sums(&x, &w, (rows, k, n), |v| v);
-        for (i, (&got, &want)) in plain.iter().zip(&want).enumerate() {
-            let tolerance = 1e-5 * (k as f64).sqrt() * want.abs().max(1.0);
-            assert!(
-                (f64::from(got) - want).abs() <= tolerance,
-                "{what}, element {i}: {got} against {want}"
-            );
-        }
+        assert_sums(&plain, &want, k, &what);
         let biased = product(&x, rows, &packed, Some(&bias));
         for (i, (&p, &b)) in plain.iter().zip(&biased).enumerate() {
             assert_eq!(b.to_bits(), (p + bias[i % n]).to_bits(), "{what}, {i}");
@@ -143,15 +149,9 @@ fn products_are_the_sums_of_rounded_products() {
         let w = values(k * n, 2);
         let packed = PackedWeights::pack(cpu, k, n, |i, j| w[i * n + j]);
         let y = product(&x, rows, &packed, None);
+        // Products of bf16 numbers are exact in f32; only the f32 sums round.
         let want = reference(&x, &w, rows, k, n);
-        for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
-            // Products of bf16 numbers are exact in f32; only the f32 sums round.
-            let tolerance = 1e-5 * (k as f64).sqrt() * want.abs().max(1.0);
-            assert!(
-                (f64::from(got) - want).abs() <= tolerance,
-                "{rows}x{k}x{n}, element {i}: {got} against {want}"
-            );
-        }
+        assert_sums(&y, &want, k, &format!("{rows}x{k}x{n}"));
     }
 }
 
