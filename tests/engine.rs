@@ -78,9 +78,9 @@ fn assert_within(engine: &Engine, reference: &parity::Reference, texts: f64, ima
     );
 }
 
-/// `f32` for both towers: where the CPU has AVX-512, every product by a weight matrix runs in
-/// the f32 tiles of our own, with the same folds as in bf16 but for the attention's products
-/// of two activations (tract's) and the bf16 handoffs; the parity of f32 is checked above.
+/// `f32` for both towers: where the CPU has AVX-512, every product by a weight matrix and the
+/// attention's products of two activations run in the f32 tiles of our own, with the same folds
+/// as in bf16 but the bf16 handoffs; the parity of f32 is checked above.
 #[test]
 fn f32_products_by_weights_are_our_own_where_the_cpu_has_avx512() {
     let engine = load("models/tiny", &f32());
@@ -96,7 +96,10 @@ fn f32_products_by_weights_are_our_own_where_the_cpu_has_avx512() {
     let blocks = 2;
     assert_eq!(image.by_weights, 4 * blocks + 2);
     assert_eq!(text.by_weights, 6 * blocks + 2);
-    assert_eq!((image.of_activations, text.of_activations), (0, 0));
+    assert_eq!(
+        (image.of_activations, text.of_activations),
+        (2 * blocks, 2 * blocks)
+    );
     assert_eq!(image.biases, 2 * blocks);
     assert_eq!((image.gelus, text.gelus), (blocks, blocks + 1));
     assert_eq!((image.handoffs, text.handoffs), (0, 0));

@@ -1,8 +1,9 @@
-//! The attention's two products of activations in bf16: the scores (queries by keys) and their
-//! weighting of the values. Each is an `EinSum` of two non-constant inputs with axes shared by
-//! both (batch, heads), one summed axis and one kept axis on each side; [`Bf16ActMatMul`] runs
-//! one bf16 product per batch and head, both operands rounded at every run (the right one
-//! packed on the fly, `kernel/activations.rs`), the sums in f32. tract runs these products
+//! The attention's two products of activations, in bf16 or f32: the scores (queries by keys)
+//! and their weighting of the values. Each is an `EinSum` of two non-constant inputs with axes
+//! shared by both (batch, heads), one summed axis and one kept axis on each side;
+//! [`Bf16ActMatMul`] runs one product per batch and head, in bf16 both operands rounded at
+//! every run (the right one packed on the fly, `kernel/activations.rs`), the sums in f32; in
+//! f32 the same with the FMA tiles. tract runs these products
 //! at about 50 GFLOP/s in f32 on the towers' small shapes (50 x 64 x 50 per head for an image),
 //! plus a pass packing each operand.
 
@@ -10,7 +11,7 @@ use tract_onnx::prelude::tract_ndarray::{ArrayViewD, Axis, Ix2};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
-use super::kernel::{activation_products, Bf16Cpu};
+use super::kernel::{activation_products, Packing};
 use super::views::OperandView;
 
 /// `out = x . y` for two activations, with bf16 products: `x`'s axes read as `[batch..., m, k]`,
@@ -18,7 +19,8 @@ use super::views::OperandView;
 /// output.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Bf16ActMatMul {
-    cpu: Bf16Cpu,
+    /// bf16 or f32, and the proof that this CPU runs it.
+    packing: Packing,
     layout: ActLayout,
     /// Per operand, whether it is read in place from the tensor a chain of copies started from
     /// (`views.rs`) rather than being its input as it is.
@@ -100,10 +102,10 @@ impl ActLayout {
         (0..self.batch_axes()).all(|i| x.shape[self.x_order[i]] == y.shape[self.y_order[i]])
     }
 
-    /// The op, for the CPU `cpu` proves.
-    pub(super) fn build(self, cpu: Bf16Cpu) -> Bf16ActMatMul {
+    /// The op, in the arithmetic of `packing`.
+    pub(super) fn build(self, packing: Packing) -> Bf16ActMatMul {
         Bf16ActMatMul {
-            cpu,
+            packing,
             layout: self,
             views: [None, None],
         }
@@ -112,7 +114,10 @@ impl ActLayout {
 
 impl Op for Bf16ActMatMul {
     fn name(&self) -> StaticName {
-        "Bf16ActMatMul".into()
+        match self.packing {
+            Packing::Bf16(_) => "Bf16ActMatMul".into(),
+            Packing::F32(_) => "F32ActMatMul".into(),
+        }
     }
 
     fn validation(&self) -> Validation {
@@ -175,7 +180,7 @@ impl EvalOp for Bf16ActMatMul {
         let batches: usize = x.shape()[..nb].iter().product();
         let canonical: TVec<usize> = x.shape()[..nb].iter().copied().chain([m, n]).collect();
         let mut out = activation_products(
-            self.cpu,
+            self.packing,
             (batches, m, n),
             |b| (operand(&x, nb, b), operand(&y, nb, b)),
             scales,
@@ -220,7 +225,7 @@ mod tests {
     use tract_onnx::tract_core::ops::einsum::EinSum;
 
     use super::super::kernel::testing::{
-        assert_sums_close, rounded, run, run_alone_and_split, values,
+        arithmetics, as_read, assert_sums_close, run, run_alone_and_split, values,
     };
     use super::*;
     use crate::engine::precision::Arithmetic;
@@ -250,26 +255,27 @@ mod tests {
         Ok(model)
     }
 
-    /// The rewritten graph gives tract's f32 einsum of the same inputs rounded to bf16, in the
-    /// einsum's output layout, on one thread and split over a pool.
+    /// The rewritten graph gives tract's f32 einsum of the same inputs as the product reads
+    /// them (rounded, in bf16), in the einsum's output layout, on one thread and split over a
+    /// pool, in either arithmetic.
     #[test]
     fn the_attentions_products_are_the_einsums_of_rounded_inputs() -> TractResult<()> {
-        if !super::super::supported() {
-            eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
-            return Ok(());
-        }
-        for (expr, xs, ys) in TOWERS {
-            let x = values(xs.iter().product(), 11);
-            let y = values(ys.iter().product(), 12);
-            let want = run(
-                einsum(expr, &xs, &ys)?,
-                &[(&xs, &rounded(&x)), (&ys, &rounded(&y))],
-            );
-            let mut model = einsum(expr, &xs, &ys)?;
-            let counts = super::super::rewrite(&mut model, Arithmetic::Bf16)?;
-            assert_eq!((counts.by_weights, counts.of_activations), (0, 1), "{expr}");
-            let got = run_alone_and_split(model, &[(&xs, &x), (&ys, &y)]);
-            assert_sums_close(&got, &want, xs[expr.find('k').unwrap()], expr);
+        for arithmetic in arithmetics() {
+            for (expr, xs, ys) in TOWERS {
+                let what = format!("{}: {expr}", arithmetic.as_str());
+                let x = values(xs.iter().product(), 11);
+                let y = values(ys.iter().product(), 12);
+                let read = |v: &[f32]| as_read(arithmetic, v);
+                let want = run(
+                    einsum(expr, &xs, &ys)?,
+                    &[(&xs, &read(&x)), (&ys, &read(&y))],
+                );
+                let mut model = einsum(expr, &xs, &ys)?;
+                let counts = super::super::rewrite(&mut model, arithmetic)?;
+                assert_eq!((counts.by_weights, counts.of_activations), (0, 1), "{what}");
+                let got = run_alone_and_split(model, &[(&xs, &x), (&ys, &y)]);
+                assert_sums_close(&got, &want, xs[expr.find('k').unwrap()], &what);
+            }
         }
         Ok(())
     }

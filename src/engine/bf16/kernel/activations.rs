@@ -1,6 +1,7 @@
-//! The attention's products of two activations (`super::super::Bf16ActMatMul`): both
-//! operands rounded to bf16 at every run, the right one packed on the fly into the panels of
-//! [`super::PackedWeights`], then the same tiles as the products by weights.
+//! The attention's products of two activations (`super::super::Bf16ActMatMul`): in bf16, both
+//! operands rounded at every run, the right one packed on the fly into the panels of
+//! [`super::PackedWeights`], then the same tiles as the products by weights; in f32, the right
+//! one packed as it is into the f32 panels, then the FMA tiles (`fma.rs`).
 #![allow(unsafe_code)]
 
 use std::mem::MaybeUninit;
@@ -10,7 +11,8 @@ use tract_onnx::prelude::tract_ndarray::{ArrayView1, ArrayView2};
 use tract_onnx::prelude::{Tensor, TractResult};
 
 use super::{
-    bf16_bits, round_row, tiles, tower_pool, written_tensor, Bf16Cpu, Epilogue, OutRows, Panels, MR,
+    bf16_bits, fma, round_row, tiles, tower_pool, written_tensor, Avx512Cpu, Bf16Cpu, Epilogue,
+    OutRows, Packing, Panels, MR,
 };
 
 /// Factors the two operands of a product are multiplied by, in f32, before they are rounded
@@ -22,7 +24,7 @@ pub(in crate::engine::bf16) type Scales = [Option<f32>; 2];
 /// `scales`; the results one after the other (`batches x m x n`) as a tensor of `shape`,
 /// consecutive products split over the tower pool in a run that has one.
 pub(in crate::engine::bf16) fn activation_products<'v>(
-    cpu: Bf16Cpu,
+    cpu: Packing,
     (batches, m, n): (usize, usize, usize),
     operands: impl Fn(usize) -> (ArrayView2<'v, f32>, ArrayView2<'v, f32>) + Sync,
     scales: Scales,
@@ -40,7 +42,7 @@ pub(in crate::engine::bf16) fn activation_products<'v>(
 /// [`activation_products`] into `out`, `m x n` elements per product; only called with elements
 /// to write (`written_tensor` calls no `fill` for an empty tensor), so `m x n` is not 0.
 fn write_products<'v>(
-    cpu: Bf16Cpu,
+    cpu: Packing,
     (batches, m, n): (usize, usize, usize),
     operands: impl Fn(usize) -> (ArrayView2<'v, f32>, ArrayView2<'v, f32>) + Sync,
     scales: Scales,
@@ -48,7 +50,10 @@ fn write_products<'v>(
 ) {
     let run = |scratch: &mut Scratch, (i, y_i): (usize, &mut [MaybeUninit<f32>])| {
         let (a, b) = operands(i);
-        activation_product(cpu, (a, b), scales, scratch, y_i);
+        match cpu {
+            Packing::Bf16(cpu) => activation_product(cpu, (a, b), scales, scratch, y_i),
+            Packing::F32(cpu) => f32_activation_product(cpu, (a, b), scales, scratch, y_i),
+        }
     };
     match tower_pool() {
         // One product at a time, taken by whichever thread is free.
@@ -79,6 +84,86 @@ struct Scratch {
     /// A strided row or column gathered into order.
     lo: Vec<f32>,
     hi: Vec<f32>,
+    /// In f32: the left operand's rows, and the right operand in panels.
+    rows: Vec<f32>,
+    f32_panels: Vec<f32>,
+}
+
+/// `v` times `scale` as a slice: `v` itself when its elements are contiguous and there is no
+/// factor, else gathered into `buf` (each product in f32, as tract's multiply gives it).
+fn gathered<'v>(v: ArrayView1<'v, f32>, scale: Option<f32>, buf: &'v mut Vec<f32>) -> &'v [f32] {
+    match (v.to_slice(), scale) {
+        (Some(s), None) => s,
+        (contiguous, scale) => {
+            buf.clear();
+            match (contiguous, scale) {
+                (Some(s), Some(f)) => buf.extend(s.iter().map(|&x| x * f)),
+                (None, Some(f)) => buf.extend(v.iter().map(|&x| x * f)),
+                (_, None) => buf.extend(v.iter()),
+            }
+            buf
+        }
+    }
+}
+
+/// [`activation_product`] in f32: the same operands, multiplied by the same factors, `a`'s
+/// rows gathered in order and `b` packed as it is into the panels of
+/// [`super::PackedWeights::pack_f32`], then the FMA tiles.
+fn f32_activation_product(
+    cpu: Avx512Cpu,
+    (a, b): (ArrayView2<'_, f32>, ArrayView2<'_, f32>),
+    [a_scale, b_scale]: Scales,
+    scratch: &mut Scratch,
+    y: &mut [MaybeUninit<f32>],
+) {
+    let (m, k) = a.dim();
+    let n = b.dim().1;
+    assert_eq!(b.dim().0, k, "the operands' summed axes differ");
+    assert_eq!(y.len(), m * n, "the output holds m x n");
+    let Scratch {
+        lo,
+        rows,
+        f32_panels: panels,
+        ..
+    } = scratch;
+    rows.clear();
+    for i in 0..m {
+        rows.extend_from_slice(gathered(a.row(i), a_scale, lo));
+    }
+    panels.clear();
+    panels.resize(n.div_ceil(MR) * k * MR, 0.0);
+    if b.strides()[1] == 1 || b.strides()[0] != 1 {
+        // Rows of `b` are contiguous: each row is the panels' `l`-th step, MR values a panel.
+        for l in 0..k {
+            let row = gathered(b.row(l), b_scale, lo);
+            for (p, chunk) in row.chunks(MR).enumerate() {
+                panels[(p * k + l) * MR..][..chunk.len()].copy_from_slice(chunk);
+            }
+        }
+    } else {
+        // Columns are: each is one output's values along `k`.
+        for j in 0..n {
+            let column = gathered(b.column(j), b_scale, lo);
+            let (p, r) = (j / MR, j % MR);
+            for (l, &v) in column.iter().enumerate() {
+                panels[(p * k + l) * MR + r] = v;
+            }
+        }
+    }
+    let w = fma::F32Panels { n, k, data: panels };
+    let Avx512Cpu(()) = cpu;
+    // SAFETY: `cpu` proves AVX512-F, the feature the FMA tiles are compiled for; this call
+    // alone writes `y`.
+    unsafe {
+        fma::tiles(
+            rows,
+            m,
+            w,
+            0..n.div_ceil(MR),
+            Epilogue::default(),
+            OutRows::f32s(y, n),
+        )
+    };
 }
 
 /// `y[i][j] = sum_l a[i][l] * b[l][j]` for two activations (`a` is `m x k`, `b` is `k x n`, any
@@ -105,30 +190,11 @@ fn activation_product(
         pairs,
         lo,
         hi,
+        ..
     } = scratch;
     xb.resize(m * kp, 0);
     panels.resize(n.div_ceil(MR) * kp * MR, 0);
     pairs.resize(kp, 0);
-    /// `v` times `scale` as a slice: `v` itself when its elements are contiguous and there is no
-    /// factor, else gathered into `buf` (each product in f32, as tract's multiply gives it).
-    fn gathered<'v>(
-        v: ArrayView1<'v, f32>,
-        scale: Option<f32>,
-        buf: &'v mut Vec<f32>,
-    ) -> &'v [f32] {
-        match (v.to_slice(), scale) {
-            (Some(s), None) => s,
-            (contiguous, scale) => {
-                buf.clear();
-                match (contiguous, scale) {
-                    (Some(s), Some(f)) => buf.extend(s.iter().map(|&x| x * f)),
-                    (None, Some(f)) => buf.extend(v.iter().map(|&x| x * f)),
-                    (_, None) => buf.extend(v.iter()),
-                }
-                buf
-            }
-        }
-    }
     // SAFETY: `cpu` proves that this CPU has AVX512-F and AVX512-BF16, the features
     // `round_row`, `pack_row_pair` and `tiles` are compiled for.
     unsafe {
