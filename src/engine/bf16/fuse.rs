@@ -192,8 +192,8 @@ impl Bf16MatMul {
         })
     }
 
-    /// This product writing bf16 pairs and `next` reading them, if `next` sums this one's
-    /// output rows whole: both with one feature axis, this one's output laid out as its input's
+    /// This product writing bf16 pairs and `next` reading them, if both are bf16 products and
+    /// `next` sums this one's output rows whole: both with one feature axis, this one's output laid out as its input's
     /// rows then the features (which `next` reads as its rows), `next`'s one summed axis this
     /// one's features, and `next`'s output laid out as its input's rows then its features
     /// (`Bf16MatMul::eval_pairs`).
@@ -204,7 +204,10 @@ impl Bf16MatMul {
                 .enumerate()
                 .all(|(i, a)| *a == OutAxis::Canonical(i))
         };
-        let fits = self.output == Output::F32
+        // Pairs are bf16 operands: f32 products read and write f32.
+        let fits = self.weights.is_bf16()
+            && next.weights.is_bf16()
+            && self.output == Output::F32
             && !self.pairs_in
             && !next.pairs_in
             && self.w_kept.len() == 1

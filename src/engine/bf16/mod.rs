@@ -128,12 +128,13 @@ pub struct Rewritten {
     pub sums: usize,
 }
 
-/// Replaces every f32 product of an activation by a constant matrix that fits the
-/// [`Bf16MatMul`] layout, every convolution that is a patch embedding ([`Bf16Patches`]), and
+/// Replaces, in `arithmetic` (where this CPU runs it: nothing is rewritten elsewhere), every f32
+/// product of an activation by a constant matrix that fits the [`Bf16MatMul`] layout, every convolution that is a patch embedding ([`Bf16Patches`]), and
 /// every product of two activations that fits [`Bf16ActMatMul`]'s, then folds the biases added
 /// after products by weights, and the GELUs after those, into them, hands the MLP's hidden
-/// layer from its first product to its second as bf16 (`fuse.rs`), and folds each layer norm
-/// that only a product reads into it (`norms.rs`); returns how many of each. Products it cannot
+/// layer from its first product to its second as bf16 (in bf16 only, `fuse.rs`), folds each layer
+/// norm that only a product reads into it (`norms.rs`) and runs each other as one op
+/// (`rownorm.rs`); returns how many of each. Products it cannot
 /// express stay f32.
 pub fn rewrite(model: &mut TypedModel, arithmetic: Arithmetic) -> TractResult<Rewritten> {
     // Nothing is rewritten on a CPU without the instructions.
@@ -218,9 +219,7 @@ pub fn rewrite(model: &mut TypedModel, arithmetic: Arithmetic) -> TractResult<Re
     }
     counts.biases = fuse::biases(model)?;
     counts.gelus = fuse::gelus(model)?;
-    if matches!(packing, Packing::Bf16(_)) {
-        counts.handoffs = fuse::handoffs(model)?;
-    }
+    counts.handoffs = fuse::handoffs(model)?;
     counts.norms = norms::layer_norms(model)?;
     counts.layer_norms = rownorm::rows(model, packing.avx512())?;
     counts.softmaxes = softmax::rows(model, packing.avx512())?;
