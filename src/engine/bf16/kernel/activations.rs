@@ -150,7 +150,11 @@ fn f32_activation_product(
             }
         }
     }
-    let w = fma::F32Panels { n, k, data: panels };
+    let w = Panels {
+        n,
+        depth: k,
+        data: panels,
+    };
     let Avx512Cpu(()) = cpu;
     // SAFETY: `cpu` proves AVX512-F, the feature the FMA tiles are compiled for; this call
     // alone writes `y`.
@@ -159,7 +163,7 @@ fn f32_activation_product(
             rows,
             m,
             w,
-            0..n.div_ceil(MR),
+            0..w.panels(),
             Epilogue::default(),
             OutRows::f32s(y, n),
         )
@@ -220,7 +224,7 @@ fn activation_product(
         }
         let w = Panels {
             n,
-            kp,
+            depth: kp,
             data: panels,
         };
         tiles(

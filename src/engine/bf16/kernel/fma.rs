@@ -10,7 +10,7 @@
 #![allow(unsafe_code)]
 
 use super::tiles::{bias_panel, finish, OutRows};
-use super::{Epilogue, MR};
+use super::{Epilogue, Panels, MR};
 
 /// Activation rows per tile: 16 accumulators of the 32, and a tile of a 16-token query's rows
 /// fits twice with none wasted.
@@ -19,22 +19,7 @@ pub(super) const NR: usize = 8;
 /// How many steps along `k` ahead the tiles prefetch the weight panel.
 const PREFETCH: usize = 16;
 
-/// The right operand of an f32 product: panels of `MR` output features, `k` f32 per feature
-/// and panel ([`super::PackedWeights::pack_f32`]).
-#[derive(Clone, Copy)]
-pub(super) struct F32Panels<'a> {
-    pub n: usize,
-    pub k: usize,
-    pub data: &'a [f32],
-}
-
-impl F32Panels<'_> {
-    fn panel(&self, p: usize) -> &[f32] {
-        &self.data[p * self.k * MR..(p + 1) * self.k * MR]
-    }
-}
-
-/// All tiles of `rows` activation rows (`w.k` f32 each) against the weight panels `panels`,
+/// All tiles of `rows` activation rows (`w.depth` f32 each, the summed length) against the weight panels `panels`,
 /// then the `epilogue`, into those panels' columns of `y` (`rows x w.n` f32), every element of
 /// which it writes.
 ///
@@ -46,14 +31,14 @@ impl F32Panels<'_> {
 pub(super) unsafe fn tiles(
     x: &[f32],
     rows: usize,
-    w: F32Panels<'_>,
+    w: Panels<'_, f32>,
     panels: std::ops::Range<usize>,
     epilogue: Epilogue<'_>,
     y: OutRows,
 ) {
     use std::arch::x86_64::*;
-    let (n, k) = (w.n, w.k);
-    assert!(x.len() == rows * k && panels.end <= n.div_ceil(MR));
+    let (n, k) = (w.n, w.depth);
+    assert!(x.len() == rows * k && panels.end <= w.panels());
     // Blocks of up to 512 rows (a batch of 8 images, or of 32 queries of 16 tokens, split over
     // two threads makes two of 200 or 256): each weight panel is read from memory once per
     // block and stays in L2 (96 KiB at k = 768) while the block's tiles pass it, and the rows
@@ -106,7 +91,7 @@ pub(super) unsafe fn tiles(
 pub(super) unsafe fn tiles(
     _: &[f32],
     _: usize,
-    _: F32Panels<'_>,
+    _: Panels<'_, f32>,
     _: std::ops::Range<usize>,
     _: Epilogue<'_>,
     _: OutRows,

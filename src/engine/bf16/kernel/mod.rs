@@ -266,7 +266,11 @@ fn write_products(
     match &w.panels {
         Packed::Bf16 { cpu, kp, data } => {
             let (cpu, kp) = (*cpu, *kp);
-            let view = Panels { n: w.n, kp, data };
+            let view = Panels {
+                n: w.n,
+                depth: kp,
+                data,
+            };
             split(
                 (rows, panels, NR),
                 |first, count, buf| x.pairs((first, count), (k, kp), cpu, buf),
@@ -281,7 +285,11 @@ fn write_products(
         }
         Packed::F32 { cpu, data } => {
             let cpu = *cpu;
-            let view = fma::F32Panels { n: w.n, k, data };
+            let view = Panels {
+                n: w.n,
+                depth: k,
+                data,
+            };
             split(
                 (rows, panels, fma::NR),
                 |first, count, buf| x.floats((first, count), k, cpu, buf),

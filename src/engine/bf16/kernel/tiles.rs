@@ -147,7 +147,7 @@ pub(super) fn round_row(src: &[f32], dst: &mut [u32]) {
     }
 }
 
-/// All tiles of `rows` activation rows (bf16 pairs, `w.kp` per row) against the weight panels
+/// All tiles of `rows` activation rows (bf16 pairs, `w.depth` per row) against the weight panels
 /// `panels`, then the `epilogue`, into those panels' columns of `y` (`rows x w.n`), every
 /// element of which it writes.
 ///
@@ -160,13 +160,13 @@ pub(super) fn round_row(src: &[f32], dst: &mut [u32]) {
 pub(super) unsafe fn tiles(
     xb: &[u32],
     rows: usize,
-    w: Panels<'_>,
+    w: Panels<'_, u32>,
     panels: std::ops::Range<usize>,
     epilogue: Epilogue<'_>,
     y: OutRows,
 ) {
     use std::arch::x86_64::*;
-    let (n, kp) = (w.n, w.kp);
+    let (n, kp) = (w.n, w.depth);
     assert!(y.n == n && y.rows == rows && panels.end <= w.panels());
     let Epilogue { bias, gelu } = epilogue;
     // Blocks of row tiles small enough to stay in L2 while every weight panel passes by.
@@ -346,7 +346,7 @@ pub(super) unsafe fn round_rows<'a>(_: impl Iterator<Item = &'a [f32]>, _: &mut 
 pub(super) unsafe fn tiles(
     _: &[u32],
     _: usize,
-    _: Panels<'_>,
+    _: Panels<'_, u32>,
     _: std::ops::Range<usize>,
     _: Epilogue<'_>,
     _: OutRows,

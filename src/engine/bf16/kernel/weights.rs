@@ -181,18 +181,18 @@ fn in_panels<T: Default + Clone>(n: usize, depth: usize, at: impl Fn(usize, usiz
 }
 
 /// The right operand of a product in [`PackedWeights`]' layout: panels of `MR` output features,
-/// `kp` u32 (bf16 pairs along `k`) per feature and panel. Packed once for weights, per run for
-/// the attention's activations (`activation_product`).
+/// `depth` elements per feature and panel: u32 bf16 pairs (`ceil(k / 2)`) or f32 (`k`). Packed
+/// once for weights, per run for the attention's activations (`activation_product`).
 #[derive(Clone, Copy)]
-pub(super) struct Panels<'a> {
+pub(super) struct Panels<'a, T> {
     pub(super) n: usize,
-    pub(super) kp: usize,
-    pub(super) data: &'a [u32],
+    pub(super) depth: usize,
+    pub(super) data: &'a [T],
 }
 
-impl Panels<'_> {
-    pub(super) fn panel(&self, p: usize) -> &[u32] {
-        &self.data[p * self.kp * MR..(p + 1) * self.kp * MR]
+impl<T> Panels<'_, T> {
+    pub(super) fn panel(&self, p: usize) -> &[T] {
+        &self.data[p * self.depth * MR..(p + 1) * self.depth * MR]
     }
 
     pub(super) fn panels(&self) -> usize {
