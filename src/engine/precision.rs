@@ -154,8 +154,13 @@ pub(super) fn checks(requested: Precision) -> bool {
     match requested {
         Precision::F32 => false,
         Precision::Bf16 => super::bf16::supported(),
-        Precision::Auto => super::bf16::speedup().is_some_and(|s| s >= MIN_BF16_SPEEDUP),
+        Precision::Auto => fast_enough(super::bf16::speedup()),
     }
+}
+
+/// Whether a measured bf16 speed-up (`bf16::speedup`) lets `auto` keep bf16.
+fn fast_enough(speedup: Option<f64>) -> bool {
+    speedup.is_some_and(|s| s >= MIN_BF16_SPEEDUP)
 }
 
 /// Builds one tower in the arithmetic `requested` and the CPU allow (see the module docs):
@@ -206,8 +211,7 @@ pub(super) fn choose<E: Sync>(
         ));
     }
     let bf16_speedup = speedup();
-    let faster = bf16_speedup.is_some_and(|s| s >= MIN_BF16_SPEEDUP);
-    if requested == Precision::Auto && !faster {
+    if requested == Precision::Auto && !fast_enough(bf16_speedup) {
         tracing::info!(
             tower,
             precision = "f32",
