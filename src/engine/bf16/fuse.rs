@@ -129,7 +129,7 @@ pub(super) fn products(model: &TypedModel) -> Vec<usize> {
 
 /// The node that alone reads node `id`'s output, if one does: nothing else, the model's outputs
 /// included.
-fn sole_reader(model: &TypedModel, id: usize) -> TractResult<Option<&TypedNode>> {
+pub(super) fn sole_reader(model: &TypedModel, id: usize) -> TractResult<Option<&TypedNode>> {
     let output = OutletId::new(id, 0);
     let read = read_once(model, output)?;
     Ok(read.then(|| model.node(model.outlet_successors(output)[0].node)))

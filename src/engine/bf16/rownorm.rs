@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
+use super::fuse::sole_reader;
 use super::kernel::{layer_norm_rows, Avx512Cpu, LayerNorm};
 use super::norms::layer_norm;
 
@@ -93,12 +94,9 @@ pub(super) fn rows(model: &mut TypedModel, cpu: Avx512Cpu) -> TractResult<usize>
         let Some((x, norm)) = layer_norm(model, y, k)? else {
             continue;
         };
-        let successors = model.outlet_successors(y);
-        let extends = match successors {
-            [next] if !model.output_outlets()?.contains(&y) => {
-                layer_norm(model, OutletId::new(next.node, 0), k)?.is_some()
-            }
-            _ => false,
+        let extends = match sole_reader(model, node.id)? {
+            Some(next) => layer_norm(model, OutletId::new(next.id, 0), k)?.is_some(),
+            None => false,
         };
         if !extends {
             found.push((node.id, x, norm));
