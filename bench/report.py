@@ -175,8 +175,9 @@ def targets(r):
     # when the run has that variant, else on one, in the arithmetic the server chose for its
     # image tower (/info's precision; older runs name it only in the server's environment).
     chosen = ((r.get("info") or {}).get("precision") or {}).get("image", {}).get("active")
-    bf16 = chosen == "bf16" or "IMAGE_PRECISION=bf16" in (r["meta"].get("server_env") or "")
-    wanted = ("bucketed_bf16_intra2", "bucketed_bf16") if bf16 else ("bucketed_intra2", "bucketed")
+    env = r["meta"].get("server_env") or ""
+    lossy = next((a for a in ("bf16", "int8") if chosen == a or f"IMAGE_PRECISION={a}" in env), None)
+    wanted = (f"bucketed_{lossy}_intra2", f"bucketed_{lossy}") if lossy else ("bucketed_intra2", "bucketed")
     bare_variant = next((v for v in wanted if v in tract), next(iter(tract), None))
     bare_b1 = (tract.get(bare_variant) or {}).get("image_b1", {})
     bare, bare_p99 = bare_b1.get("median_s"), bare_b1.get("p99_s")

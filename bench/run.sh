@@ -205,7 +205,7 @@ fi
 if [[ " $PHASES " == *" engines "* ]]; then
   log "tract encoders (benches/compare.rs)"
   (cd "$REPO" && CLIPSERVE_BENCH_MODEL="${MODEL#"$REPO"/}" cargo bench --quiet --bench compare -- \
-    --variants "${BENCH_VARIANTS:-bucketed,symbolic,bucketed_intra2,bucketed_bf16,bucketed_bf16_intra2}" --budget "$BUDGET" --json "$OUT/tract.json")
+    --variants "${BENCH_VARIANTS:-bucketed,symbolic,bucketed_intra2,bucketed_bf16,bucketed_bf16_intra2,bucketed_int8,bucketed_int8_intra2}" --budget "$BUDGET" --json "$OUT/tract.json")
   # The encoders' JSON names the model as the rest of the run does, never by this machine's path.
   MODEL_SHOWN="$MODEL_SHOWN" "$PY" - "$OUT/tract.json" <<'PYEOF'
 import json, os, sys
@@ -228,7 +228,7 @@ if [[ " $PHASES " == *" jitter "* ]]; then
   JITTER_MS=$("$PY" - "$OUT/tract.json" 2>/dev/null <<'PYEOF' || echo 40
 import json, sys
 variants = {v["variant"]: v["workloads"] for v in json.load(open(sys.argv[1]))["variants"]}
-for name in ("bucketed_bf16_intra2", "bucketed_intra2"):
+for name in ("bucketed_int8_intra2", "bucketed_bf16_intra2", "bucketed_intra2"):
     if name in variants:
         print(round(variants[name]["image_b1"]["median_s"] * 1000, 1))
         break

@@ -126,8 +126,28 @@ fn variants() -> Vec<Variant> {
             intra_op_threads: 1,
         },
         Variant {
+            // Both towers' products by weights in int8 (`model.image_precision = "int8"`,
+            // `text_precision = "int8"`), where the CPU has AVX512-VNNI.
+            name: "bucketed_int8",
+            settings: EngineSettings {
+                image_precision: Precision::Int8,
+                text_precision: Precision::Int8,
+                ..bucketed.clone()
+            },
+            intra_op_threads: 1,
+        },
+        Variant {
             name: "bucketed_intra2",
             settings: bucketed.clone(),
+            intra_op_threads: 2,
+        },
+        Variant {
+            name: "bucketed_int8_intra2",
+            settings: EngineSettings {
+                image_precision: Precision::Int8,
+                text_precision: Precision::Int8,
+                ..bucketed.clone()
+            },
             intra_op_threads: 2,
         },
         Variant {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example parity -- [--model DIR] [--reference DIR/reference] \
-//!     [--photos DIR] [--image-precision auto|f32|bf16] [--text-precision auto|f32|bf16]
+//!     [--photos DIR] [--image-precision auto|f32|bf16|int8] [--text-precision auto|f32|bf16|int8]
 //! ```
 //!
 //! `--model` defaults to `models/xlmr-b32-random` in the repo (the full-size export of
@@ -40,11 +40,10 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo.join("tests/fixtures/photos"));
     let started = std::time::Instant::now();
-    let precision = |flag: &str| match arg(flag).as_deref() {
-        None | Some("auto") => Precision::Auto,
-        Some("f32") => Precision::F32,
-        Some("bf16") => Precision::Bf16,
-        Some(other) => panic!("{flag} {other}: auto, f32 or bf16"),
+    let precision = |flag: &str| {
+        let v = arg(flag).unwrap_or_else(|| "auto".into());
+        serde_json::from_value::<Precision>(serde_json::Value::String(v.clone()))
+            .unwrap_or_else(|_| panic!("{flag} {v}: auto, f32, bf16 or int8"))
     };
     let settings = EngineSettings {
         image_precision: precision("--image-precision"),
@@ -60,11 +59,11 @@ fn main() {
     let chosen = engine.precision();
     for (tower, p) in [("image", chosen.image), ("text", chosen.text)] {
         eprintln!(
-            "{tower}: {} ({:?}; check lowest cosine {:?}; bf16 speed-up {:?})",
+            "{tower}: {} ({:?}; checks {:?}; speed-ups {:?})",
             p.active.as_str(),
             p.reason,
-            p.check_min_cosine,
-            p.bf16_speedup
+            p.checks,
+            p.speedups
         );
     }
     // What the start-up check costs per arithmetic beyond building the plans: one run of the

@@ -131,6 +131,7 @@ pub struct Metrics {
     text_cache: Family<CacheLabels, Counter>,
     ready: Gauge,
     bf16: Family<TowerLabels, Gauge>,
+    int8: Family<TowerLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -161,8 +162,14 @@ impl Metrics {
         let bf16 = Family::<TowerLabels, Gauge>::default();
         registry.register(
             "tower_bf16",
-            "1 when the tower's products by its weight matrices run in bf16 (chosen at start-up: model.image_precision, text_precision), 0 in f32",
+            "1 when the tower's products by its weight matrices run in bf16 (chosen at start-up: model.image_precision, text_precision), else 0",
             bf16.clone(),
+        );
+        let int8 = Family::<TowerLabels, Gauge>::default();
+        registry.register(
+            "tower_int8",
+            "1 when the tower's products by its weight matrices run in int8 (chosen at start-up: model.image_precision, text_precision), else 0",
+            int8.clone(),
         );
         registry.register(
             "http_requests",
@@ -252,6 +259,7 @@ impl Metrics {
             text_cache,
             ready,
             bf16,
+            int8,
         }
     }
 
@@ -293,9 +301,10 @@ impl Metrics {
     /// Sets the per-tower precision gauges from what the engine chose.
     pub fn set_precision(&self, report: &crate::engine::PrecisionReport) {
         for (tower, p) in [("image", report.image), ("text", report.text)] {
-            self.bf16
-                .get_or_create(&TowerLabels { tower })
-                .set(i64::from(p.active == crate::engine::Arithmetic::Bf16));
+            let labels = TowerLabels { tower };
+            let active = |a| i64::from(p.active == a);
+            (self.bf16.get_or_create(&labels)).set(active(crate::engine::Arithmetic::Bf16));
+            (self.int8.get_or_create(&labels)).set(active(crate::engine::Arithmetic::Int8));
         }
     }
 

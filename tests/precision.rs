@@ -1,16 +1,20 @@
 //! The precision each tower runs in, chosen at load on the weights being served (the committed
-//! tiny model here): `auto` keeps bf16 products only where the CPU has AVX512-BF16, runs them
-//! at least `MIN_BF16_SPEEDUP` times as fast as f32 ones (`bf16::speedup`, measured once per
-//! process), and the calibration set's bf16 embeddings stay within `model.precision_min_cosine`
-//! of the f32 ones; the engine reports what it chose and what it measured. Which of these holds
-//! is this CPU's and this build's (a debug build times its own unoptimized kernels): each test
-//! expects what the speed-up measured in its process gives, and `bf16` runs the check
-//! everywhere.
+//! tiny model here): `auto` tries the lossy arithmetics (bf16, int8) whose instructions the CPU
+//! has and which it runs at least `MIN_SPEEDUP` times as fast as f32 (`bf16::speedups`,
+//! measured once per process), the fastest first, and keeps the first whose calibration
+//! embeddings stay within `model.precision_min_cosine` of the f32 ones; the engine reports what
+//! it chose and what it measured. Which of these holds is this CPU's and this build's (a debug
+//! build times its own unoptimized kernels): the tests recompute each arithmetic's lowest
+//! cosine from engines forced into it, and expect what those figures and the measured speed-ups
+//! give.
 
 mod common;
 
+use clipserve::embedding::Embedding;
 use clipserve::engine::calibration;
-use clipserve::engine::{Arithmetic, Engine, EngineSettings, Precision, Reason, MIN_BF16_SPEEDUP};
+use clipserve::engine::{
+    Arithmetic, Engine, EngineSettings, Lossy, Precision, PrecisionReport, Reason, MIN_SPEEDUP,
+};
 use clipserve::preprocess::image::{decode_rgb, DecodeLimits, ExifPolicy};
 use common::{fixture, parity};
 
@@ -26,23 +30,49 @@ fn both(precision: Precision) -> EngineSettings {
     }
 }
 
-fn bf16_cpu() -> bool {
-    let supported = clipserve::engine::bf16::supported();
-    if !supported {
-        eprintln!("SKIPPED the bf16 case: this CPU has no AVX512-BF16, so every tower runs f32");
+const LOSSY: [Arithmetic; 2] = [Arithmetic::Bf16, Arithmetic::Int8];
+
+fn requesting(arithmetic: Arithmetic) -> Precision {
+    match arithmetic {
+        Arithmetic::Bf16 => Precision::Bf16,
+        Arithmetic::Int8 => Precision::Int8,
+        Arithmetic::F32 => Precision::F32,
     }
-    supported
 }
 
-/// Whether `auto` may keep bf16 here: the CPU has AVX512-BF16 and runs bf16 products fast
-/// enough.
-fn bf16_fast() -> bool {
-    let speedup = clipserve::engine::bf16::speedup();
-    let fast = speedup.is_some_and(|s| s >= MIN_BF16_SPEEDUP);
-    if bf16_cpu() && !fast {
-        eprintln!("this CPU runs bf16 products {speedup:?} times as fast as f32: `auto` runs f32");
-    }
-    fast
+/// The lossy arithmetics this CPU has the instructions of, saying on stderr which it lacks.
+fn supported() -> Vec<Arithmetic> {
+    LOSSY
+        .into_iter()
+        .filter(|a| {
+            let here = a.supported();
+            if !here {
+                eprintln!(
+                    "SKIPPED the {} case: this CPU lacks its instructions",
+                    a.as_str()
+                );
+            }
+            here
+        })
+        .collect()
+}
+
+/// The arithmetics `auto` tries here, in order: supported, fast enough, the fastest first.
+fn candidates() -> Vec<Arithmetic> {
+    let speedups = clipserve::engine::bf16::speedups();
+    let mut fast: Vec<(Arithmetic, f64)> = supported()
+        .into_iter()
+        .filter_map(|a| speedups.of(a).map(|s| (a, s)))
+        .filter(|&(a, s)| {
+            let fast = s >= MIN_SPEEDUP;
+            if !fast {
+                eprintln!("this CPU runs {} products {s:.2} times as fast as f32: `auto` does not try them", a.as_str());
+            }
+            fast
+        })
+        .collect();
+    fast.sort_by(|a, b| b.1.total_cmp(&a.1));
+    fast.into_iter().map(|(a, _)| a).collect()
 }
 
 /// Cosine in f64 of two embeddings, without assuming unit length.
@@ -56,51 +86,175 @@ fn cosine_f64(a: &[f32], b: &[f32]) -> f64 {
     dot / (norm(a) * norm(b))
 }
 
-#[test]
-fn auto_picks_bf16_for_both_towers_where_the_cpu_runs_it_faster() {
-    let engine = load(&EngineSettings::default());
-    let report = engine.precision();
-    let speedup = clipserve::engine::bf16::speedup();
-    for (tower, p) in [("image", report.image), ("text", report.text)] {
-        assert_eq!(p.requested, Precision::Auto, "{tower}");
+/// Each tower's lowest cosine between the calibration set's embeddings by an engine forced
+/// into each supported lossy arithmetic and by one forced into f32, computed here from the
+/// embeddings: `(image, text)`.
+fn recomputed() -> (Lossy<Option<f64>>, Lossy<Option<f64>>) {
+    let exact = load(&both(Precision::F32));
+    let photos: Vec<_> = calibration::PHOTOS
+        .iter()
+        .map(|(name, bytes)| {
+            let rgb = decode_rgb(bytes, &DecodeLimits::default(), ExifPolicy::Ignore)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            exact.folder.preprocess.tensor(&rgb)
+        })
+        .collect();
+    let photos: Vec<&[f32]> = photos.iter().map(|p| p.as_slice()).collect();
+    let texts = calibration::texts();
+    let ids: Vec<_> = texts
+        .iter()
+        .map(|t| exact.tokenizer.encode(t).expect("tokenizes"))
+        .collect();
+    // Short queries and texts that fill the context.
+    assert!(ids.iter().any(|t| t.len() <= 16));
+    assert!(ids.iter().filter(|t| t.len() == 77).count() >= 8);
+    let ids: Vec<&[u32]> = ids.iter().map(|t| t.as_slice()).collect();
+    let lowest = |a: Vec<Embedding>, b: Vec<Embedding>| {
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| cosine_f64(x.as_slice(), y.as_slice()))
+            .fold(f64::INFINITY, f64::min)
+    };
+    let (exact_images, exact_texts) = (
+        exact.image.embed(&photos).unwrap(),
+        exact.text.embed(&ids).unwrap(),
+    );
+    let (mut image, mut text) = (Lossy::default(), Lossy::default());
+    for arithmetic in supported() {
+        let lossy = load(&both(requesting(arithmetic)));
+        let report = lossy.precision();
         assert_eq!(
-            p.bf16_speedup, speedup,
-            "{tower}: the one figure of this CPU"
+            (report.image.active, report.text.active),
+            (arithmetic, arithmetic)
         );
-        if bf16_fast() {
-            assert_eq!(p.active, Arithmetic::Bf16, "{tower}: {p:?}");
-            assert_eq!(p.reason, Reason::CheckPassed, "{tower}");
-            let lowest = p.check_min_cosine.expect("the check ran");
-            assert!((0.9999..=1.0).contains(&lowest), "{tower}: {lowest}");
-        } else if bf16_cpu() {
-            assert_eq!(p.active, Arithmetic::F32, "{tower}: {p:?}");
-            assert_eq!(p.reason, Reason::Bf16NotFaster, "{tower}");
-            assert_eq!(p.check_min_cosine, None, "{tower}: nothing to check");
-        } else {
-            assert_eq!(p.active, Arithmetic::F32, "{tower}");
-            assert_eq!(p.reason, Reason::NoBf16Cpu, "{tower}");
-            assert_eq!(p.check_min_cosine, None, "{tower}");
+        let i = lowest(exact_images.clone(), lossy.image.embed(&photos).unwrap());
+        let t = lowest(exact_texts.clone(), lossy.text.embed(&ids).unwrap());
+        eprintln!(
+            "recomputed lowest cosine in {}: image {i:.9}, text {t:.9}",
+            arithmetic.as_str()
+        );
+        assert!(
+            i < 1.0 && t < 1.0,
+            "{arithmetic:?} changed nothing: {i} {t}"
+        );
+        match arithmetic {
+            Arithmetic::Bf16 => (image.bf16, text.bf16) = (Some(i), Some(t)),
+            _ => (image.int8, text.int8) = (Some(i), Some(t)),
         }
     }
-    let (image, text) = (engine.image.graph(), engine.text.graph());
-    let want = if bf16_fast() {
-        Arithmetic::Bf16
-    } else {
-        Arithmetic::F32
-    };
-    assert_eq!((image.arithmetic(), text.arithmetic()), (want, want));
-    if bf16_fast() {
-        // Image, per block: the attention's input and output projections and the MLP's two
-        // layers; plus the patch embedding and the final projection. Text, per block: the
-        // query, key, value and output projections and the MLP's two layers; plus the two
-        // layers of the projection head.
-        let blocks = 2;
-        assert_eq!(image.rewritten().by_weights, 4 * blocks + 2);
-        assert_eq!(text.rewritten().by_weights, 6 * blocks + 2);
-        // Both towers, per block: the attention's scores and their weighting of the values.
-        assert_eq!(image.rewritten().of_activations, 2 * blocks);
-        assert_eq!(text.rewritten().of_activations, 2 * blocks);
-    } else {
+    (image, text)
+}
+
+/// `got` is `want` within 1e-6, or both absent.
+fn same_cosines(got: Lossy<Option<f64>>, want: Lossy<Option<f64>>) -> bool {
+    LOSSY.iter().all(|&a| match (got.of(a), want.of(a)) {
+        (Some(g), Some(w)) => (g - w).abs() <= 1e-6,
+        (g, w) => g == w,
+    })
+}
+
+/// What `auto` at `threshold` must have chosen for a tower whose lossy arithmetics' lowest
+/// cosines are `cosines`: the arithmetic, why, and the checks it ran.
+fn expected(
+    cosines: Lossy<Option<f64>>,
+    threshold: f64,
+) -> (Arithmetic, Reason, Lossy<Option<f64>>) {
+    let candidates = candidates();
+    if candidates.is_empty() {
+        let reason = if supported().is_empty() {
+            Reason::UnsupportedCpu
+        } else {
+            Reason::NotFaster
+        };
+        return (Arithmetic::F32, reason, Lossy::default());
+    }
+    let mut checks = Lossy::default();
+    for a in candidates {
+        let lowest = cosines.of(a).expect("recomputed");
+        match a {
+            Arithmetic::Bf16 => checks.bf16 = Some(lowest),
+            _ => checks.int8 = Some(lowest),
+        }
+        if lowest >= threshold {
+            return (a, Reason::CheckPassed, checks);
+        }
+    }
+    (Arithmetic::F32, Reason::CheckFailed, checks)
+}
+
+/// The report of an engine loaded with `auto` at `threshold` is what the recomputed cosines
+/// and the speed-ups give, tower by tower.
+fn assert_auto(
+    report: &PrecisionReport,
+    recomputed: &(Lossy<Option<f64>>, Lossy<Option<f64>>),
+    threshold: f64,
+) {
+    let speedups = clipserve::engine::bf16::speedups();
+    for (tower, p, cosines) in [
+        ("image", report.image, recomputed.0),
+        ("text", report.text, recomputed.1),
+    ] {
+        let (active, reason, checks) = expected(cosines, threshold);
+        assert_eq!(p.requested, Precision::Auto, "{tower}");
+        assert_eq!((p.active, p.reason), (active, reason), "{tower}: {p:?}");
+        assert!(
+            same_cosines(p.checks, checks),
+            "{tower}: {p:?}, recomputed {checks:?}"
+        );
+        let highest = [checks.bf16, checks.int8]
+            .into_iter()
+            .flatten()
+            .reduce(f64::max);
+        assert!(
+            same_cosines(
+                Lossy {
+                    bf16: p.check_min_cosine,
+                    int8: None
+                },
+                Lossy {
+                    bf16: highest,
+                    int8: None
+                }
+            ),
+            "{tower}: {p:?}"
+        );
+        assert_eq!(p.speedups, speedups, "{tower}: the one figure of this CPU");
+        if active != Arithmetic::F32 {
+            assert!(p.check_min_cosine.unwrap() >= threshold, "{tower}: {p:?}");
+        }
+    }
+}
+
+/// `auto` runs, tower by tower, the fastest lossy arithmetic this CPU runs fast enough whose
+/// check passes, with the lowest cosines recomputed here; and its plans are that arithmetic's.
+#[test]
+fn auto_picks_the_fastest_arithmetic_whose_check_passes() {
+    let recomputed = recomputed();
+    let engine = load(&EngineSettings::default());
+    let report = engine.precision();
+    assert_auto(&report, &recomputed, 0.9999);
+    for (tower, graph, active) in [
+        ("image", engine.image.graph(), report.image.active),
+        ("text", engine.text.graph(), report.text.active),
+    ] {
+        assert_eq!(graph.arithmetic(), active, "{tower}");
+    }
+    let blocks = 2;
+    if report.image.active != Arithmetic::F32 {
+        // Per block: the attention's input and output projections and the MLP's two layers;
+        // plus the patch embedding and the final projection.
+        let rewritten = engine.image.graph().rewritten();
+        assert_eq!(rewritten.by_weights, 4 * blocks + 2);
+        assert_eq!(rewritten.of_activations, 2 * blocks);
+    }
+    if report.text.active != Arithmetic::F32 {
+        // Per block: the query, key, value and output projections and the MLP's two layers;
+        // plus the two layers of the projection head.
+        let rewritten = engine.text.graph().rewritten();
+        assert_eq!(rewritten.by_weights, 6 * blocks + 2);
+        assert_eq!(rewritten.of_activations, 2 * blocks);
+    }
+    if [report.image.active, report.text.active] == [Arithmetic::F32; 2] {
         assert_f32_plans(&engine);
     }
 }
@@ -126,6 +280,8 @@ fn assert_f32_plans(engine: &Engine) {
     }
 }
 
+/// At a threshold no lossy arithmetic reaches, both towers run f32, after checking every
+/// arithmetic `auto` tries here.
 #[test]
 fn an_unreachable_threshold_keeps_both_towers_in_f32() {
     let engine = load(&EngineSettings {
@@ -133,17 +289,24 @@ fn an_unreachable_threshold_keeps_both_towers_in_f32() {
         ..EngineSettings::default()
     });
     let report = engine.precision();
+    let candidates = candidates();
     for (tower, p) in [("image", report.image), ("text", report.text)] {
         assert_eq!(p.active, Arithmetic::F32, "{tower}: {p:?}");
-        if bf16_fast() {
+        if candidates.is_empty() {
+            assert!(
+                matches!(p.reason, Reason::NotFaster | Reason::UnsupportedCpu),
+                "{tower}: {p:?}"
+            );
+            assert_eq!(p.check_min_cosine, None, "{tower}");
+        } else {
             assert_eq!(p.reason, Reason::CheckFailed, "{tower}");
-            let lowest = p.check_min_cosine.expect("the check ran");
-            assert!(lowest < 1.0, "{tower}: {lowest}");
-        } else if bf16_cpu() {
-            assert_eq!(p.reason, Reason::Bf16NotFaster, "{tower}");
+            for a in &candidates {
+                let lowest = p.checks.of(*a).expect("checked");
+                assert!(lowest < 1.0, "{tower} {a:?}: {lowest}");
+            }
         }
     }
-    // The bf16 plans were dropped: no product runs in bf16.
+    // The lossy plans were dropped: no product runs in bf16 or int8.
     assert_f32_plans(&engine);
 }
 
@@ -153,77 +316,46 @@ fn f32_runs_no_check() {
     let report = engine.precision();
     for p in [report.image, report.text] {
         assert_eq!(
-            (p.active, p.check_min_cosine, p.reason),
-            (Arithmetic::F32, None, Reason::F32Requested)
+            (p.active, p.check_min_cosine, p.checks, p.reason),
+            (
+                Arithmetic::F32,
+                None,
+                Lossy::default(),
+                Reason::F32Requested
+            )
         );
     }
 }
 
-/// The reported lowest cosine is the one a caller finds by embedding the calibration set with
-/// an engine forced to f32 and one forced to bf16.
+/// `bf16` and `int8` keep their arithmetic whatever the check finds, and report as their
+/// lowest cosine the one recomputed here from engines forced to f32 and to it.
 #[test]
-fn the_reported_lowest_cosine_is_the_one_recomputed_from_both_engines() {
-    if !bf16_cpu() {
-        return;
-    }
-    let exact = load(&both(Precision::F32));
-    let fast = load(&both(Precision::Bf16));
-    let auto = load(&EngineSettings::default());
-
-    let photos: Vec<_> = calibration::PHOTOS
-        .iter()
-        .map(|(name, bytes)| {
-            let rgb = decode_rgb(bytes, &DecodeLimits::default(), ExifPolicy::Ignore)
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
-            exact.folder.preprocess.tensor(&rgb)
-        })
-        .collect();
-    let photos: Vec<&[f32]> = photos.iter().map(|p| p.as_slice()).collect();
-    let texts = calibration::texts();
-    let ids: Vec<_> = texts
-        .iter()
-        .map(|t| exact.tokenizer.encode(t).expect("tokenizes"))
-        .collect();
-    // Short queries and texts that fill the context.
-    assert!(ids.iter().any(|t| t.len() <= 16));
-    assert!(ids.iter().filter(|t| t.len() == 77).count() >= 8);
-    let ids: Vec<&[u32]> = ids.iter().map(|t| t.as_slice()).collect();
-
-    let lowest = |a: Vec<clipserve::embedding::Embedding>,
-                  b: Vec<clipserve::embedding::Embedding>| {
-        a.iter()
-            .zip(&b)
-            .map(|(x, y)| cosine_f64(x.as_slice(), y.as_slice()))
-            .fold(f64::INFINITY, f64::min)
-    };
-    let image = lowest(
-        exact.image.embed(&photos).unwrap(),
-        fast.image.embed(&photos).unwrap(),
-    );
-    let text = lowest(
-        exact.text.embed(&ids).unwrap(),
-        fast.text.embed(&ids).unwrap(),
-    );
-    eprintln!("recomputed lowest cosine: image {image:.9}, text {text:.9}");
-    assert!(
-        image < 1.0 && text < 1.0,
-        "bf16 changed nothing: {image} {text}"
-    );
-    // `auto` checks only where bf16 is fast enough; `bf16` always.
-    let checked = if bf16_fast() {
-        vec![&fast, &auto]
-    } else {
-        vec![&fast]
-    };
-    for engine in checked {
+fn a_requested_arithmetic_reports_the_cosine_recomputed_from_both_engines() {
+    let (image, text) = recomputed();
+    for arithmetic in LOSSY {
+        let engine = load(&both(requesting(arithmetic)));
         let report = engine.precision();
         for (tower, p, want) in [("image", report.image, image), ("text", report.text, text)] {
+            if !arithmetic.supported() {
+                assert_eq!(
+                    (p.active, p.reason),
+                    (Arithmetic::F32, Reason::UnsupportedCpu),
+                    "{tower}"
+                );
+                continue;
+            }
+            assert_eq!(
+                (p.active, p.reason),
+                (arithmetic, Reason::Requested),
+                "{tower}"
+            );
             let got = p.check_min_cosine.expect("the check ran");
+            let want = want.of(arithmetic).expect("recomputed");
             assert!(
                 (got - want).abs() <= 1e-6,
-                "{tower} ({:?}): reported {got:.9}, recomputed {want:.9}",
-                p.requested
+                "{tower} ({arithmetic:?}): reported {got:.9}, recomputed {want:.9}"
             );
+            assert_eq!(p.checks.of(arithmetic), Some(got), "{tower}");
         }
     }
 }
@@ -263,57 +395,66 @@ fn a_threshold_outside_the_cosine_range_is_refused() {
     assert!(err.contains("precision_min_cosine"), "{err}");
 }
 
-/// `/info` says what each tower runs and what the check found; `/metrics` has a gauge per tower.
-/// With an unreachable threshold both say f32.
+/// `/info` says what each tower runs and what the checks found, as the engine chose it;
+/// `/metrics` has a gauge per tower and lossy arithmetic. With an unreachable threshold both
+/// say f32.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn info_and_metrics_say_what_each_tower_runs() {
-    for (min_cosine, bf16_expected) in [(None, bf16_fast()), (Some(1.0), false)] {
-        let server = common::TestServer::start(|s| {
-            if let Some(m) = min_cosine {
-                s.model.precision_min_cosine = m;
-            }
-        })
-        .await;
+    let recomputed = recomputed();
+    for threshold in [0.9999, 1.0] {
+        let server = common::TestServer::start(|s| s.model.precision_min_cosine = threshold).await;
         let info: serde_json::Value = reqwest::get(server.url("/info"))
             .await
             .expect("info answers")
             .json()
             .await
             .expect("info is JSON");
-        let want = if bf16_expected { "bf16" } else { "f32" };
         let metrics = reqwest::get(server.url("/metrics"))
             .await
             .expect("scrape")
             .text()
             .await
             .expect("text");
-        for tower in ["image", "text"] {
+        let speedups = clipserve::engine::bf16::speedups();
+        for (tower, cosines) in [("image", recomputed.0), ("text", recomputed.1)] {
+            let (active, reason, checks) = expected(cosines, threshold);
             let p = &info["precision"][tower];
-            assert_eq!(p["active"], want, "{min_cosine:?} {tower}: {info}");
-            let reported = p["check_min_cosine"].as_f64();
-            let speedup = clipserve::engine::bf16::speedup();
-            assert_eq!(p["bf16_speedup"].as_f64(), speedup, "{tower}: {p}");
-            if bf16_cpu() && !bf16_fast() {
-                assert!(p["check_min_cosine"].is_null(), "{tower}: {p}");
-                assert_eq!(p["reason"], "bf16_not_faster", "{tower}");
-            } else if bf16_cpu() {
-                let lowest = reported.expect("the check ran");
-                assert!(lowest < 1.0, "{tower}: {lowest}");
-                let reason = if bf16_expected {
-                    "check_passed"
-                } else {
-                    "check_failed"
-                };
-                assert_eq!(p["reason"], reason, "{tower}");
-            } else {
-                assert!(p["check_min_cosine"].is_null(), "{tower}: {p}");
-                assert_eq!(p["reason"], "no_bf16_cpu", "{tower}");
-            }
-            let gauge = format!(
-                "clipserve_tower_bf16{{tower=\"{tower}\"}} {}",
-                u8::from(bf16_expected)
+            assert_eq!(p["active"], active.as_str(), "{threshold} {tower}: {info}");
+            assert_eq!(
+                p["reason"],
+                serde_json::to_value(reason).unwrap(),
+                "{tower}: {p}"
             );
-            assert!(metrics.contains(&gauge), "no `{gauge}` in:\n{metrics}");
+            let reported = Lossy {
+                bf16: p["checks"]["bf16"].as_f64(),
+                int8: p["checks"]["int8"].as_f64(),
+            };
+            assert!(
+                same_cosines(reported, checks),
+                "{tower}: {p}, recomputed {checks:?}"
+            );
+            assert_eq!(
+                p["check_min_cosine"].is_null(),
+                checks == Lossy::default(),
+                "{tower}: {p}"
+            );
+            assert_eq!(
+                p["speedups"]["bf16"].as_f64(),
+                speedups.bf16,
+                "{tower}: {p}"
+            );
+            assert_eq!(
+                p["speedups"]["int8"].as_f64(),
+                speedups.int8,
+                "{tower}: {p}"
+            );
+            for (gauge, arithmetic) in [("bf16", Arithmetic::Bf16), ("int8", Arithmetic::Int8)] {
+                let line = format!(
+                    "clipserve_tower_{gauge}{{tower=\"{tower}\"}} {}",
+                    u8::from(active == arithmetic)
+                );
+                assert!(metrics.contains(&line), "no `{line}` in:\n{metrics}");
+            }
         }
         server.stop().await.expect("stops");
     }

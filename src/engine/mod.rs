@@ -30,7 +30,7 @@ pub use encoders::{EncodeError, ImageEncoder, TextEncoder};
 pub use folder::{FolderError, ModelFolder};
 pub use graph::{Buckets, GraphError};
 pub use precision::{
-    Arithmetic, Precision, PrecisionReport, Reason, TowerPrecision, MIN_BF16_SPEEDUP,
+    Arithmetic, Lossy, Precision, PrecisionReport, Reason, TowerPrecision, MIN_SPEEDUP,
 };
 pub use threads::{intra_op_threads, set_intra_op_threads, TowerPool};
 
@@ -152,7 +152,7 @@ impl Engine {
                 "text",
                 settings.text_precision,
                 min_cosine,
-                bf16::speedup,
+                bf16::speedups,
                 |arithmetic| {
                     Ok(TextEncoder::build(
                         &prepared,
@@ -181,7 +181,7 @@ impl Engine {
                 "image",
                 settings.image_precision,
                 min_cosine,
-                bf16::speedup,
+                bf16::speedups,
                 |arithmetic| {
                     Ok(ImageEncoder::build(
                         &prepared,

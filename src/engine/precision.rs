@@ -1,22 +1,24 @@
 //! Which arithmetic each tower's products by its weight matrices run in, chosen at load on the
 //! weights being served.
 //!
-//! bf16 products (`bf16/`) run the image tower about 1.8x faster on a CPU whose AVX512-BF16 is
-//! fast (Zen 4), but not on every CPU that has it (`bf16/speed.rs`: an Intel Xeon here runs
-//! them at half its f32 rate, and served fewer images and queries in bf16), and how much they
-//! move an embedding depends on the weights: real weights with outliers may round worse than
-//! the exports they were measured on. So with [`Precision::Auto`] (the default), [`choose`]
-//! first asks how much faster a bf16 product is than an f32 one on this CPU
-//! (`bf16::speedup`, measured once) and below [`MIN_BF16_SPEEDUP`] keeps f32 and checks
-//! nothing; else it builds the tower in f32 and embeds the calibration set (`calibration/`,
-//! compiled in), builds it again with bf16 products and embeds the same set, and keeps bf16
-//! only if every item's cosine to its f32 embedding reaches the threshold
-//! (`model.precision_min_cosine`). The f32 plans are dropped before the bf16 ones are built, so
-//! the two never hold their weights at the same time; the rare tower that fails the check pays
-//! for building its f32 plans a second time. [`Precision::Bf16`] runs the same check, reports
-//! it and keeps bf16 whatever it found; [`Precision::F32`] runs no check. An f32 tower runs its
-//! products by weights in f32 tiles of our own where the CPU has AVX-512 (`bf16/kernel/fma.rs`),
-//! tract's elsewhere.
+//! Two lossy arithmetics can make a tower faster than f32: bf16 products (AVX512-BF16) run the
+//! image tower about 1.8x faster on Zen 4, and int8 products (AVX512-VNNI, `bf16/kernel/int8.rs`)
+//! run a product 2.3x faster than f32 on an Intel Xeon whose bf16 is slow. Neither is faster on
+//! every CPU that has its instructions (`bf16/speed.rs`), and how much either moves an
+//! embedding depends on the weights: real weights with outliers may round worse than the
+//! exports they were measured on. So with [`Precision::Auto`] (the default), [`choose`] first
+//! asks how much faster each lossy product is than an f32 one on this CPU (`bf16::speedups`,
+//! measured once) and keeps as candidates those at least [`MIN_SPEEDUP`] times as fast, the
+//! fastest first; without any it runs f32 and checks nothing. Else it builds the tower in f32
+//! and embeds the calibration set (`calibration/`, compiled in), then builds it in each
+//! candidate in turn and embeds the same set, and keeps the first whose every item's cosine to
+//! its f32 embedding reaches the threshold (`model.precision_min_cosine`); f32 when none does.
+//! A tower's plans in one arithmetic are dropped before the next arithmetic's are built, so no
+//! two hold their weights at the same time; a tower that fails every check pays for building
+//! its f32 plans a second time. [`Precision::Bf16`] and [`Precision::Int8`] run their one check,
+//! report it and keep that arithmetic whatever it found; [`Precision::F32`] runs no check. An
+//! f32 tower runs its products by weights in f32 tiles of our own where the CPU has AVX-512
+//! (`bf16/kernel/fma.rs`), tract's elsewhere.
 
 use std::time::Instant;
 
@@ -27,20 +29,20 @@ use super::threads::TowerPool;
 use super::EngineError;
 use crate::embedding::Embedding;
 
-/// The least speed-up of a bf16 product over an f32 one on this CPU (`bf16::speedup`) for
-/// which `auto` trades f32's exact products for bf16's: a margin over 1, as the rest of a tower
-/// gains less than its products. The CPUs measured so far are far on either side: an Intel Xeon
-/// without AMX 0.73-0.75 against tract's f32 products, 0.63-0.66 against ours; Zen 4 runs
-/// `vdpbf16ps` at twice its f32 FMA rate.
-pub const MIN_BF16_SPEEDUP: f64 = 1.15;
+/// The least speed-up of a lossy product over an f32 one on this CPU (`bf16::speedups`) for
+/// which `auto` tries that arithmetic: a margin over 1, as the rest of a tower gains less than
+/// its products. The CPUs measured so far are far on either side: an Intel Xeon without AMX
+/// runs bf16 at 0.63-0.66x our f32 products and int8 at 2.3x; Zen 4 runs `vdpbf16ps` at twice
+/// its f32 FMA rate.
+pub const MIN_SPEEDUP: f64 = 1.15;
 
 /// What the settings ask of a tower's products by its weight matrices.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// bf16 where the CPU has AVX512-BF16, runs bf16 products at least [`MIN_BF16_SPEEDUP`]
-    /// times as fast as f32 ones, and the calibration set's embeddings stay within
-    /// `model.precision_min_cosine` of the f32 ones on the weights being served; else f32.
+    /// The fastest lossy arithmetic that the CPU runs at least [`MIN_SPEEDUP`] times as fast as
+    /// f32 and whose calibration embeddings stay within `model.precision_min_cosine` of the f32
+    /// ones on the weights being served; else f32.
     #[default]
     Auto,
     /// f32 throughout, as exported: the embeddings match PyTorch's (the parity tests). No check.
@@ -48,6 +50,8 @@ pub enum Precision {
     /// bf16 products wherever the CPU has AVX512-BF16, however fast they are and whatever the
     /// check finds (it still runs and is reported); f32 elsewhere, with a warning.
     Bf16,
+    /// int8 products wherever the CPU has AVX512-VNNI, as `bf16` otherwise.
+    Int8,
 }
 
 /// The arithmetic a tower's products by its weight matrices run in.
@@ -58,6 +62,9 @@ pub enum Arithmetic {
     F32,
     /// bf16 inputs (weights rounded once at load, activations at every run), f32 sums.
     Bf16,
+    /// int8 inputs (weights quantized per output feature once at load, activations per row at
+    /// every run), integer sums scaled back to f32; products of two activations stay f32.
+    Int8,
 }
 
 impl Arithmetic {
@@ -66,6 +73,42 @@ impl Arithmetic {
         match self {
             Arithmetic::F32 => "f32",
             Arithmetic::Bf16 => "bf16",
+            Arithmetic::Int8 => "int8",
+        }
+    }
+
+    /// Whether this CPU has the instructions of this arithmetic's products (f32 runs anywhere).
+    pub fn supported(self) -> bool {
+        match self {
+            Arithmetic::F32 => true,
+            Arithmetic::Bf16 => super::bf16::supported(),
+            Arithmetic::Int8 => super::bf16::int8_supported(),
+        }
+    }
+}
+
+/// One figure for each lossy arithmetic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lossy<T> {
+    pub bf16: T,
+    pub int8: T,
+}
+
+impl<T: Copy> Lossy<T> {
+    /// The figure of `arithmetic`, which is a lossy one.
+    pub fn of(&self, arithmetic: Arithmetic) -> T {
+        match arithmetic {
+            Arithmetic::Bf16 => self.bf16,
+            Arithmetic::Int8 => self.int8,
+            Arithmetic::F32 => unreachable!("f32 is not lossy"),
+        }
+    }
+
+    fn set(&mut self, arithmetic: Arithmetic, value: T) {
+        match arithmetic {
+            Arithmetic::Bf16 => self.bf16 = value,
+            Arithmetic::Int8 => self.int8 = value,
+            Arithmetic::F32 => unreachable!("f32 is not lossy"),
         }
     }
 }
@@ -76,28 +119,30 @@ impl Arithmetic {
 pub enum Reason {
     /// The settings asked for f32: nothing was checked.
     F32Requested,
-    /// This CPU has no AVX512-BF16: f32 is the only choice.
-    NoBf16Cpu,
-    /// `auto`: this CPU runs bf16 products less than [`MIN_BF16_SPEEDUP`] times as fast as f32
-    /// ones, so the tower runs f32 and nothing is checked.
-    Bf16NotFaster,
-    /// `auto`: every calibration item reached the threshold in bf16.
+    /// This CPU lacks the instructions of the lossy arithmetic asked for (`bf16`, `int8`), or
+    /// of both (`auto`): f32 is the only choice.
+    UnsupportedCpu,
+    /// `auto`: this CPU runs no lossy product at least [`MIN_SPEEDUP`] times as fast as an f32
+    /// one, so the tower runs f32 and nothing is checked.
+    NotFaster,
+    /// `auto`: every calibration item reached the threshold in the active arithmetic.
     CheckPassed,
-    /// `auto`: some calibration item fell below the threshold in bf16, so the tower runs f32.
+    /// `auto`: in every lossy arithmetic tried, some calibration item fell below the threshold,
+    /// so the tower runs f32.
     CheckFailed,
-    /// The settings asked for bf16: kept whatever the check found.
-    Bf16Requested,
+    /// The settings asked for a lossy arithmetic: kept whatever the check found.
+    Requested,
 }
 
 impl Reason {
     fn describe(self) -> &'static str {
         match self {
             Reason::F32Requested => "f32 asked for: no check",
-            Reason::NoBf16Cpu => "this CPU has no AVX512-BF16",
-            Reason::Bf16NotFaster => "bf16 products are not enough faster than f32 on this CPU",
-            Reason::CheckPassed => "bf16 embeddings of the calibration set within the threshold",
-            Reason::CheckFailed => "bf16 embeddings of the calibration set below the threshold",
-            Reason::Bf16Requested => "bf16 asked for: kept whatever the check found",
+            Reason::UnsupportedCpu => "this CPU lacks the instructions",
+            Reason::NotFaster => "no lossy product is enough faster than f32 on this CPU",
+            Reason::CheckPassed => "embeddings of the calibration set within the threshold",
+            Reason::CheckFailed => "embeddings of the calibration set below the threshold",
+            Reason::Requested => "asked for: kept whatever the check found",
         }
     }
 }
@@ -109,12 +154,16 @@ pub struct TowerPrecision {
     pub requested: Precision,
     /// What the tower's plans run.
     pub active: Arithmetic,
-    /// The lowest cosine between a calibration item's bf16 and f32 embeddings, when the check
-    /// ran (`auto` or `bf16` on a CPU with AVX512-BF16, `auto` only where bf16 is faster).
+    /// The highest of the lowest cosines the checks found (`checks`): the active arithmetic's
+    /// when it is a lossy one, the closest any came when all failed; `None` when nothing was
+    /// checked.
     pub check_min_cosine: Option<f64>,
-    /// How many times as fast a bf16 product ran as an f32 one on this CPU
-    /// (`bf16::speedup`), when measured (`auto` or `bf16` on a CPU with AVX512-BF16).
-    pub bf16_speedup: Option<f64>,
+    /// Each lossy arithmetic's check: the lowest cosine between a calibration item's embedding
+    /// in it and in f32, where it ran.
+    pub checks: Lossy<Option<f64>>,
+    /// How many times as fast a product ran in each lossy arithmetic as in f32 on this CPU
+    /// (`bf16::speedups`), where measured (`auto`, or the arithmetic asked for).
+    pub speedups: Lossy<Option<f64>>,
     /// Why `active` is what it is.
     pub reason: Reason,
 }
@@ -148,148 +197,175 @@ fn calibration_pool() -> TowerPool {
     TowerPool::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Whether [`choose`] will run the check for a tower asked for `requested` (so whether the
-/// calibration set must be prepared).
-pub(super) fn checks(requested: Precision) -> bool {
-    match requested {
-        Precision::F32 => false,
-        Precision::Bf16 => super::bf16::supported(),
-        Precision::Auto => fast_enough(super::bf16::speedup()),
+/// The lossy arithmetics a tower asked for `requested` will check, in the order it tries them
+/// (`speedups` gives `bf16::speedups`, called only for `auto`), or why there are none.
+fn candidates(
+    requested: Precision,
+    speedups: impl FnOnce() -> Lossy<Option<f64>>,
+) -> Result<Vec<Arithmetic>, Reason> {
+    let asked = match requested {
+        Precision::F32 => return Err(Reason::F32Requested),
+        Precision::Bf16 => Arithmetic::Bf16,
+        Precision::Int8 => Arithmetic::Int8,
+        Precision::Auto => {
+            let supported: Vec<Arithmetic> = [Arithmetic::Int8, Arithmetic::Bf16]
+                .into_iter()
+                .filter(|a| a.supported())
+                .collect();
+            if supported.is_empty() {
+                return Err(Reason::UnsupportedCpu);
+            }
+            let speedups = speedups();
+            let mut fast: Vec<(Arithmetic, f64)> = supported
+                .into_iter()
+                .filter_map(|a| speedups.of(a).map(|s| (a, s)))
+                .filter(|&(_, s)| s >= MIN_SPEEDUP)
+                .collect();
+            fast.sort_by(|a, b| b.1.total_cmp(&a.1));
+            if fast.is_empty() {
+                return Err(Reason::NotFaster);
+            }
+            return Ok(fast.into_iter().map(|(a, _)| a).collect());
+        }
+    };
+    if asked.supported() {
+        Ok(vec![asked])
+    } else {
+        Err(Reason::UnsupportedCpu)
     }
 }
 
-/// Whether a measured bf16 speed-up (`bf16::speedup`) lets `auto` keep bf16.
-fn fast_enough(speedup: Option<f64>) -> bool {
-    speedup.is_some_and(|s| s >= MIN_BF16_SPEEDUP)
+/// Whether [`choose`] will run a check for a tower asked for `requested` (so whether the
+/// calibration set must be prepared).
+pub(super) fn checks(requested: Precision) -> bool {
+    candidates(requested, super::bf16::speedups).is_ok()
 }
 
 /// Builds one tower in the arithmetic `requested` and the CPU allow (see the module docs):
 /// `build` makes the tower's plans in one arithmetic, `embed` runs the calibration set through
-/// them, `speedup` gives `bf16::speedup`. `tower` names the tower in logs.
+/// them, `speedups` gives `bf16::speedups`. `tower` names the tower in logs.
 pub(super) fn choose<E: Sync>(
     tower: &str,
     requested: Precision,
     min_cosine_allowed: f64,
-    speedup: impl FnOnce() -> Option<f64>,
+    speedups: impl Fn() -> Lossy<Option<f64>>,
     mut build: impl FnMut(Arithmetic) -> Result<E, EngineError>,
     embed: impl Fn(&E) -> Result<Vec<Embedding>, EncodeError> + Sync,
 ) -> Result<(E, TowerPrecision), EngineError> {
-    let report = |active, check_min_cosine, bf16_speedup, reason| TowerPrecision {
+    let measured = match requested {
+        Precision::Auto => speedups(),
+        Precision::F32 => Lossy::default(),
+        Precision::Bf16 | Precision::Int8 => {
+            let all = speedups();
+            let mut only = Lossy::default();
+            let asked = if requested == Precision::Bf16 {
+                Arithmetic::Bf16
+            } else {
+                Arithmetic::Int8
+            };
+            only.set(asked, all.of(asked));
+            only
+        }
+    };
+    let report = |active, checks: Lossy<Option<f64>>, reason| TowerPrecision {
         requested,
         active,
-        check_min_cosine,
-        bf16_speedup,
+        check_min_cosine: [checks.bf16, checks.int8]
+            .into_iter()
+            .flatten()
+            .reduce(f64::max),
+        checks,
+        speedups: measured,
         reason,
     };
-    if requested == Precision::F32 {
-        tracing::info!(
-            tower,
-            precision = "f32",
-            reason = Reason::F32Requested.describe(),
-            "tower precision"
-        );
-        return Ok((
-            build(Arithmetic::F32)?,
-            report(Arithmetic::F32, None, None, Reason::F32Requested),
-        ));
-    }
-    if !super::bf16::supported() {
-        let reason = Reason::NoBf16Cpu.describe();
-        if requested == Precision::Bf16 {
-            tracing::warn!(
-                tower,
-                precision = "f32",
-                reason,
-                "bf16 products asked for, running f32"
-            );
-        } else {
-            tracing::info!(tower, precision = "f32", reason, "tower precision");
+    let candidates = match candidates(requested, || measured) {
+        Ok(candidates) => candidates,
+        Err(reason) => {
+            let why = reason.describe();
+            if matches!(requested, Precision::Bf16 | Precision::Int8) {
+                tracing::warn!(
+                    tower,
+                    precision = "f32",
+                    reason = why,
+                    "{requested:?} products asked for, running f32"
+                );
+            } else {
+                tracing::info!(
+                    tower,
+                    precision = "f32",
+                    reason = why,
+                    bf16_speedup = measured.bf16,
+                    int8_speedup = measured.int8,
+                    min_speedup = MIN_SPEEDUP,
+                    "tower precision"
+                );
+            }
+            let tower = build(Arithmetic::F32)?;
+            return Ok((tower, report(Arithmetic::F32, Lossy::default(), reason)));
         }
-        return Ok((
-            build(Arithmetic::F32)?,
-            report(Arithmetic::F32, None, None, Reason::NoBf16Cpu),
-        ));
-    }
-    let bf16_speedup = speedup();
-    if requested == Precision::Auto && !fast_enough(bf16_speedup) {
-        tracing::info!(
-            tower,
-            precision = "f32",
-            reason = Reason::Bf16NotFaster.describe(),
-            bf16_speedup,
-            min_speedup = MIN_BF16_SPEEDUP,
-            "tower precision"
-        );
-        return Ok((
-            build(Arithmetic::F32)?,
-            report(Arithmetic::F32, None, bf16_speedup, Reason::Bf16NotFaster),
-        ));
-    }
+    };
     let started = Instant::now();
     let pool = calibration_pool();
     let reference = {
         let f32_tower = build(Arithmetic::F32)?;
         pool.run(true, || embed(&f32_tower))
             .map_err(EngineError::Check)?
-        // The f32 plans go here, before the bf16 ones are built.
+        // The f32 plans go here, before a lossy arithmetic's are built.
     };
     let f32_ms = started.elapsed().as_millis() as u64;
-    let bf16_tower = build(Arithmetic::Bf16)?;
-    let got = pool
-        .run(true, || embed(&bf16_tower))
-        .map_err(EngineError::Check)?;
-    let lowest = min_cosine(&reference, &got);
-    let check_ms = started.elapsed().as_millis() as u64;
-    let passed = lowest >= min_cosine_allowed;
-    let fields = |reason: Reason| (reason.describe(), reference.len());
-    match (requested, passed) {
-        (Precision::Bf16, _) | (_, true) => {
-            let reason = if requested == Precision::Bf16 {
-                Reason::Bf16Requested
-            } else {
+    let mut checks = Lossy::default();
+    for arithmetic in candidates {
+        let lossy_tower = build(arithmetic)?;
+        let got = pool
+            .run(true, || embed(&lossy_tower))
+            .map_err(EngineError::Check)?;
+        let lowest = min_cosine(&reference, &got);
+        checks.set(arithmetic, Some(lowest));
+        let check_ms = started.elapsed().as_millis() as u64;
+        let (precision, items) = (arithmetic.as_str(), reference.len());
+        let speedup = measured.of(arithmetic);
+        if requested != Precision::Auto || lowest >= min_cosine_allowed {
+            let reason = if requested == Precision::Auto {
                 Reason::CheckPassed
+            } else {
+                Reason::Requested
             };
-            let (why, items) = fields(reason);
             tracing::info!(
                 tower,
-                precision = "bf16",
-                reason = why,
+                precision,
+                reason = reason.describe(),
                 lowest_cosine = lowest,
                 threshold = min_cosine_allowed,
                 items,
-                bf16_speedup,
+                speedup,
                 f32_ms,
                 check_ms,
                 "tower precision"
             );
-            let report = report(Arithmetic::Bf16, Some(lowest), bf16_speedup, reason);
-            Ok((bf16_tower, report))
+            return Ok((lossy_tower, report(arithmetic, checks, reason)));
         }
-        _ => {
-            drop(bf16_tower);
-            let (why, items) = fields(Reason::CheckFailed);
-            tracing::warn!(
-                tower,
-                precision = "f32",
-                reason = why,
-                lowest_cosine = lowest,
-                threshold = min_cosine_allowed,
-                items,
-                bf16_speedup,
-                f32_ms,
-                check_ms,
-                "bf16 products moved a calibration embedding too far (lowest cosine to f32 {lowest:.6} < {min_cosine_allowed}): running f32"
-            );
-            let tower = build(Arithmetic::F32)?;
-            let report = report(
-                Arithmetic::F32,
-                Some(lowest),
-                bf16_speedup,
-                Reason::CheckFailed,
-            );
-            Ok((tower, report))
-        }
+        drop(lossy_tower);
+        tracing::warn!(
+            tower,
+            precision,
+            reason = Reason::CheckFailed.describe(),
+            lowest_cosine = lowest,
+            threshold = min_cosine_allowed,
+            items,
+            speedup,
+            f32_ms,
+            check_ms,
+            "{precision} products moved a calibration embedding too far (lowest cosine to f32 {lowest:.6} < {min_cosine_allowed}): not running them"
+        );
     }
+    tracing::info!(
+        tower,
+        precision = "f32",
+        reason = Reason::CheckFailed.describe(),
+        "tower precision"
+    );
+    let tower = build(Arithmetic::F32)?;
+    Ok((tower, report(Arithmetic::F32, checks, Reason::CheckFailed)))
 }
 
 #[cfg(test)]
@@ -319,6 +395,7 @@ mod tests {
             ("auto", Precision::Auto),
             ("f32", Precision::F32),
             ("bf16", Precision::Bf16),
+            ("int8", Precision::Int8),
         ] {
             let s: S = toml::from_str(&format!("p = \"{text}\"")).unwrap();
             assert_eq!(s.p, want);
@@ -331,12 +408,13 @@ mod tests {
         );
     }
 
-    /// `f32` never builds a bf16 tower; `auto` without the instructions neither, nor where bf16
-    /// products are not enough faster (and it checks nothing); with them and fast, `auto`
-    /// keeps bf16 only at or above the threshold; `bf16` keeps it below, and slower.
+    /// `f32` never builds a lossy tower; `auto` without the instructions neither, nor where no
+    /// lossy product is enough faster (and it checks nothing); with them, `auto` tries the fast
+    /// ones, the fastest first, and keeps the first at or above the threshold, else f32; `bf16`
+    /// and `int8` keep theirs below it, and slower.
     #[test]
     fn the_choice_follows_the_mode_the_cpu_the_speed_and_the_threshold() {
-        use Arithmetic::{Bf16, F32};
+        use Arithmetic::{Bf16, Int8, F32};
         // A fake tower: its "embedding" is a fixed direction per arithmetic.
         fn build(
             built: &std::cell::RefCell<Vec<Arithmetic>>,
@@ -350,99 +428,182 @@ mod tests {
             Ok(vec![match a {
                 F32 => unit(&[1.0, 0.0]),
                 Bf16 => unit(&[1.0, 0.01]),
+                Int8 => unit(&[1.0, 0.02]),
             }])
         };
-        let cos = 1.0 / (1.0f64 + 0.0001).sqrt();
+        let (cos_bf16, cos_int8) = (
+            1.0 / (1.0f64 + 0.0001).sqrt(),
+            1.0 / (1.0f64 + 0.0004).sqrt(),
+        );
         let built = std::cell::RefCell::new(Vec::new());
-        let fast = || Some(2.0);
-        let (got, r) = choose("t", Precision::F32, 0.9, fast, build(&built), embed).unwrap();
+        let both = |bf16: f64, int8: f64| Lossy {
+            bf16: Some(bf16),
+            int8: Some(int8),
+        };
+        let (got, r) = choose(
+            "t",
+            Precision::F32,
+            0.9,
+            || both(2.0, 3.0),
+            build(&built),
+            embed,
+        )
+        .unwrap();
         assert_eq!(
-            (got, r.check_min_cosine, r.bf16_speedup, r.reason),
-            (F32, None, None, Reason::F32Requested)
+            (got, r.check_min_cosine, r.speedups, r.reason),
+            (F32, None, Lossy::default(), Reason::F32Requested)
         );
         assert_eq!(*built.borrow(), [F32]);
-        if !super::super::bf16::supported() {
-            eprintln!("no AVX512-BF16 on this CPU: only the f32 cases run");
-            let (got, r) = choose("t", Precision::Auto, 0.9, fast, build(&built), embed).unwrap();
-            assert_eq!((got, r.reason), (F32, Reason::NoBf16Cpu));
-            return;
+        match (Bf16.supported(), Int8.supported()) {
+            (true, true) => {}
+            (false, false) => {
+                eprintln!("no AVX512-BF16 nor AVX512-VNNI on this CPU: only the f32 cases run");
+                for mode in [Precision::Auto, Precision::Bf16, Precision::Int8] {
+                    let (got, r) =
+                        choose("t", mode, 0.9, Lossy::default, build(&built), embed).unwrap();
+                    assert_eq!((got, r.reason), (F32, Reason::UnsupportedCpu), "{mode:?}");
+                }
+                return;
+            }
+            partly => {
+                eprintln!(
+                    "SKIPPED: this CPU has only one of AVX512-BF16 and AVX512-VNNI ({partly:?})"
+                );
+                return;
+            }
         }
-        let just_under = MIN_BF16_SPEEDUP - 0.01;
-        for (mode, threshold, speedup, active, reason, builds) in [
+        let just_under = MIN_SPEEDUP - 0.01;
+        let none = Lossy::default();
+        let auto = Precision::Auto;
+        for (mode, threshold, speedups, active, reason, builds, checks) in [
+            // The fastest passes.
             (
-                Precision::Auto,
+                auto,
                 0.99,
-                Some(2.0),
+                both(2.0, 3.0),
+                Int8,
+                Reason::CheckPassed,
+                vec![F32, Int8],
+                (None, Some(cos_int8)),
+            ),
+            (
+                auto,
+                0.99,
+                both(3.0, 2.0),
                 Bf16,
                 Reason::CheckPassed,
                 vec![F32, Bf16],
+                (Some(cos_bf16), None),
             ),
+            // The fastest fails, the next passes.
             (
-                Precision::Auto,
+                auto,
+                0.9999,
+                both(2.0, 3.0),
+                Bf16,
+                Reason::CheckPassed,
+                vec![F32, Int8, Bf16],
+                (Some(cos_bf16), Some(cos_int8)),
+            ),
+            // Both fail: f32, built again.
+            (
+                auto,
                 1.0,
-                Some(2.0),
+                both(2.0, 3.0),
                 F32,
                 Reason::CheckFailed,
-                vec![F32, Bf16, F32],
+                vec![F32, Int8, Bf16, F32],
+                (Some(cos_bf16), Some(cos_int8)),
             ),
+            // bf16 slower (an Intel Xeon): int8 alone is tried.
+            (
+                auto,
+                0.99,
+                both(0.7, 3.0),
+                Int8,
+                Reason::CheckPassed,
+                vec![F32, Int8],
+                (None, Some(cos_int8)),
+            ),
+            (
+                auto,
+                0.9999,
+                both(0.7, 3.0),
+                F32,
+                Reason::CheckFailed,
+                vec![F32, Int8, F32],
+                (None, Some(cos_int8)),
+            ),
+            // Neither fast enough, or not measured: f32, nothing else built.
+            (
+                auto,
+                0.99,
+                both(0.7, just_under),
+                F32,
+                Reason::NotFaster,
+                vec![F32],
+                (None, None),
+            ),
+            (
+                auto,
+                0.99,
+                none,
+                F32,
+                Reason::NotFaster,
+                vec![F32],
+                (None, None),
+            ),
+            // Asked for: kept below the threshold, and slower.
             (
                 Precision::Bf16,
                 1.0,
-                Some(2.0),
+                both(0.7, 3.0),
                 Bf16,
-                Reason::Bf16Requested,
+                Reason::Requested,
                 vec![F32, Bf16],
-            ),
-            // Slower in bf16, just under the least speed-up, or not measured: `auto` runs f32
-            // and builds nothing else; `bf16` keeps bf16 all the same.
-            (
-                Precision::Auto,
-                0.99,
-                Some(0.7),
-                F32,
-                Reason::Bf16NotFaster,
-                vec![F32],
+                (Some(cos_bf16), None),
             ),
             (
-                Precision::Auto,
-                0.99,
-                Some(just_under),
-                F32,
-                Reason::Bf16NotFaster,
-                vec![F32],
-            ),
-            (
-                Precision::Auto,
-                0.99,
-                None,
-                F32,
-                Reason::Bf16NotFaster,
-                vec![F32],
-            ),
-            (
-                Precision::Bf16,
-                0.99,
-                Some(0.7),
-                Bf16,
-                Reason::Bf16Requested,
-                vec![F32, Bf16],
+                Precision::Int8,
+                1.0,
+                both(3.0, 0.7),
+                Int8,
+                Reason::Requested,
+                vec![F32, Int8],
+                (None, Some(cos_int8)),
             ),
         ] {
-            let what = format!("{mode:?}, threshold {threshold}, speed-up {speedup:?}");
+            let what = format!("{mode:?}, threshold {threshold}, speed-ups {speedups:?}");
             built.borrow_mut().clear();
-            let (got, r) = choose("t", mode, threshold, || speedup, build(&built), embed).unwrap();
+            let (got, r) = choose("t", mode, threshold, || speedups, build(&built), embed).unwrap();
             assert_eq!(
                 (got, r.active, r.reason),
                 (active, active, reason),
                 "{what}"
             );
-            assert_eq!(r.bf16_speedup, speedup, "{what}");
-            if reason == Reason::Bf16NotFaster {
-                assert_eq!(r.check_min_cosine, None, "{what}");
-            } else {
-                assert!((r.check_min_cosine.unwrap() - cos).abs() < 1e-6, "{what}");
-            }
             assert_eq!(*built.borrow(), builds, "{what}");
+            let close = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) => (a - b).abs() < 1e-6,
+                (a, b) => a == b,
+            };
+            assert!(
+                close(r.checks.bf16, checks.0) && close(r.checks.int8, checks.1),
+                "{what}: {r:?}"
+            );
+            let highest = [checks.0, checks.1].into_iter().flatten().reduce(f64::max);
+            assert!(close(r.check_min_cosine, highest), "{what}: {r:?}");
+            let reported = match mode {
+                Precision::Auto => speedups,
+                Precision::Bf16 => Lossy {
+                    bf16: speedups.bf16,
+                    int8: None,
+                },
+                _ => Lossy {
+                    bf16: None,
+                    int8: speedups.int8,
+                },
+            };
+            assert_eq!(r.speedups, reported, "{what}");
         }
     }
 }

@@ -117,6 +117,7 @@ impl Op for Bf16ActMatMul {
         match self.packing {
             Packing::Bf16(_) => "Bf16ActMatMul".into(),
             Packing::F32(_) => "F32ActMatMul".into(),
+            Packing::Int8(_) => unreachable!("an int8 tower's products of activations are f32"),
         }
     }
 

@@ -87,11 +87,7 @@ impl Hash for Bf16MatMul {
 
 impl Op for Bf16MatMul {
     fn name(&self) -> StaticName {
-        if self.weights.is_bf16() {
-            "Bf16MatMul".into()
-        } else {
-            "F32MatMul".into()
-        }
+        format!("{}MatMul", self.weights.kind()).into()
     }
 
     fn info(&self) -> TractResult<Vec<String>> {

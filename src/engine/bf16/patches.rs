@@ -134,11 +134,7 @@ impl Bf16Patches {
 
 impl Op for Bf16Patches {
     fn name(&self) -> StaticName {
-        if self.weights.is_bf16() {
-            "Bf16Patches".into()
-        } else {
-            "F32Patches".into()
-        }
+        format!("{}Patches", self.weights.kind()).into()
     }
 
     fn info(&self) -> TractResult<Vec<String>> {

@@ -6,7 +6,8 @@
 //! `narrow.rs`). With [`Arithmetic::Bf16`], the products by weight matrices and the attention's
 //! products of two activations then become bf16 ops of our own (see `bf16/`); with
 //! [`Arithmetic::F32`] on a CPU with AVX-512, the products by weight matrices become f32 ops of
-//! our own. From that model:
+//! our own; with [`Arithmetic::Int8`] on a CPU with AVX512-VNNI, the blocks' products by weight
+//! matrices become int8 ones and the rest f32 ones. From that model:
 //! - a graph with fixed shapes (immich's static export) gets one plan, and every run uses it;
 //! - a graph with symbolic batch (and sequence) axes gets one plan per configured bucket, made by
 //!   binding the symbols to concrete values and optimizing (tract picks faster kernels for

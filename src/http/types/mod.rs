@@ -230,22 +230,43 @@ pub struct PrecisionInfo {
 /// One tower's arithmetic and the start-up check behind it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TowerPrecisionInfo {
-    /// `bf16` (bf16 inputs, f32 sums) or `f32`.
-    #[schema(example = "bf16")]
+    /// `f32`, `bf16` (bf16 inputs, f32 sums) or `int8` (int8 inputs, integer sums scaled to
+    /// f32).
+    #[schema(example = "int8")]
     pub active: String,
-    /// The lowest cosine between a calibration item's bf16 and f32 embeddings, when the check
-    /// ran (`auto` or `bf16` on a CPU with AVX512-BF16, `auto` only where bf16 products are
-    /// fast enough); null otherwise.
+    /// The highest of the lowest cosines the checks found (`checks`): the active arithmetic's
+    /// when it is `bf16` or `int8`, the closest any came when all failed; null when nothing was
+    /// checked.
     pub check_min_cosine: Option<f64>,
-    /// How many times as fast a bf16 product ran as an f32 one on this CPU, measured once at
-    /// start-up where the CPU has AVX512-BF16 and the settings ask for `auto` or `bf16`; `auto`
-    /// keeps bf16 only from 1.15 up. Null otherwise.
-    #[schema(example = 1.9)]
-    pub bf16_speedup: Option<f64>,
-    /// Why: `f32_requested`, `no_bf16_cpu`, `bf16_not_faster`, `check_passed`, `check_failed`
-    /// or `bf16_requested`.
+    /// Each lossy arithmetic's check at start-up: the lowest cosine between a calibration
+    /// item's embedding in it and in f32, or null where it did not run.
+    pub checks: LossyInfo,
+    /// How many times as fast a product ran in each lossy arithmetic as in f32 on this CPU,
+    /// measured once at start-up for `auto` (or the arithmetic asked for) where the CPU has its
+    /// instructions; `auto` tries one only from 1.15 up. Null otherwise.
+    pub speedups: LossyInfo,
+    /// Why: `f32_requested`, `unsupported_cpu`, `not_faster`, `check_passed`, `check_failed`
+    /// or `requested`.
     #[schema(example = "check_passed")]
     pub reason: String,
+}
+
+/// One figure for each lossy arithmetic, null where there is none.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LossyInfo {
+    /// bf16 products.
+    pub bf16: Option<f64>,
+    /// int8 products.
+    pub int8: Option<f64>,
+}
+
+impl From<crate::engine::Lossy<Option<f64>>> for LossyInfo {
+    fn from(l: crate::engine::Lossy<Option<f64>>) -> Self {
+        LossyInfo {
+            bf16: l.bf16,
+            int8: l.int8,
+        }
+    }
 }
 
 impl From<crate::engine::PrecisionReport> for PrecisionInfo {
@@ -253,7 +274,8 @@ impl From<crate::engine::PrecisionReport> for PrecisionInfo {
         let tower = |p: crate::engine::TowerPrecision| TowerPrecisionInfo {
             active: p.active.as_str().into(),
             check_min_cosine: p.check_min_cosine,
-            bf16_speedup: p.bf16_speedup,
+            checks: p.checks.into(),
+            speedups: p.speedups.into(),
             reason: serde_json::to_value(p.reason)
                 .ok()
                 .and_then(|v| v.as_str().map(String::from))

@@ -2,8 +2,11 @@
 //! layout of AVX512-BF16's `vdpbf16ps`, activations rounded per run (or already rounded by the
 //! product before), 32 x 5 tiles with f32 sums (`tiles.rs`), written as f32 or rounded to bf16.
 //! In f32, on a CPU where bf16 is not faster: weights packed once in panels of 32 features,
-//! 32 x 8 tiles of AVX-512 FMAs (`fma.rs`). Either is split over the tower pool by rows or by
-//! weight panels. `activations.rs` runs the bf16 tiles on products of two activations.
+//! 32 x 8 tiles of AVX-512 FMAs (`fma.rs`). In int8, on a CPU with AVX512-VNNI: weights
+//! quantized once per output feature, activation rows per run, 32 x 8 tiles of `vpdpbusd`
+//! with integer sums scaled back to f32 (`int8.rs`). Each is split over the tower pool by rows
+//! or by weight panels. `activations.rs` runs the bf16 or f32 tiles on products of two
+//! activations.
 #![allow(unsafe_code)]
 
 use std::mem::MaybeUninit;
@@ -13,6 +16,7 @@ use tract_onnx::prelude::{Datum, Tensor, TractResult};
 mod activations;
 mod fma;
 mod gelu;
+mod int8;
 mod norm;
 mod softmax;
 #[cfg(test)]
@@ -25,7 +29,9 @@ pub(in crate::engine::bf16) use norm::LayerNorm;
 pub(in crate::engine::bf16) use softmax::softmax_rows;
 use tiles::{round_row, round_rows, tiles, OutRows};
 use weights::Panels;
-pub(in crate::engine::bf16) use weights::{Avx512Cpu, Bf16Cpu, Packed, PackedWeights, Packing};
+pub(in crate::engine::bf16) use weights::{
+    Avx512Cpu, Bf16Cpu, Packed, PackedWeights, Packing, VnniCpu,
+};
 
 /// The tower pool of the run in progress, if it has one of several threads
 /// (`crate::engine::threads::TowerPool`): products split their work over it.
@@ -137,6 +143,40 @@ impl<'a> Activations<'a> {
         }
         None
     }
+
+    /// Rows `first..first + count` (`k` values each) quantized for the int8 tiles
+    /// ([`int8::quantize_row`], [`int8::row_len`] u32 a row) into `buf`; a `norm` is applied
+    /// first, in f32, as the f32 tiles apply it.
+    fn quads(
+        self,
+        (first, count): (usize, usize),
+        k: usize,
+        cpu: VnniCpu,
+        buf: &mut Vec<u32>,
+    ) -> Option<&'a [u32]> {
+        let Activations::F32 { x, sources, norm } = self else {
+            unreachable!("only bf16 products hand rounded rows on (`fuse::handoffs`)")
+        };
+        let source = |r: usize| sources.map_or(r, |s| s[r]);
+        let mut x_rows = (first..first + count).map(|r| &x[source(r) * k..][..k]);
+        buf.resize(count * int8::row_len(k), 0);
+        let VnniCpu(()) = cpu;
+        match norm {
+            None => {
+                // SAFETY: a `VnniCpu` only exists where the CPU has AVX512-F and AVX512-BW.
+                unsafe { int8::quantize_rows(x_rows, buf) }
+            }
+            Some(norm) => {
+                let mut normed = vec![0f32; count * k];
+                // SAFETY: as above, and AVX512-F is all `norm_rows_f32` needs.
+                unsafe {
+                    norm::norm_rows_f32(&mut x_rows, &mut normed, k, norm);
+                    int8::quantize_rows(normed.chunks_exact(k), buf);
+                }
+            }
+        }
+        None
+    }
 }
 
 /// The `norm` of each row of `x` (`k` values each) into `y`, as tract's ops of that norm give
@@ -212,7 +252,7 @@ pub(super) fn matmul(
     );
     assert!(
         w.is_bf16() || output == Output::F32,
-        "f32 products write f32"
+        "f32 and int8 products write f32"
     );
     // SAFETY: `write_products` writes all `rows x n` outputs: every row of every chunk, against
     // every panel, and the panels cover the `n` columns.
@@ -297,6 +337,32 @@ fn write_products(
                     let Avx512Cpu(()) = cpu;
                     // SAFETY: `cpu` proves AVX512-F; the calls write apart, as above.
                     unsafe { fma::tiles(xs, rows, view, range, epilogue, y) }
+                },
+                y,
+            );
+        }
+        Packed::Int8 {
+            cpu,
+            kq,
+            data,
+            scales,
+            sums,
+        } => {
+            let cpu = *cpu;
+            let view = Panels {
+                n: w.n,
+                depth: *kq,
+                data,
+            };
+            let features = int8::Features { scales, sums };
+            split(
+                (rows, panels, int8::NR),
+                |first, count, buf| x.quads((first, count), k, cpu, buf),
+                |xq, rows, range, y| {
+                    let VnniCpu(()) = cpu;
+                    // SAFETY: `cpu` proves AVX512-F, AVX512-BW and AVX512-VNNI; the calls
+                    // write apart, as above.
+                    unsafe { int8::tiles(xq, rows, view, features, range, epilogue, y) }
                 },
                 y,
             );

@@ -51,11 +51,34 @@ impl Bf16Cpu {
     }
 }
 
+/// Proof that this CPU runs AVX512-F, AVX512-BW and AVX512-VNNI (`vpdpbusd`, the int8 tiles):
+/// only [`VnniCpu::detect`] makes one, after asking the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(in crate::engine::bf16) struct VnniCpu(pub(super) ());
+
+impl VnniCpu {
+    /// The proof, where the CPU has the instructions.
+    pub(in crate::engine::bf16) fn detect() -> Option<VnniCpu> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            (std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni"))
+            .then_some(VnniCpu(()))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            None
+        }
+    }
+}
+
 /// The arithmetic a product's weights are packed for, with the proof that this CPU runs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(in crate::engine::bf16) enum Packing {
     Bf16(Bf16Cpu),
     F32(Avx512Cpu),
+    Int8(VnniCpu),
 }
 
 impl Packing {
@@ -69,14 +92,26 @@ impl Packing {
         match self {
             Packing::Bf16(cpu) => PackedWeights::pack(cpu, k, n, w),
             Packing::F32(cpu) => PackedWeights::pack_f32(cpu, k, n, w),
+            Packing::Int8(cpu) => PackedWeights::pack_int8(cpu, k, n, w),
         }
     }
 
-    /// Either needs AVX512-F.
+    /// Every one needs AVX512-F.
     pub(in crate::engine::bf16) fn avx512(self) -> Avx512Cpu {
         match self {
             Packing::Bf16(cpu) => cpu.avx512(),
             Packing::F32(cpu) => cpu,
+            Packing::Int8(VnniCpu(())) => Avx512Cpu(()),
+        }
+    }
+
+    /// The packing of this arithmetic's products that are not quantized: int8 quantizes only
+    /// the products by weights of a tower's blocks, so the attention's products of two
+    /// activations and the products that make the embedding run in f32.
+    pub(in crate::engine::bf16) fn unquantized(self) -> Packing {
+        match self {
+            Packing::Int8(_) => Packing::F32(self.avx512()),
+            other => other,
         }
     }
 }
@@ -104,6 +139,21 @@ pub(in crate::engine::bf16) enum Packed {
     /// As they are: for each `k`, one f32 per feature, the operand of an FMA by one
     /// activation broadcast (`fma.rs`).
     F32 { cpu: Avx512Cpu, data: Vec<f32> },
+    /// Quantized to int8 per output feature: feature `n`'s weights are `scales[n]` times
+    /// integers in -127..=127 (its largest magnitude maps to 127). For each quad `q` of `k`,
+    /// one u32 per feature holding `w[4q + i][n]` in byte `i`, which is the operand layout of
+    /// `vpdpbusd` (`int8.rs`); `sums[n]` is the sum of feature `n`'s integers, which the tiles
+    /// need to take the activations' zero point back out.
+    Int8 {
+        cpu: VnniCpu,
+        /// `ceil(k / 4)`.
+        kq: usize,
+        data: Vec<u32>,
+        /// One per feature, `MR` per panel (0 past `n`).
+        scales: Vec<f32>,
+        /// One per feature, `MR` per panel (0 past `n`).
+        sums: Vec<i32>,
+    },
 }
 
 impl PackedWeights {
@@ -151,17 +201,89 @@ impl PackedWeights {
         }
     }
 
+    /// The same weights quantized for the int8 tiles ([`Packed::Int8`]): each feature's scale
+    /// is its largest magnitude over 127, its integers the weights over the scale rounded to
+    /// nearest (ties to even).
+    pub(in crate::engine::bf16) fn pack_int8(
+        cpu: VnniCpu,
+        k: usize,
+        n: usize,
+        w: impl Fn(usize, usize) -> f32,
+    ) -> PackedWeights {
+        let kq = k.div_ceil(4);
+        let padded = n.div_ceil(MR) * MR;
+        // Feature by feature: its weights, their scale, their integers (`k` a feature, in
+        // `ints`) and their sum. Features past `n` have scale 0 and no weights.
+        let mut scales = vec![0f32; padded];
+        let mut sums = vec![0i32; padded];
+        let mut ints = vec![0i8; n * k];
+        let mut column = vec![0f32; k];
+        for n_ix in 0..n {
+            for (k_ix, c) in column.iter_mut().enumerate() {
+                *c = w(k_ix, n_ix);
+            }
+            let top = column.iter().fold(0f32, |m, v| m.max(v.abs()));
+            if !(top > 0.0 && top.is_finite()) {
+                continue;
+            }
+            let scale = top / 127.0;
+            let feature = &mut ints[n_ix * k..][..k];
+            for (i, &c) in feature.iter_mut().zip(&column) {
+                *i = (c / scale).round_ties_even().clamp(-127.0, 127.0) as i8;
+            }
+            scales[n_ix] = scale;
+            sums[n_ix] = feature.iter().map(|&i| i32::from(i)).sum();
+        }
+        let int = |k_ix: usize, n_ix: usize| {
+            if k_ix < k && n_ix < n {
+                ints[n_ix * k + k_ix] as u8
+            } else {
+                0
+            }
+        };
+        let data = in_panels(n, kq, |quad, n_ix| {
+            u32::from_le_bytes(std::array::from_fn(|i| int(4 * quad + i, n_ix)))
+        });
+        PackedWeights {
+            k,
+            n,
+            panels: Packed::Int8 {
+                cpu,
+                kq,
+                data,
+                scales,
+                sums,
+            },
+        }
+    }
+
     /// Bytes the packed weights hold.
     pub(in crate::engine::bf16) fn bytes(&self) -> usize {
         match &self.panels {
             Packed::Bf16 { data, .. } => std::mem::size_of_val(data.as_slice()),
             Packed::F32 { data, .. } => std::mem::size_of_val(data.as_slice()),
+            Packed::Int8 {
+                data, scales, sums, ..
+            } => {
+                std::mem::size_of_val(data.as_slice())
+                    + std::mem::size_of_val(scales.as_slice())
+                    + std::mem::size_of_val(sums.as_slice())
+            }
         }
     }
 
-    /// Whether these are bf16 weights (else f32).
+    /// Whether these are bf16 weights (else f32 or int8).
     pub(in crate::engine::bf16) fn is_bf16(&self) -> bool {
         matches!(self.panels, Packed::Bf16 { .. })
+    }
+
+    /// The arithmetic's name in op names: `Bf16`, `F32` or `Int8`.
+    pub(in crate::engine::bf16) fn kind(&self) -> &'static str {
+        match self.panels {
+            Packed::Bf16 { .. } => "Bf16",
+            Packed::F32 { .. } => "F32",
+            Packed::Int8 { .. } => "Int8",
+        }
     }
 }
 
