@@ -55,6 +55,36 @@ fn assert_sums(got: &[f32], want: &[f64], k: usize, what: &str) {
     }
 }
 
+/// Products with edge tiles of every kind for tiles of `nr` rows, `(rows, k, n)`: one row, rows
+/// not a multiple of `nr`, features not a multiple of 32, summed lengths not a multiple of 2 or
+/// 4, split by panels (few rows) and by rows (many), and two row blocks (over 512 rows).
+fn edge_shapes(nr: usize) -> [(usize, usize, usize); 6] {
+    [
+        (1, 8, 32),
+        (7, 33, 45),
+        (50, 64, 96),
+        (81, 17, 5),
+        (2 * 16 * nr + 7, 40, 300),
+        (600, 26, 70),
+    ]
+}
+
+/// [`product`] split over a pool of 2 gives `alone`, the bits it gave on one thread.
+fn assert_same_split(
+    x: &[f32],
+    rows: usize,
+    w: &PackedWeights,
+    bias: &[f32],
+    alone: &[f32],
+    what: &str,
+) {
+    let pool = tract_linalg::multithread::Executor::multithread(2);
+    let split = tract_linalg::multithread::multithread_tract_scope(pool, || {
+        product(x, rows, w, Some(bias))
+    });
+    assert_eq!(alone, split, "{what}, split");
+}
+
 /// The f32 tiles: the sums of the unrounded products up to the f32 rounding of the sums, with
 /// a bias added to them as a separate add would, bit for bit, and the same bits split over a
 /// pool. Edge tiles of every kind: one row, rows not a multiple of 8, features not a multiple
@@ -65,14 +95,7 @@ fn f32_products_are_the_sums_of_the_products() {
         eprintln!("no AVX-512 on this CPU: the f32 tiles are never used here");
         return;
     };
-    for (rows, k, n) in [
-        (1, 8, 32),
-        (7, 33, 45),
-        (50, 64, 96),
-        (81, 17, 5),
-        (2 * 16 * fma::NR + 7, 40, 300),
-        (600, 24, 70),
-    ] {
+    for (rows, k, n) in edge_shapes(fma::NR) {
         let what = format!("{rows} x {k} x {n}");
         let x = values(rows * k, 11);
         let w = values(k * n, 12);
@@ -85,11 +108,7 @@ fn f32_products_are_the_sums_of_the_products() {
         for (i, (&p, &b)) in plain.iter().zip(&biased).enumerate() {
             assert_eq!(b.to_bits(), (p + bias[i % n]).to_bits(), "{what}, {i}");
         }
-        let pool = tract_linalg::multithread::Executor::multithread(2);
-        let split = tract_linalg::multithread::multithread_tract_scope(pool, || {
-            product(&x, rows, &packed, Some(&bias))
-        });
-        assert_eq!(biased, split, "{what}, split");
+        assert_same_split(&x, rows, &packed, &bias, &biased, &what);
     }
 }
 
@@ -371,14 +390,7 @@ fn int8_products_are_the_integer_sums_scaled_back() {
         eprintln!("no AVX512-VNNI on this CPU: the int8 tiles are never used here");
         return;
     };
-    for (rows, k, n) in [
-        (1, 8, 32),
-        (7, 33, 45),
-        (50, 64, 96),
-        (81, 17, 5),
-        (2 * 16 * int8::NR + 7, 40, 300),
-        (600, 26, 70),
-    ] {
+    for (rows, k, n) in edge_shapes(int8::NR) {
         let what = format!("{rows} x {k} x {n}");
         let x = values(rows * k, 21);
         let w = values(k * n, 22);
@@ -421,11 +433,7 @@ fn int8_products_are_the_integer_sums_scaled_back() {
                 "{what}, {i}: {g} against {e}"
             );
         }
-        let pool = tract_linalg::multithread::Executor::multithread(2);
-        let split = tract_linalg::multithread::multithread_tract_scope(pool, || {
-            product(&x, rows, &packed, Some(&bias))
-        });
-        assert_eq!(got, split, "{what}, split");
+        assert_same_split(&x, rows, &packed, &bias, &got, &what);
     }
     // A row with a NaN makes every output of its row NaN, as in f32, and no other.
     let (rows, k, n) = (20, 40, 70);
