@@ -54,6 +54,18 @@ pub enum Precision {
     Int8,
 }
 
+impl Precision {
+    /// The lossy arithmetic this setting asks for outright (`bf16`, `int8`); `None` for `auto`
+    /// and `f32`.
+    pub fn lossy(self) -> Option<Arithmetic> {
+        match self {
+            Precision::Bf16 => Some(Arithmetic::Bf16),
+            Precision::Int8 => Some(Arithmetic::Int8),
+            Precision::Auto | Precision::F32 => None,
+        }
+    }
+}
+
 /// The arithmetic a tower's products by its weight matrices run in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -203,36 +215,35 @@ fn candidates(
     requested: Precision,
     speedups: impl FnOnce() -> Lossy<Option<f64>>,
 ) -> Result<Vec<Arithmetic>, Reason> {
-    let asked = match requested {
-        Precision::F32 => return Err(Reason::F32Requested),
-        Precision::Bf16 => Arithmetic::Bf16,
-        Precision::Int8 => Arithmetic::Int8,
-        Precision::Auto => {
-            let supported: Vec<Arithmetic> = [Arithmetic::Int8, Arithmetic::Bf16]
-                .into_iter()
-                .filter(|a| a.supported())
-                .collect();
-            if supported.is_empty() {
-                return Err(Reason::UnsupportedCpu);
-            }
-            let speedups = speedups();
-            let mut fast: Vec<(Arithmetic, f64)> = supported
-                .into_iter()
-                .filter_map(|a| speedups.of(a).map(|s| (a, s)))
-                .filter(|&(_, s)| s >= MIN_SPEEDUP)
-                .collect();
-            fast.sort_by(|a, b| b.1.total_cmp(&a.1));
-            if fast.is_empty() {
-                return Err(Reason::NotFaster);
-            }
-            return Ok(fast.into_iter().map(|(a, _)| a).collect());
-        }
-    };
-    if asked.supported() {
-        Ok(vec![asked])
-    } else {
-        Err(Reason::UnsupportedCpu)
+    if requested == Precision::F32 {
+        return Err(Reason::F32Requested);
     }
+    if let Some(asked) = requested.lossy() {
+        return if asked.supported() {
+            Ok(vec![asked])
+        } else {
+            Err(Reason::UnsupportedCpu)
+        };
+    }
+    // `auto`: the lossy arithmetics this CPU runs, and among them those fast enough.
+    let supported: Vec<Arithmetic> = [Arithmetic::Int8, Arithmetic::Bf16]
+        .into_iter()
+        .filter(|a| a.supported())
+        .collect();
+    if supported.is_empty() {
+        return Err(Reason::UnsupportedCpu);
+    }
+    let speedups = speedups();
+    let mut fast: Vec<(Arithmetic, f64)> = supported
+        .into_iter()
+        .filter_map(|a| speedups.of(a).map(|s| (a, s)))
+        .filter(|&(_, s)| s >= MIN_SPEEDUP)
+        .collect();
+    fast.sort_by(|a, b| b.1.total_cmp(&a.1));
+    if fast.is_empty() {
+        return Err(Reason::NotFaster);
+    }
+    Ok(fast.into_iter().map(|(a, _)| a).collect())
 }
 
 /// Whether [`choose`] will run a check for a tower asked for `requested` (so whether the
@@ -252,20 +263,15 @@ pub(super) fn choose<E: Sync>(
     mut build: impl FnMut(Arithmetic) -> Result<E, EngineError>,
     embed: impl Fn(&E) -> Result<Vec<Embedding>, EncodeError> + Sync,
 ) -> Result<(E, TowerPrecision), EngineError> {
-    let measured = match requested {
-        Precision::Auto => speedups(),
-        Precision::F32 => Lossy::default(),
-        Precision::Bf16 | Precision::Int8 => {
-            let all = speedups();
+    // Every figure for `auto`, the one asked for otherwise.
+    let measured = match (requested, requested.lossy()) {
+        (Precision::Auto, _) => speedups(),
+        (_, Some(asked)) => {
             let mut only = Lossy::default();
-            let asked = if requested == Precision::Bf16 {
-                Arithmetic::Bf16
-            } else {
-                Arithmetic::Int8
-            };
-            only.set(asked, all.of(asked));
+            only.set(asked, speedups().of(asked));
             only
         }
+        (_, None) => Lossy::default(),
     };
     let report = |active, checks: Lossy<Option<f64>>, reason| TowerPrecision {
         requested,
@@ -282,7 +288,7 @@ pub(super) fn choose<E: Sync>(
         Ok(candidates) => candidates,
         Err(reason) => {
             let why = reason.describe();
-            if matches!(requested, Precision::Bf16 | Precision::Int8) {
+            if requested.lossy().is_some() {
                 tracing::warn!(
                     tower,
                     precision = "f32",
