@@ -1,6 +1,7 @@
-//! bf16 products for a tower's weight matrices (`model.image_precision` / `text_precision`:
-//! `auto`, the default, keeps them when the start-up check on the served weights passes; see
-//! `precision.rs`).
+//! Products of our own for a tower's weight matrices, in bf16, int8 or f32
+//! (`model.image_precision` / `text_precision`: `auto`, the default, keeps a lossy arithmetic
+//! when it is faster here and the start-up check on the served weights passes; see
+//! `precision/`).
 //!
 //! Zen 4 and recent Intel parts have AVX512-BF16: `vdpbf16ps` multiplies 32 pairs of bf16
 //! numbers and adds them into 16 f32 accumulators, twice the multiply-adds per cycle of an f32

@@ -1,5 +1,5 @@
 //! The calibration set compiled into the binary: the inputs the start-up precision check
-//! (`precision.rs`) runs through both arithmetics of a tower, on the weights being served.
+//! (`precision/`) runs through a tower's arithmetics, on the weights being served.
 //!
 //! Eight real photos of varied content (a cat, coffee, a face, a rocket launch, grayscale
 //! scenes, coins, a texture, a flower), downscaled to 256 px on the short side by

@@ -258,8 +258,8 @@ impl Graph {
     ) -> Result<Graph, GraphError> {
         let path = &prepared.path;
         let mut typed = prepared.typed.clone();
-        // bf16 never on a CPU without the instructions (the choice in `precision.rs` checks
-        // it first); f32 products of our own where the CPU has AVX-512, else tract's.
+        // bf16 or int8 never on a CPU without the instructions (the choice in `precision/`
+        // checks it first); f32 products of our own where the CPU has AVX-512, else tract's.
         let rewritten =
             super::bf16::rewrite(&mut typed, arithmetic).map_err(|e| GraphError::Load {
                 path: path.clone(),

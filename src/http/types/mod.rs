@@ -273,7 +273,7 @@ impl From<crate::engine::PrecisionReport> for PrecisionInfo {
     fn from(report: crate::engine::PrecisionReport) -> Self {
         let tower = |p: crate::engine::TowerPrecision| TowerPrecisionInfo {
             active: p.active.as_str().into(),
-            check_min_cosine: p.check_min_cosine,
+            check_min_cosine: p.check_min_cosine(),
             checks: p.checks.into(),
             speedups: p.speedups.into(),
             reason: serde_json::to_value(p.reason)
