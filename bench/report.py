@@ -176,7 +176,7 @@ def targets(r):
     # image tower (/info's precision; older runs name it only in the server's environment).
     chosen = ((r.get("info") or {}).get("precision") or {}).get("image", {}).get("active")
     env = r["meta"].get("server_env") or ""
-    lossy = next((a for a in ("bf16", "int8") if chosen == a or f"IMAGE_PRECISION={a}" in env), None)
+    lossy = next((a for a in ("bf16", "int8", "int16") if chosen == a or f"IMAGE_PRECISION={a}" in env), None)
     wanted = (f"bucketed_{lossy}_intra2", f"bucketed_{lossy}") if lossy else ("bucketed_intra2", "bucketed")
     bare_variant = next((v for v in wanted if v in tract), next(iter(tract), None))
     bare_b1 = (tract.get(bare_variant) or {}).get("image_b1", {})

@@ -205,7 +205,7 @@ fi
 if [[ " $PHASES " == *" engines "* ]]; then
   log "tract encoders (benches/compare.rs)"
   (cd "$REPO" && CLIPSERVE_BENCH_MODEL="${MODEL#"$REPO"/}" cargo bench --quiet --bench compare -- \
-    --variants "${BENCH_VARIANTS:-bucketed,symbolic,bucketed_intra2,bucketed_bf16,bucketed_bf16_intra2,bucketed_int8,bucketed_int8_intra2}" --budget "$BUDGET" --json "$OUT/tract.json")
+    --variants "${BENCH_VARIANTS:-bucketed,symbolic,bucketed_intra2,bucketed_bf16,bucketed_bf16_intra2,bucketed_int8,bucketed_int8_intra2,bucketed_int16,bucketed_int16_intra2}" --budget "$BUDGET" --json "$OUT/tract.json")
   # The encoders' JSON names the model as the rest of the run does, never by this machine's path.
   MODEL_SHOWN="$MODEL_SHOWN" "$PY" - "$OUT/tract.json" <<'PYEOF'
 import json, os, sys
@@ -224,11 +224,19 @@ if [[ " $PHASES " == *" baselines "* ]]; then
 fi
 
 if [[ " $PHASES " == *" jitter "* ]]; then
-  # As long as the bare encoder's lone image in this run (its 2-thread variant), else 40 ms.
-  JITTER_MS=$("$PY" - "$OUT/tract.json" 2>/dev/null <<'PYEOF' || echo 40
+  # As long as the bare encoder's lone image in this run (its 2-thread variant, in the image
+  # tower's arithmetic), else 40 ms.
+  JITTER_MS=$("$PY" - "$OUT/tract.json" "$OUT/info.json" 2>/dev/null <<'PYEOF' || echo 40
 import json, sys
 variants = {v["variant"]: v["workloads"] for v in json.load(open(sys.argv[1]))["variants"]}
-for name in ("bucketed_int8_intra2", "bucketed_bf16_intra2", "bucketed_intra2"):
+try:
+    info = json.load(open(sys.argv[2]))
+except (OSError, ValueError):
+    info = {}
+# The arithmetic the server chose for its image tower, then the ones earlier runs chose.
+chosen = ((info.get("precision") or {}).get("image") or {}).get("active", "f32")
+first = [f"bucketed_{chosen}_intra2"] if chosen != "f32" else []
+for name in first + ["bucketed_int8_intra2", "bucketed_bf16_intra2", "bucketed_intra2"]:
     if name in variants:
         print(round(variants[name]["image_b1"]["median_s"] * 1000, 1))
         break

@@ -132,6 +132,7 @@ pub struct Metrics {
     ready: Gauge,
     bf16: Family<TowerLabels, Gauge>,
     int8: Family<TowerLabels, Gauge>,
+    int16: Family<TowerLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -170,6 +171,12 @@ impl Metrics {
             "tower_int8",
             "1 when the tower's products by its weight matrices run in int8 (chosen at start-up: model.image_precision, text_precision), else 0",
             int8.clone(),
+        );
+        let int16 = Family::<TowerLabels, Gauge>::default();
+        registry.register(
+            "tower_int16",
+            "1 when the tower's products by its weight matrices run in 16-bit integers (chosen at start-up: model.image_precision, text_precision), else 0",
+            int16.clone(),
         );
         registry.register(
             "http_requests",
@@ -260,6 +267,7 @@ impl Metrics {
             ready,
             bf16,
             int8,
+            int16,
         }
     }
 
@@ -305,6 +313,7 @@ impl Metrics {
             let active = |a| i64::from(p.active == a);
             (self.bf16.get_or_create(&labels)).set(active(crate::engine::Arithmetic::Bf16));
             (self.int8.get_or_create(&labels)).set(active(crate::engine::Arithmetic::Int8));
+            (self.int16.get_or_create(&labels)).set(active(crate::engine::Arithmetic::Int16));
         }
     }
 

@@ -1,5 +1,5 @@
 //! The precision each tower runs in, chosen at load on the weights being served (the committed
-//! tiny model here): `auto` tries the lossy arithmetics (bf16, int8) whose instructions the CPU
+//! tiny model here): `auto` tries the lossy arithmetics (bf16, int8, int16) whose instructions the CPU
 //! has and which it runs at least `MIN_SPEEDUP` times as fast as f32 (`bf16::speedups`,
 //! measured once per process), the fastest first, and keeps the first whose calibration
 //! embeddings stay within `model.precision_min_cosine` of the f32 ones; the engine reports what
@@ -30,12 +30,13 @@ fn both(precision: Precision) -> EngineSettings {
     }
 }
 
-const LOSSY: [Arithmetic; 2] = [Arithmetic::Bf16, Arithmetic::Int8];
+const LOSSY: [Arithmetic; 3] = Arithmetic::LOSSY;
 
 fn requesting(arithmetic: Arithmetic) -> Precision {
     match arithmetic {
         Arithmetic::Bf16 => Precision::Bf16,
         Arithmetic::Int8 => Precision::Int8,
+        Arithmetic::Int16 => Precision::Int16,
         Arithmetic::F32 => Precision::F32,
     }
 }
@@ -196,23 +197,14 @@ fn assert_auto(
             same_cosines(p.checks, checks),
             "{tower}: {p:?}, recomputed {checks:?}"
         );
-        let highest = [checks.bf16, checks.int8]
+        let highest = LOSSY
             .into_iter()
-            .flatten()
+            .filter_map(|a| checks.of(a))
             .reduce(f64::max);
-        assert!(
-            same_cosines(
-                Lossy {
-                    bf16: p.check_min_cosine(),
-                    int8: None
-                },
-                Lossy {
-                    bf16: highest,
-                    int8: None
-                }
-            ),
-            "{tower}: {p:?}"
-        );
+        match (p.check_min_cosine(), highest) {
+            (Some(got), Some(want)) => assert!((got - want).abs() <= 1e-6, "{tower}: {p:?}"),
+            (got, want) => assert_eq!(got, want, "{tower}: {p:?}"),
+        }
         assert_eq!(p.speedups, speedups, "{tower}: the one figure of this CPU");
         if active != Arithmetic::F32 {
             assert!(p.check_min_cosine().unwrap() >= threshold, "{tower}: {p:?}");
@@ -301,7 +293,7 @@ fn an_unreachable_threshold_keeps_both_towers_in_f32() {
             }
         }
     }
-    // The lossy plans were dropped: no product runs in bf16 or int8.
+    // The lossy plans were dropped: no product runs in bf16 or integers.
     assert_f32_plans(&engine);
 }
 
@@ -322,7 +314,7 @@ fn f32_runs_no_check() {
     }
 }
 
-/// `bf16` and `int8` keep their arithmetic whatever the check finds, and report as their
+/// `bf16`, `int8` and `int16` keep their arithmetic whatever the check finds, and report as their
 /// lowest cosine the one recomputed here from engines forced to f32 and to it.
 #[test]
 fn a_requested_arithmetic_reports_the_cosine_recomputed_from_both_engines() {
@@ -420,10 +412,10 @@ async fn info_and_metrics_say_what_each_tower_runs() {
                 serde_json::to_value(reason).unwrap(),
                 "{tower}: {p}"
             );
-            let reported = Lossy {
-                bf16: p["checks"]["bf16"].as_f64(),
-                int8: p["checks"]["int8"].as_f64(),
-            };
+            let mut reported = Lossy::default();
+            for a in LOSSY {
+                reported.set(a, p["checks"][a.as_str()].as_f64());
+            }
             assert!(
                 same_cosines(reported, checks),
                 "{tower}: {p}, recomputed {checks:?}"
@@ -433,17 +425,13 @@ async fn info_and_metrics_say_what_each_tower_runs() {
                 checks == Lossy::default(),
                 "{tower}: {p}"
             );
-            assert_eq!(
-                p["speedups"]["bf16"].as_f64(),
-                speedups.bf16,
-                "{tower}: {p}"
-            );
-            assert_eq!(
-                p["speedups"]["int8"].as_f64(),
-                speedups.int8,
-                "{tower}: {p}"
-            );
-            for (gauge, arithmetic) in [("bf16", Arithmetic::Bf16), ("int8", Arithmetic::Int8)] {
+            for arithmetic in LOSSY {
+                let gauge = arithmetic.as_str();
+                assert_eq!(
+                    p["speedups"][gauge].as_f64(),
+                    speedups.of(arithmetic),
+                    "{tower}: {p}"
+                );
                 let line = format!(
                     "clipserve_tower_{gauge}{{tower=\"{tower}\"}} {}",
                     u8::from(active == arithmetic)

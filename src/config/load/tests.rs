@@ -180,7 +180,7 @@ fn a_bad_value_names_the_variable_the_value_and_what_is_accepted() {
     let e = error(&[], &[("model.image_precision", "fp8")]);
     assert_eq!(
         e,
-        "--set model.image_precision=fp8: expected one of `auto`, `f32`, `bf16`, `int8`"
+        "--set model.image_precision=fp8: expected one of `auto`, `f32`, `bf16`, `int8`, `int16`"
     );
     let e = error(&[], &[("model.offline", "maybe")]);
     assert_eq!(

@@ -117,7 +117,9 @@ impl Op for Bf16ActMatMul {
         match self.packing {
             Packing::Bf16(_) => "Bf16ActMatMul".into(),
             Packing::F32(_) => "F32ActMatMul".into(),
-            Packing::Int8(_) => unreachable!("an int8 tower's products of activations are f32"),
+            Packing::Int8(_) | Packing::Int16(_) => {
+                unreachable!("an integer tower's products of activations are f32")
+            }
         }
     }
 

@@ -1,4 +1,4 @@
-//! Products of our own for a tower's weight matrices, in bf16, int8 or f32
+//! Products of our own for a tower's weight matrices, in bf16, int8, 16-bit integers or f32
 //! (`model.image_precision` / `text_precision`: `auto`, the default, keeps a lossy arithmetic
 //! when it is faster here and the start-up check on the served weights passes; see
 //! `precision/`).
@@ -42,7 +42,10 @@
 //! projections that make the embedding), stay f32 tiles. On an Intel Xeon whose bf16 is slow,
 //! an image batch ran 2.95x as fast as in our f32 and the server served 2.7x the images, at
 //! cosine 0.99994 to f32 on the random-weight export's calibration photos; its text tower
-//! falls to 0.99976 and stays f32 (bench/RESULTS.md, row 62).
+//! falls to 0.99976 (bench/RESULTS.md, row 62). [`Arithmetic::Int16`] does the same in 16-bit
+//! integers of 10-bit levels, symmetric for activations and weights alike, with `vpdpwssd`
+//! (`kernel/int16.rs`): a batch of queries ran 1.77x as fast as in our f32, and the text tower's
+//! check found 0.99998 (bench/RESULTS.md, row 63).
 //!
 //! AVX512-BF16 is not faster everywhere: Zen 4 runs `vdpbf16ps` at twice its f32 FMA rate, an
 //! Intel Xeon without AMX here at half (86 against 176 GFLOP/s a core), where the server ran
@@ -100,7 +103,8 @@ pub fn f32_supported() -> bool {
     Avx512Cpu::detect().is_some()
 }
 
-/// Whether this CPU runs the int8 products (`kernel/int8.rs`): it has AVX512-VNNI.
+/// Whether this CPU runs the int8 and 16-bit integer products (`kernel/int8.rs`,
+/// `kernel/int16.rs`): it has AVX512-VNNI.
 pub fn int8_supported() -> bool {
     VnniCpu::detect().is_some()
 }
@@ -159,6 +163,7 @@ pub fn rewrite(model: &mut TypedModel, arithmetic: Arithmetic) -> TractResult<Re
         Arithmetic::Bf16 => Bf16Cpu::detect().map(Packing::Bf16),
         Arithmetic::F32 => Avx512Cpu::detect().map(Packing::F32),
         Arithmetic::Int8 => VnniCpu::detect().map(Packing::Int8),
+        Arithmetic::Int16 => VnniCpu::detect().map(Packing::Int16),
     };
     let Some(packing) = packing else {
         return Ok(Rewritten::default());
@@ -206,7 +211,7 @@ pub fn rewrite(model: &mut TypedModel, arithmetic: Arithmetic) -> TractResult<Re
             Some(weights) => {
                 // A product of one row per item (the projection that makes the embedding, the
                 // text tower's projection head) is a sliver of the work, and its error reaches
-                // the embedding unaveraged: int8 leaves it f32.
+                // the embedding unaveraged: int8 and int16 leave it f32.
                 let packing = if x.rank() <= 2 {
                     packing.unquantized()
                 } else {

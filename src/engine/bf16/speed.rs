@@ -1,4 +1,4 @@
-//! How much faster the lossy products (bf16 and int8) are than the f32 ones on this CPU,
+//! How much faster the lossy products (bf16, int8, int16) are than the f32 ones on this CPU,
 //! measured once per process ([`speedups`]). All are ours (the f32 one in the FMA tiles of
 //! `kernel/fma.rs`), as a tower runs them.
 //!
@@ -51,6 +51,7 @@ pub fn speedups() -> Lossy<Option<f64>> {
         let wanted = Lossy {
             bf16: supported(),
             int8: int8_supported(),
+            int16: int8_supported(),
         };
         if !wanted.bf16 && !wanted.int8 {
             return Lossy::default();
@@ -63,14 +64,17 @@ pub fn speedups() -> Lossy<Option<f64>> {
                 let speedups = Lossy {
                     bf16: ratio(times.bf16),
                     int8: ratio(times.int8),
+                    int16: ratio(times.int16),
                 };
                 let ms = |t: Option<Duration>| t.map(|t| t.as_secs_f64() * 1e3);
                 tracing::info!(
                     f32_ms = times.f32.as_secs_f64() * 1e3,
                     bf16_ms = ms(times.bf16),
                     int8_ms = ms(times.int8),
+                    int16_ms = ms(times.int16),
                     bf16_speedup = speedups.bf16,
                     int8_speedup = speedups.int8,
+                    int16_speedup = speedups.int16,
                     "lossy products timed against f32 on this CPU"
                 );
                 speedups
@@ -88,6 +92,7 @@ struct Times {
     f32: Duration,
     bf16: Option<Duration>,
     int8: Option<Duration>,
+    int16: Option<Duration>,
 }
 
 /// The fastest run of the probe's product in f32 and in each `wanted` lossy arithmetic.
@@ -132,6 +137,7 @@ fn measure(wanted: Lossy<bool>) -> TractResult<Times> {
     for (arithmetic, wanted) in [
         (Arithmetic::Bf16, wanted.bf16),
         (Arithmetic::Int8, wanted.int8),
+        (Arithmetic::Int16, wanted.int16),
     ] {
         if wanted {
             lossy.push((arithmetic, plan(arithmetic)?));
@@ -166,5 +172,6 @@ fn measure(wanted: Lossy<bool>) -> TractResult<Times> {
         f32: f32_best,
         bf16: timed(Arithmetic::Bf16),
         int8: timed(Arithmetic::Int8),
+        int16: timed(Arithmetic::Int16),
     })
 }

@@ -1,9 +1,11 @@
 //! Which arithmetic each tower's products by its weight matrices run in, chosen at load on the
 //! weights being served.
 //!
-//! Two lossy arithmetics can make a tower faster than f32: bf16 products (AVX512-BF16) run the
-//! image tower about 1.8x faster on Zen 4, and int8 products (AVX512-VNNI, `bf16/kernel/int8.rs`)
-//! run a product 2.3x faster than f32 on an Intel Xeon whose bf16 is slow. Neither is faster on
+//! Three lossy arithmetics can make a tower faster than f32: bf16 products (AVX512-BF16) run the
+//! image tower about 1.8x faster on Zen 4; int8 products (AVX512-VNNI, `bf16/kernel/int8.rs`)
+//! run a product 2.6x faster than f32 on an Intel Xeon whose bf16 is slow, and 16-bit integer
+//! ones (`bf16/kernel/int16.rs`) 1.8x, with a sixteenth of int8's rounding error on each input
+//! (the text tower there passes the check in 16 bits and not in int8). None is faster on
 //! every CPU that has its instructions (`bf16/speed.rs`), and how much either moves an
 //! embedding depends on the weights: real weights with outliers may round worse than the
 //! exports they were measured on. So with [`Precision::Auto`] (the default), [`choose`] first
@@ -15,7 +17,8 @@
 //! its f32 embedding reaches the threshold (`model.precision_min_cosine`); f32 when none does.
 //! A tower's plans in one arithmetic are dropped before the next arithmetic's are built, so no
 //! two hold their weights at the same time; a tower that fails every check pays for building
-//! its f32 plans a second time. [`Precision::Bf16`] and [`Precision::Int8`] run their one check,
+//! its f32 plans a second time. [`Precision::Bf16`], [`Precision::Int8`] and [`Precision::Int16`]
+//! run their one check,
 //! report it and keep that arithmetic whatever it found; [`Precision::F32`] runs no check. An
 //! f32 tower runs its products by weights in f32 tiles of our own where the CPU has AVX-512
 //! (`bf16/kernel/fma.rs`), tract's elsewhere.
@@ -52,15 +55,19 @@ pub enum Precision {
     Bf16,
     /// int8 products wherever the CPU has AVX512-VNNI, as `bf16` otherwise.
     Int8,
+    /// 16-bit integer products (10-bit levels) wherever the CPU has AVX512-VNNI, as `bf16`
+    /// otherwise.
+    Int16,
 }
 
 impl Precision {
-    /// The lossy arithmetic this setting asks for outright (`bf16`, `int8`); `None` for `auto`
+    /// The lossy arithmetic this setting asks for outright (`bf16`, `int8`, `int16`); `None` for `auto`
     /// and `f32`.
     pub fn lossy(self) -> Option<Arithmetic> {
         match self {
             Precision::Bf16 => Some(Arithmetic::Bf16),
             Precision::Int8 => Some(Arithmetic::Int8),
+            Precision::Int16 => Some(Arithmetic::Int16),
             Precision::Auto | Precision::F32 => None,
         }
     }
@@ -77,15 +84,22 @@ pub enum Arithmetic {
     /// int8 inputs (weights quantized per output feature once at load, activations per row at
     /// every run), integer sums scaled back to f32; products of two activations stay f32.
     Int8,
+    /// As `Int8`, in 16-bit integers of 10-bit levels (-511..=511, activations and weights
+    /// alike), four times int8's levels each side.
+    Int16,
 }
 
 impl Arithmetic {
+    /// The lossy arithmetics, each a field of [`Lossy`].
+    pub const LOSSY: [Arithmetic; 3] = [Arithmetic::Bf16, Arithmetic::Int8, Arithmetic::Int16];
+
     /// The name used in settings, logs and `/info`.
     pub fn as_str(self) -> &'static str {
         match self {
             Arithmetic::F32 => "f32",
             Arithmetic::Bf16 => "bf16",
             Arithmetic::Int8 => "int8",
+            Arithmetic::Int16 => "int16",
         }
     }
 
@@ -94,7 +108,7 @@ impl Arithmetic {
         match self {
             Arithmetic::F32 => true,
             Arithmetic::Bf16 => super::bf16::supported(),
-            Arithmetic::Int8 => super::bf16::int8_supported(),
+            Arithmetic::Int8 | Arithmetic::Int16 => super::bf16::int8_supported(),
         }
     }
 }
@@ -104,6 +118,7 @@ impl Arithmetic {
 pub struct Lossy<T> {
     pub bf16: T,
     pub int8: T,
+    pub int16: T,
 }
 
 impl<T: Copy> Lossy<T> {
@@ -112,6 +127,7 @@ impl<T: Copy> Lossy<T> {
         match arithmetic {
             Arithmetic::Bf16 => self.bf16,
             Arithmetic::Int8 => self.int8,
+            Arithmetic::Int16 => self.int16,
             Arithmetic::F32 => unreachable!("f32 is not lossy"),
         }
     }
@@ -121,6 +137,7 @@ impl<T: Copy> Lossy<T> {
         match arithmetic {
             Arithmetic::Bf16 => self.bf16 = value,
             Arithmetic::Int8 => self.int8 = value,
+            Arithmetic::Int16 => self.int16 = value,
             Arithmetic::F32 => unreachable!("f32 is not lossy"),
         }
     }
@@ -132,8 +149,8 @@ impl<T: Copy> Lossy<T> {
 pub enum Reason {
     /// The settings asked for f32: nothing was checked.
     F32Requested,
-    /// This CPU lacks the instructions of the lossy arithmetic asked for (`bf16`, `int8`), or
-    /// of both (`auto`): f32 is the only choice.
+    /// This CPU lacks the instructions of the lossy arithmetic asked for (`bf16`, `int8`,
+    /// `int16`), or of all of them (`auto`): f32 is the only choice.
     UnsupportedCpu,
     /// `auto`: this CPU runs no lossy product at least [`MIN_SPEEDUP`] times as fast as an f32
     /// one, so the tower runs f32 and nothing is checked.
@@ -182,9 +199,9 @@ impl TowerPrecision {
     /// active arithmetic's when it is a lossy one, the closest any came when all failed; `None`
     /// when nothing was checked.
     pub fn check_min_cosine(&self) -> Option<f64> {
-        [self.checks.bf16, self.checks.int8]
+        Arithmetic::LOSSY
             .into_iter()
-            .flatten()
+            .filter_map(|a| self.checks.of(a))
             .reduce(f64::max)
     }
 }
@@ -235,7 +252,7 @@ fn candidates(
         };
     }
     // `auto`: the lossy arithmetics this CPU runs, and among them those fast enough.
-    let supported: Vec<Arithmetic> = [Arithmetic::Int8, Arithmetic::Bf16]
+    let supported: Vec<Arithmetic> = Arithmetic::LOSSY
         .into_iter()
         .filter(|a| a.supported())
         .collect();
@@ -307,6 +324,7 @@ pub(super) fn choose<E: Sync>(
                     reason = why,
                     bf16_speedup = measured.bf16,
                     int8_speedup = measured.int8,
+                    int16_speedup = measured.int16,
                     min_speedup = MIN_SPEEDUP,
                     "tower precision"
                 );

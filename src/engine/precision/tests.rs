@@ -26,6 +26,7 @@ fn settings_spell_the_modes_in_lowercase() {
         ("f32", Precision::F32),
         ("bf16", Precision::Bf16),
         ("int8", Precision::Int8),
+        ("int16", Precision::Int16),
     ] {
         let s: S = toml::from_str(&format!("p = \"{text}\"")).unwrap();
         assert_eq!(s.p, want);
@@ -40,11 +41,11 @@ fn settings_spell_the_modes_in_lowercase() {
 
 /// `f32` never builds a lossy tower; `auto` without the instructions neither, nor where no
 /// lossy product is enough faster (and it checks nothing); with them, `auto` tries the fast
-/// ones, the fastest first, and keeps the first at or above the threshold, else f32; `bf16`
-/// and `int8` keep theirs below it, and slower.
+/// ones, the fastest first, and keeps the first at or above the threshold, else f32; `bf16`,
+/// `int8` and `int16` keep theirs below it, and slower.
 #[test]
 fn the_choice_follows_the_mode_the_cpu_the_speed_and_the_threshold() {
-    use Arithmetic::{Bf16, Int8, F32};
+    use Arithmetic::{Bf16, Int16, Int8, F32};
     // A fake tower: its "embedding" is a fixed direction per arithmetic.
     fn build(
         built: &std::cell::RefCell<Vec<Arithmetic>>,
@@ -54,27 +55,28 @@ fn the_choice_follows_the_mode_the_cpu_the_speed_and_the_threshold() {
             Ok(a)
         }
     }
-    let embed = |a: &Arithmetic| -> Result<Vec<Embedding>, EncodeError> {
-        Ok(vec![match a {
-            F32 => unit(&[1.0, 0.0]),
-            Bf16 => unit(&[1.0, 0.01]),
-            Int8 => unit(&[1.0, 0.02]),
-        }])
+    let off = |a: Arithmetic| match a {
+        F32 => 0.0,
+        Bf16 => 0.01,
+        Int8 => 0.02,
+        Int16 => 0.005,
     };
-    let (cos_bf16, cos_int8) = (
-        1.0 / (1.0f64 + 0.0001).sqrt(),
-        1.0 / (1.0f64 + 0.0004).sqrt(),
-    );
+    let embed =
+        |a: &Arithmetic| -> Result<Vec<Embedding>, EncodeError> { Ok(vec![unit(&[1.0, off(*a)])]) };
+    // The cosine each lossy direction makes with f32's: bf16 0.99995, int8 0.9998, int16
+    // 0.9999875.
+    let cosine = |a: Arithmetic| 1.0 / (1.0 + f64::from(off(a)).powi(2)).sqrt();
     let built = std::cell::RefCell::new(Vec::new());
-    let both = |bf16: f64, int8: f64| Lossy {
+    let speeds = |bf16: f64, int8: f64, int16: f64| Lossy {
         bf16: Some(bf16),
         int8: Some(int8),
+        int16: Some(int16),
     };
     let (got, r) = choose(
         "t",
         Precision::F32,
         0.9,
-        || both(2.0, 3.0),
+        || speeds(2.0, 3.0, 1.5),
         build(&built),
         embed,
     )
@@ -88,7 +90,12 @@ fn the_choice_follows_the_mode_the_cpu_the_speed_and_the_threshold() {
         (true, true) => {}
         (false, false) => {
             eprintln!("no AVX512-BF16 nor AVX512-VNNI on this CPU: only the f32 cases run");
-            for mode in [Precision::Auto, Precision::Bf16, Precision::Int8] {
+            for mode in [
+                Precision::Auto,
+                Precision::Bf16,
+                Precision::Int8,
+                Precision::Int16,
+            ] {
                 let (got, r) =
                     choose("t", mode, 0.9, Lossy::default, build(&built), embed).unwrap();
                 assert_eq!((got, r.reason), (F32, Reason::UnsupportedCpu), "{mode:?}");
@@ -101,104 +108,109 @@ fn the_choice_follows_the_mode_the_cpu_the_speed_and_the_threshold() {
         }
     }
     let just_under = MIN_SPEEDUP - 0.01;
-    let none = Lossy::default();
     let auto = Precision::Auto;
-    for (mode, threshold, speedups, active, reason, builds, checks) in [
+    for (mode, threshold, speedups, active, reason, builds) in [
         // The fastest passes.
         (
             auto,
             0.99,
-            both(2.0, 3.0),
+            speeds(2.0, 3.0, 1.5),
             Int8,
             Reason::CheckPassed,
             vec![F32, Int8],
-            (None, Some(cos_int8)),
         ),
         (
             auto,
             0.99,
-            both(3.0, 2.0),
+            speeds(3.0, 2.0, 1.5),
             Bf16,
             Reason::CheckPassed,
             vec![F32, Bf16],
-            (Some(cos_bf16), None),
         ),
         // The fastest fails, the next passes.
         (
             auto,
             0.9999,
-            both(2.0, 3.0),
+            speeds(2.0, 3.0, 1.5),
             Bf16,
             Reason::CheckPassed,
             vec![F32, Int8, Bf16],
-            (Some(cos_bf16), Some(cos_int8)),
         ),
-        // Both fail: f32, built again.
+        // All fail: f32, built again.
         (
             auto,
             1.0,
-            both(2.0, 3.0),
+            speeds(2.0, 3.0, 1.5),
             F32,
             Reason::CheckFailed,
-            vec![F32, Int8, Bf16, F32],
-            (Some(cos_bf16), Some(cos_int8)),
+            vec![F32, Int8, Bf16, Int16, F32],
         ),
-        // bf16 slower (an Intel Xeon): int8 alone is tried.
+        // bf16 slower (an Intel Xeon): int8, then int16, is tried.
         (
             auto,
             0.99,
-            both(0.7, 3.0),
+            speeds(0.7, 3.0, 1.8),
             Int8,
             Reason::CheckPassed,
             vec![F32, Int8],
-            (None, Some(cos_int8)),
         ),
         (
             auto,
             0.9999,
-            both(0.7, 3.0),
+            speeds(0.7, 3.0, 1.8),
+            Int16,
+            Reason::CheckPassed,
+            vec![F32, Int8, Int16],
+        ),
+        (
+            auto,
+            0.99999,
+            speeds(0.7, 3.0, 1.8),
             F32,
             Reason::CheckFailed,
-            vec![F32, Int8, F32],
-            (None, Some(cos_int8)),
+            vec![F32, Int8, Int16, F32],
         ),
-        // Neither fast enough, or not measured: f32, nothing else built.
+        // None fast enough, or not measured: f32, nothing else built.
         (
             auto,
             0.99,
-            both(0.7, just_under),
+            speeds(0.7, just_under, 1.0),
             F32,
             Reason::NotFaster,
             vec![F32],
-            (None, None),
         ),
         (
             auto,
             0.99,
-            none,
+            Lossy::default(),
             F32,
             Reason::NotFaster,
             vec![F32],
-            (None, None),
         ),
         // Asked for: kept below the threshold, and slower.
         (
             Precision::Bf16,
             1.0,
-            both(0.7, 3.0),
+            speeds(0.7, 3.0, 1.8),
             Bf16,
             Reason::Requested,
             vec![F32, Bf16],
-            (Some(cos_bf16), None),
         ),
         (
             Precision::Int8,
             1.0,
-            both(3.0, 0.7),
+            speeds(3.0, 0.7, 1.8),
             Int8,
             Reason::Requested,
             vec![F32, Int8],
-            (None, Some(cos_int8)),
+        ),
+        (
+            Precision::Int16,
+            1.0,
+            speeds(3.0, 2.0, 0.7),
+            Int16,
+            Reason::Requested,
+            vec![F32, Int16],
         ),
     ] {
         let what = format!("{mode:?}, threshold {threshold}, speed-ups {speedups:?}");
@@ -210,27 +222,27 @@ fn the_choice_follows_the_mode_the_cpu_the_speed_and_the_threshold() {
             "{what}"
         );
         assert_eq!(*built.borrow(), builds, "{what}");
+        // Every lossy arithmetic built was checked, and only those.
         let close = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) => (a - b).abs() < 1e-6,
             (a, b) => a == b,
         };
-        assert!(
-            close(r.checks.bf16, checks.0) && close(r.checks.int8, checks.1),
-            "{what}: {r:?}"
-        );
-        let highest = [checks.0, checks.1].into_iter().flatten().reduce(f64::max);
+        for a in Arithmetic::LOSSY {
+            let want = builds.contains(&a).then(|| cosine(a));
+            assert!(close(r.checks.of(a), want), "{what}: {a:?} {r:?}");
+        }
+        let highest = Arithmetic::LOSSY
+            .into_iter()
+            .filter(|a| builds.contains(a))
+            .map(cosine)
+            .reduce(f64::max);
         assert!(close(r.check_min_cosine(), highest), "{what}: {r:?}");
-        let reported = match mode {
-            Precision::Auto => speedups,
-            Precision::Bf16 => Lossy {
-                bf16: speedups.bf16,
-                int8: None,
-            },
-            _ => Lossy {
-                bf16: None,
-                int8: speedups.int8,
-            },
-        };
+        let mut reported = Lossy::default();
+        for a in Arithmetic::LOSSY {
+            if mode == auto || mode.lossy() == Some(a) {
+                reported.set(a, speedups.of(a));
+            }
+        }
         assert_eq!(r.speedups, reported, "{what}");
     }
 }

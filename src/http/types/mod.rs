@@ -230,12 +230,12 @@ pub struct PrecisionInfo {
 /// One tower's arithmetic and the start-up check behind it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TowerPrecisionInfo {
-    /// `f32`, `bf16` (bf16 inputs, f32 sums) or `int8` (int8 inputs, integer sums scaled to
-    /// f32).
+    /// `f32`, `bf16` (bf16 inputs, f32 sums), `int8` (int8 inputs, integer sums scaled to
+    /// f32) or `int16` (as int8, in 16-bit integers of 10-bit levels).
     #[schema(example = "int8")]
     pub active: String,
     /// The highest of the lowest cosines the checks found (`checks`): the active arithmetic's
-    /// when it is `bf16` or `int8`, the closest any came when all failed; null when nothing was
+    /// when it is a lossy one, the closest any came when all failed; null when nothing was
     /// checked.
     pub check_min_cosine: Option<f64>,
     /// Each lossy arithmetic's check at start-up: the lowest cosine between a calibration
@@ -258,6 +258,8 @@ pub struct LossyInfo {
     pub bf16: Option<f64>,
     /// int8 products.
     pub int8: Option<f64>,
+    /// 16-bit integer products.
+    pub int16: Option<f64>,
 }
 
 impl From<crate::engine::Lossy<Option<f64>>> for LossyInfo {
@@ -265,6 +267,7 @@ impl From<crate::engine::Lossy<Option<f64>>> for LossyInfo {
         LossyInfo {
             bf16: l.bf16,
             int8: l.int8,
+            int16: l.int16,
         }
     }
 }

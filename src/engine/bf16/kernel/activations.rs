@@ -54,7 +54,9 @@ fn write_products<'v>(
             Packing::Bf16(cpu) => activation_product(cpu, (a, b), scales, scratch, y_i),
             Packing::F32(cpu) => f32_activation_product(cpu, (a, b), scales, scratch, y_i),
             // `Packing::unquantized` gives these f32.
-            Packing::Int8(_) => unreachable!("an int8 tower's products of activations are f32"),
+            Packing::Int8(_) | Packing::Int16(_) => {
+                unreachable!("an integer tower's products of activations are f32")
+            }
         }
     };
     match tower_pool() {

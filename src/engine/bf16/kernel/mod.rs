@@ -4,7 +4,8 @@
 //! In f32, on a CPU where bf16 is not faster: weights packed once in panels of 32 features,
 //! 32 x 8 tiles of AVX-512 FMAs (`fma.rs`). In int8, on a CPU with AVX512-VNNI: weights
 //! quantized once per output feature, activation rows per run, 32 x 8 tiles of `vpdpbusd`
-//! with integer sums scaled back to f32 (`int8.rs`). Each is split over the tower pool by rows
+//! with integer sums scaled back to f32 (`int8.rs`); in 16-bit integers alike, of 10-bit levels,
+//! with `vpdpwssd` (`int16.rs`). Each is split over the tower pool by rows
 //! or by weight panels. `activations.rs` runs the bf16 or f32 tiles on products of two
 //! activations.
 #![allow(unsafe_code)]
@@ -16,6 +17,7 @@ use tract_onnx::prelude::{Datum, Tensor, TractResult};
 mod activations;
 mod fma;
 mod gelu;
+mod int16;
 mod int8;
 mod norm;
 mod softmax;
@@ -144,38 +146,64 @@ impl<'a> Activations<'a> {
         None
     }
 
-    /// Rows `first..first + count` (`k` values each) quantized for the int8 tiles
-    /// ([`int8::quantize_row`], [`int8::row_len`] u32 a row) into `buf`; a `norm` is applied
-    /// first, in f32, as the f32 tiles apply it.
-    fn quads(
+    /// Rows `first..first + count` (`k` values each) quantized for the integer tiles of
+    /// `ints` into `buf`; a `norm` is applied first, in f32, as the f32 tiles apply it.
+    fn quantized(
         self,
         (first, count): (usize, usize),
         k: usize,
-        cpu: VnniCpu,
+        ints: Ints,
         buf: &mut Vec<u32>,
     ) -> Option<&'a [u32]> {
         let Activations::F32 { x, sources, norm } = self else {
             unreachable!("only bf16 products hand rounded rows on (`fuse::handoffs`)")
         };
         let source = |r: usize| sources.map_or(r, |s| s[r]);
-        let mut x_rows = (first..first + count).map(|r| &x[source(r) * k..][..k]);
-        buf.resize(count * int8::row_len(k), 0);
-        let VnniCpu(()) = cpu;
+        let x_rows = (first..first + count).map(|r| &x[source(r) * k..][..k]);
+        buf.resize(count * ints.row_len(k), 0);
         match norm {
-            None => {
-                // SAFETY: a `VnniCpu` only exists where the CPU has AVX512-F and AVX512-BW.
-                unsafe { int8::quantize_rows(x_rows, buf) }
-            }
+            None => ints.quantize_rows(x_rows, buf),
             Some(norm) => {
                 let mut normed = vec![0f32; count * k];
-                // SAFETY: as above, and AVX512-F is all `norm_rows_f32` needs.
-                unsafe {
-                    norm::norm_rows_f32(&mut x_rows, &mut normed, k, norm);
-                    int8::quantize_rows(normed.chunks_exact(k), buf);
-                }
+                let (Ints::Int8(cpu) | Ints::Int16(cpu)) = ints;
+                let VnniCpu(()) = cpu;
+                // SAFETY: a `VnniCpu` only exists where the CPU has AVX512-F, all
+                // `norm_rows_f32` needs.
+                unsafe { norm::norm_rows_f32(x_rows, &mut normed, k, norm) };
+                ints.quantize_rows(normed.chunks_exact(k), buf);
             }
         }
         None
+    }
+}
+
+/// The integer tiles a product runs, with the proof that the CPU has their instructions.
+#[derive(Clone, Copy)]
+enum Ints {
+    /// Unsigned bytes by signed bytes (`int8.rs`).
+    Int8(VnniCpu),
+    /// 16-bit integers (`int16.rs`).
+    Int16(VnniCpu),
+}
+
+impl Ints {
+    /// The u32 one quantized row of `k` values takes.
+    fn row_len(self, k: usize) -> usize {
+        match self {
+            Ints::Int8(_) => int8::row_len(k),
+            Ints::Int16(_) => int16::row_len(k),
+        }
+    }
+
+    /// Each of `rows` quantized for these tiles into `xq`, [`Ints::row_len`] u32 a row.
+    fn quantize_rows<'r>(self, rows: impl Iterator<Item = &'r [f32]>, xq: &mut [u32]) {
+        // SAFETY: a `VnniCpu` only exists where the CPU has AVX512-F and AVX512-BW.
+        unsafe {
+            match self {
+                Ints::Int8(VnniCpu(())) => int8::quantize_rows(rows, xq),
+                Ints::Int16(VnniCpu(())) => int16::quantize_rows(rows, xq),
+            }
+        }
     }
 }
 
@@ -252,7 +280,7 @@ pub(super) fn matmul(
     );
     assert!(
         w.is_bf16() || output == Output::F32,
-        "f32 and int8 products write f32"
+        "f32 and integer products write f32"
     );
     // SAFETY: `write_products` writes all `rows x n` outputs: every row of every chunk, against
     // every panel, and the panels cover the `n` columns.
@@ -357,12 +385,37 @@ fn write_products(
             let features = int8::Features { scales, sums };
             split(
                 (rows, panels, int8::NR),
-                |first, count, buf| x.quads((first, count), k, cpu, buf),
+                |first, count, buf| x.quantized((first, count), k, Ints::Int8(cpu), buf),
                 |xq, rows, range, y| {
                     let VnniCpu(()) = cpu;
                     // SAFETY: `cpu` proves AVX512-F, AVX512-BW and AVX512-VNNI; the calls
                     // write apart, as above.
                     unsafe { int8::tiles(xq, rows, view, features, range, epilogue, y) }
+                },
+                y,
+            );
+        }
+        Packed::Int16 {
+            cpu,
+            kp,
+            data,
+            scales,
+        } => {
+            let cpu = *cpu;
+            let view = Panels {
+                n: w.n,
+                depth: *kp,
+                data,
+            };
+            split(
+                (rows, panels, int16::NR),
+                |first, count, buf| x.quantized((first, count), k, Ints::Int16(cpu), buf),
+                |xq, rows, range, y| {
+                    let VnniCpu(()) = cpu;
+                    // SAFETY: `cpu` proves AVX512-F, AVX512-BW and AVX512-VNNI; the weights
+                    // were packed for sums that fit (`pack_int16`); the calls write apart, as
+                    // above.
+                    unsafe { int16::tiles(xq, rows, view, scales, range, epilogue, y) }
                 },
                 y,
             );

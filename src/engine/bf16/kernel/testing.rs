@@ -26,7 +26,9 @@ pub fn as_read(arithmetic: Arithmetic, v: &[f32]) -> Vec<f32> {
     match arithmetic {
         Arithmetic::Bf16 => rounded(v),
         Arithmetic::F32 => v.to_vec(),
-        Arithmetic::Int8 => unreachable!("int8 quantizes by rows and features, not by values"),
+        Arithmetic::Int8 | Arithmetic::Int16 => {
+            unreachable!("integers are quantized by rows and features, not by values")
+        }
     }
 }
 

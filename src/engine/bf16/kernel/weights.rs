@@ -2,13 +2,20 @@
 //! proofs that this CPU runs that arithmetic ([`Avx512Cpu`], [`Bf16Cpu`]), without which no
 //! packed weights exist.
 
-use super::{bf16_bits, MR};
+use super::{bf16_bits, int16, MR};
 
 /// Proof that this CPU runs AVX512-F: only [`Avx512Cpu::detect`] (or a [`Bf16Cpu`]) makes one,
 /// after asking the CPU, and f32 packed weights cannot exist without one, so [`super::matmul`] never
 /// reaches the vector code on a CPU without it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(in crate::engine::bf16) struct Avx512Cpu(pub(super) ());
+
+impl From<VnniCpu> for Avx512Cpu {
+    /// AVX512-VNNI implies AVX512-F.
+    fn from(VnniCpu(()): VnniCpu) -> Avx512Cpu {
+        Avx512Cpu(())
+    }
+}
 
 impl Avx512Cpu {
     /// The proof, where the CPU has the instructions.
@@ -51,7 +58,8 @@ impl Bf16Cpu {
     }
 }
 
-/// Proof that this CPU runs AVX512-F, AVX512-BW and AVX512-VNNI (`vpdpbusd`, the int8 tiles):
+/// Proof that this CPU runs AVX512-F, AVX512-BW and AVX512-VNNI (`vpdpbusd` and `vpdpwssd`, the
+/// int8 and 16-bit integer tiles):
 /// only [`VnniCpu::detect`] makes one, after asking the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(in crate::engine::bf16) struct VnniCpu(pub(super) ());
@@ -79,6 +87,7 @@ pub(in crate::engine::bf16) enum Packing {
     Bf16(Bf16Cpu),
     F32(Avx512Cpu),
     Int8(VnniCpu),
+    Int16(VnniCpu),
 }
 
 impl Packing {
@@ -93,6 +102,9 @@ impl Packing {
             Packing::Bf16(cpu) => PackedWeights::pack(cpu, k, n, w),
             Packing::F32(cpu) => PackedWeights::pack_f32(cpu, k, n, w),
             Packing::Int8(cpu) => PackedWeights::pack_int8(cpu, k, n, w),
+            Packing::Int16(cpu) if k <= int16::MAX_K => PackedWeights::pack_int16(cpu, k, n, w),
+            // Sums this long could overflow the 16-bit tiles' i32s.
+            Packing::Int16(cpu) => PackedWeights::pack_f32(Avx512Cpu::from(cpu), k, n, w),
         }
     }
 
@@ -101,16 +113,16 @@ impl Packing {
         match self {
             Packing::Bf16(cpu) => cpu.avx512(),
             Packing::F32(cpu) => cpu,
-            Packing::Int8(VnniCpu(())) => Avx512Cpu(()),
+            Packing::Int8(cpu) | Packing::Int16(cpu) => Avx512Cpu::from(cpu),
         }
     }
 
-    /// The packing of this arithmetic's products that are not quantized: int8 quantizes only
-    /// the products by weights of a tower's blocks, so the attention's products of two
-    /// activations and the products that make the embedding run in f32.
+    /// The packing of this arithmetic's products that are not quantized: int8 and 16-bit
+    /// integers quantize only the products by weights of a tower's blocks, so the attention's
+    /// products of two activations and the products that make the embedding run in f32.
     pub(in crate::engine::bf16) fn unquantized(self) -> Packing {
         match self {
-            Packing::Int8(_) => Packing::F32(self.avx512()),
+            Packing::Int8(_) | Packing::Int16(_) => Packing::F32(self.avx512()),
             other => other,
         }
     }
@@ -153,6 +165,18 @@ pub(in crate::engine::bf16) enum Packed {
         scales: Vec<f32>,
         /// One per feature, `MR` per panel (0 past `n`).
         sums: Vec<i32>,
+    },
+    /// Quantized to 16-bit integers in -511..=511 per output feature (`int16.rs`): feature `n`'s
+    /// weights are `scales[n]` times those integers (its largest magnitude maps to 511). For
+    /// each pair `q` of `k`, one u32 per feature holding `w[2q][n]` (low half) and `w[2q + 1][n]`
+    /// (high half), which is the operand layout of `vpdpwssd` (and the bf16 one's).
+    Int16 {
+        cpu: VnniCpu,
+        /// `ceil(k / 2)`.
+        kp: usize,
+        data: Vec<u32>,
+        /// One per feature, `MR` per panel (0 past `n`).
+        scales: Vec<f32>,
     },
 }
 
@@ -211,32 +235,19 @@ impl PackedWeights {
         w: impl Fn(usize, usize) -> f32,
     ) -> PackedWeights {
         let kq = k.div_ceil(4);
-        let padded = n.div_ceil(MR) * MR;
-        // Feature by feature: its weights, their scale, their integers (`k` a feature, in
-        // `ints`) and their sum. Features past `n` have scale 0 and no weights.
-        let mut scales = vec![0f32; padded];
-        let mut sums = vec![0i32; padded];
-        let mut ints = vec![0i8; n * k];
-        let mut column = vec![0f32; k];
-        for n_ix in 0..n {
-            for (k_ix, c) in column.iter_mut().enumerate() {
-                *c = w(k_ix, n_ix);
-            }
-            let top = column.iter().fold(0f32, |m, v| m.max(v.abs()));
-            if !(top > 0.0 && top.is_finite()) {
-                continue;
-            }
-            let scale = top / 127.0;
-            let feature = &mut ints[n_ix * k..][..k];
-            for (i, &c) in feature.iter_mut().zip(&column) {
-                *i = (c / scale).round_ties_even().clamp(-127.0, 127.0) as i8;
-            }
-            scales[n_ix] = scale;
-            sums[n_ix] = feature.iter().map(|&i| i32::from(i)).sum();
-        }
+        let (scales, ints) = per_feature(k, n, &w, 127.0);
+        let sums = (0..scales.len())
+            .map(|n_ix| {
+                if n_ix < n {
+                    ints[n_ix * k..][..k].iter().map(|&i| i32::from(i)).sum()
+                } else {
+                    0
+                }
+            })
+            .collect();
         let int = |k_ix: usize, n_ix: usize| {
             if k_ix < k && n_ix < n {
-                ints[n_ix * k + k_ix] as u8
+                ints[n_ix * k + k_ix] as i8 as u8
             } else {
                 0
             }
@@ -257,6 +268,40 @@ impl PackedWeights {
         }
     }
 
+    /// The same weights quantized for the 16-bit integer tiles ([`Packed::Int16`]): each
+    /// feature's scale is its largest magnitude over 511, its integers the weights over the
+    /// scale rounded to nearest (ties to even). `k` is at most [`int16::MAX_K`].
+    pub(in crate::engine::bf16) fn pack_int16(
+        cpu: VnniCpu,
+        k: usize,
+        n: usize,
+        w: impl Fn(usize, usize) -> f32,
+    ) -> PackedWeights {
+        assert!(k <= int16::MAX_K, "sums over {k} could overflow");
+        let kp = k.div_ceil(2);
+        let (scales, ints) = per_feature(k, n, &w, int16::LEVELS);
+        let int = |k_ix: usize, n_ix: usize| {
+            if k_ix < k && n_ix < n {
+                u32::from(ints[n_ix * k + k_ix] as u16)
+            } else {
+                0
+            }
+        };
+        let data = in_panels(n, kp, |q, n_ix| {
+            int(2 * q, n_ix) | (int(2 * q + 1, n_ix) << 16)
+        });
+        PackedWeights {
+            k,
+            n,
+            panels: Packed::Int16 {
+                cpu,
+                kp,
+                data,
+                scales,
+            },
+        }
+    }
+
     /// Bytes the packed weights hold.
     pub(in crate::engine::bf16) fn bytes(&self) -> usize {
         match &self.panels {
@@ -269,22 +314,57 @@ impl PackedWeights {
                     + std::mem::size_of_val(scales.as_slice())
                     + std::mem::size_of_val(sums.as_slice())
             }
+            Packed::Int16 { data, scales, .. } => {
+                std::mem::size_of_val(data.as_slice()) + std::mem::size_of_val(scales.as_slice())
+            }
         }
     }
 
-    /// Whether these are bf16 weights (else f32 or int8).
+    /// Whether these are bf16 weights (else f32 or integers).
     pub(in crate::engine::bf16) fn is_bf16(&self) -> bool {
         matches!(self.panels, Packed::Bf16 { .. })
     }
 
-    /// The arithmetic's name in op names: `Bf16`, `F32` or `Int8`.
+    /// The arithmetic's name in op names: `Bf16`, `F32`, `Int8` or `Int16`.
     pub(in crate::engine::bf16) fn kind(&self) -> &'static str {
         match self.panels {
             Packed::Bf16 { .. } => "Bf16",
             Packed::F32 { .. } => "F32",
             Packed::Int8 { .. } => "Int8",
+            Packed::Int16 { .. } => "Int16",
         }
     }
+}
+
+/// Each of the `n` features' `k` weights (`w(k, n)`) quantized to integers in
+/// `-levels..=levels`: the feature's scale is its largest magnitude over `levels`, its
+/// integers the weights over the scale rounded to nearest (ties to even). The scales, `MR` per
+/// panel (0 past `n`, and for a feature of zeros or with a non-finite weight, whose integers
+/// are 0), and the integers, `k` a feature.
+fn per_feature(
+    k: usize,
+    n: usize,
+    w: &impl Fn(usize, usize) -> f32,
+    levels: f32,
+) -> (Vec<f32>, Vec<i16>) {
+    let mut scales = vec![0f32; n.div_ceil(MR) * MR];
+    let mut ints = vec![0i16; n * k];
+    let mut column = vec![0f32; k];
+    for n_ix in 0..n {
+        for (k_ix, c) in column.iter_mut().enumerate() {
+            *c = w(k_ix, n_ix);
+        }
+        let top = column.iter().fold(0f32, |m, v| m.max(v.abs()));
+        if !(top > 0.0 && top.is_finite()) {
+            continue;
+        }
+        let scale = top / levels;
+        for (i, &c) in ints[n_ix * k..][..k].iter_mut().zip(&column) {
+            *i = (c / scale).round_ties_even().clamp(-levels, levels) as i16;
+        }
+        scales[n_ix] = scale;
+    }
+    (scales, ints)
 }
 
 /// Panels of `MR` features for `n` features, `depth` elements (`at(depth index, feature)`)
