@@ -137,8 +137,28 @@ fn variants() -> Vec<Variant> {
             intra_op_threads: 1,
         },
         Variant {
+            // Both towers' products by weights in 16-bit integers (`"int16"`), where the CPU
+            // has AVX512-VNNI.
+            name: "bucketed_int16",
+            settings: EngineSettings {
+                image_precision: Precision::Int16,
+                text_precision: Precision::Int16,
+                ..bucketed.clone()
+            },
+            intra_op_threads: 1,
+        },
+        Variant {
             name: "bucketed_intra2",
             settings: bucketed.clone(),
+            intra_op_threads: 2,
+        },
+        Variant {
+            name: "bucketed_int16_intra2",
+            settings: EngineSettings {
+                image_precision: Precision::Int16,
+                text_precision: Precision::Int16,
+                ..bucketed.clone()
+            },
             intra_op_threads: 2,
         },
         Variant {
