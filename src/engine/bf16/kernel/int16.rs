@@ -146,100 +146,30 @@ pub(super) unsafe fn quantize_rows<'a>(rows: impl Iterator<Item = &'a [f32]>, xq
     unreachable!("16-bit integer products are only enabled on x86-64 with AVX512-VNNI")
 }
 
-/// All tiles of `rows` quantized activation rows ([`row_len`] u32 each, `w.depth + 1`) against
-/// the weight panels `panels` (each feature's scale in `scales`, `MR` per panel), then the
-/// `epilogue`, into those panels' columns of `y` (`rows x w.n` f32), every element of which it
-/// writes.
-///
-/// # Safety
-///
-/// The CPU has AVX512-F, AVX512-BW and AVX512-VNNI, `w.depth * 2 <= MAX_K`, and no other thread
-/// touches those columns of `y` while it runs.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) unsafe fn tiles(
-    xq: &[u32],
-    rows: usize,
-    w: Panels<'_, u32>,
-    scales: &[f32],
-    panels: std::ops::Range<usize>,
-    epilogue: Epilogue<'_>,
-    y: OutRows,
-) {
-    use std::arch::x86_64::*;
-    let (n, kp) = (w.n, w.depth);
-    let len = kp + 1;
-    assert!(xq.len() == rows * len && panels.end <= w.panels() && kp <= MAX_K / 2);
-    assert!(scales.len() >= w.panels() * MR);
-    // Each weight panel read once per block of rows, as in the int8 tiles: the block's rows
-    // take the same bytes as theirs.
-    const BLOCK: usize = 32 * NR;
-    for r0 in (0..rows).step_by(BLOCK) {
-        let r1 = (r0 + BLOCK).min(rows);
-        for p in panels.clone() {
-            let panel = w.panel(p).as_ptr();
-            let n0 = p * MR;
-            let width = (n - n0).min(MR);
-            let biases = bias_panel(epilogue.bias, n0, width);
-            // SAFETY: the scales hold MR per panel, and p is a panel.
-            let (t0, t1) = unsafe {
-                (
-                    _mm512_loadu_ps(scales.as_ptr().add(n0)),
-                    _mm512_loadu_ps(scales.as_ptr().add(n0 + 16)),
-                )
-            };
-            for tile in (r0..r1).step_by(NR) {
-                let live = (r1 - tile).min(NR);
-                // Missing rows of the last tile read row `tile` again; their sums are dropped.
-                let src: [&[u32]; NR] =
-                    std::array::from_fn(|j| &xq[(tile + j.min(live - 1)) * len..][..len]);
-                let ptrs: [*const u32; NR] = std::array::from_fn(|j| src[j].as_ptr());
-                let mut acc = [_mm512_setzero_si512(); 2 * NR];
-                for q in 0..kp {
-                    // SAFETY: the panel holds kp x MR u32, so 2 x 16 from q * MR are in it;
-                    // each row holds kp pairs first.
-                    unsafe {
-                        let ahead = panel.wrapping_add((q + PREFETCH) * MR).cast::<i8>();
-                        _mm_prefetch::<_MM_HINT_T0>(ahead);
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
-                        let a0 = _mm512_loadu_si512(panel.add(q * MR).cast());
-                        let a1 = _mm512_loadu_si512(panel.add(q * MR + 16).cast());
-                        for (j, row) in ptrs.iter().enumerate() {
-                            let b = _mm512_set1_epi32(*row.add(q) as i32);
-                            acc[2 * j] = _mm512_dpwssd_epi32(acc[2 * j], b, a0);
-                            acc[2 * j + 1] = _mm512_dpwssd_epi32(acc[2 * j + 1], b, a1);
-                        }
-                    }
-                }
-                // sum(q * v) times s * t, as f32.
-                let mut out = [_mm512_setzero_ps(); 2 * NR];
-                for (j, row) in src.iter().enumerate() {
-                    let s = _mm512_set1_ps(f32::from_bits(row[kp]));
-                    out[2 * j] =
-                        _mm512_mul_ps(_mm512_cvtepi32_ps(acc[2 * j]), _mm512_mul_ps(s, t0));
-                    out[2 * j + 1] =
-                        _mm512_mul_ps(_mm512_cvtepi32_ps(acc[2 * j + 1]), _mm512_mul_ps(s, t1));
-                }
-                finish(&mut out, biases, epilogue.gelu);
-                for (j, pair) in out.chunks_exact(2).take(live).enumerate() {
-                    // SAFETY: row tile + j < rows, columns n0..n0 + width <= n, on this call's
-                    // panels, which no other call writes (the caller's promise).
-                    unsafe { y.store_f32(tile + j, n0, width, pair[0], pair[1]) };
-                }
-            }
+integer_tiles! {
+    /// The 16-bit tiles ([`integer_tiles!`]): rows of [`row_len`] u32 (`w.depth` pairs, then the
+    /// scale), `vpdpwssd`, `sum(q * v)` times `s * t` as f32, each feature's scale `t` in
+    /// `scales` (`MR` per panel). Each weight panel is read once per block of rows whose bytes
+    /// are the int8 tiles' block's.
+    ///
+    /// # Safety
+    ///
+    /// The CPU has AVX512-F, AVX512-BW and AVX512-VNNI, `w.depth * 2 <= MAX_K`, and no other
+    /// thread touches those columns of `y` while it runs.
+    fn tiles(scales: &[f32]) {
+        nr: NR,
+        block: 32 * NR,
+        extra: 1,
+        dot: _mm512_dpwssd_epi32,
+        scaled: |sums, row, n0| {
+            let s = _mm512_set1_ps(f32::from_bits(row[row.len() - 1]));
+            let t = &scales[n0..][..MR];
+            // SAFETY: `t` holds MR = 2 x 16.
+            let (t0, t1) = unsafe { (_mm512_loadu_ps(t.as_ptr()), _mm512_loadu_ps(t.as_ptr().add(16))) };
+            [
+                _mm512_mul_ps(_mm512_cvtepi32_ps(sums[0]), _mm512_mul_ps(s, t0)),
+                _mm512_mul_ps(_mm512_cvtepi32_ps(sums[1]), _mm512_mul_ps(s, t1)),
+            ]
         }
     }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-pub(super) unsafe fn tiles(
-    _: &[u32],
-    _: usize,
-    _: Panels<'_, u32>,
-    _: &[f32],
-    _: std::ops::Range<usize>,
-    _: Epilogue<'_>,
-    _: OutRows,
-) {
-    unreachable!("16-bit integer products are only enabled on x86-64 with AVX512-VNNI")
 }

@@ -150,102 +150,41 @@ pub(super) struct Features<'a> {
     pub(super) sums: &'a [i32],
 }
 
-/// All tiles of `rows` quantized activation rows ([`row_len`] u32 each, `w.depth + 2`) against
-/// the weight panels `panels`, then the `epilogue`, into those panels' columns of `y`
-/// (`rows x w.n` f32), every element of which it writes.
-///
-/// # Safety
-///
-/// The CPU has AVX512-F, AVX512-BW and AVX512-VNNI, and no other thread touches those columns
-/// of `y` while it runs.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub(super) unsafe fn tiles(
-    xq: &[u32],
-    rows: usize,
-    w: Panels<'_, u32>,
-    features: Features<'_>,
-    panels: std::ops::Range<usize>,
-    epilogue: Epilogue<'_>,
-    y: OutRows,
-) {
-    use std::arch::x86_64::*;
-    let (n, kq) = (w.n, w.depth);
-    let len = kq + 2;
-    assert!(xq.len() == rows * len && panels.end <= w.panels());
-    assert!(features.scales.len() >= w.panels() * MR && features.sums.len() >= w.panels() * MR);
-    // As the f32 tiles: each weight panel (a quarter of theirs) read once per block of rows.
-    const BLOCK: usize = 64 * NR;
-    for r0 in (0..rows).step_by(BLOCK) {
-        let r1 = (r0 + BLOCK).min(rows);
-        for p in panels.clone() {
-            let panel = w.panel(p).as_ptr();
-            let n0 = p * MR;
-            let width = (n - n0).min(MR);
-            let biases = bias_panel(epilogue.bias, n0, width);
-            // SAFETY: the scales and sums hold MR per panel, and p is a panel.
-            let (t0v, t1v, v0, v1) = unsafe {
+integer_tiles! {
+    /// The int8 tiles ([`integer_tiles!`]): rows of [`row_len`] u32 (`w.depth` quads, then the
+    /// scale and the zero point), `vpdpbusd`, `sum(q * v) - z * sum(v)` times `s * t` as f32.
+    /// Sums reach at most `k * 255 * 127`, inside an i32 for `k` up to 66,000. Each weight
+    /// panel (a quarter of the f32 tiles') is read once per block of rows, as theirs.
+    ///
+    /// # Safety
+    ///
+    /// The CPU has AVX512-F, AVX512-BW and AVX512-VNNI, and no other thread touches those
+    /// columns of `y` while it runs.
+    fn tiles(features: Features<'_>) {
+        nr: NR,
+        block: 64 * NR,
+        extra: 2,
+        dot: _mm512_dpbusd_epi32,
+        scaled: |sums, row, n0| {
+            let kq = row.len() - 2;
+            let (s, z) = (f32::from_bits(row[kq]), row[kq + 1] as i32);
+            let (s, z) = (_mm512_set1_ps(s), _mm512_set1_epi32(z));
+            let (t, v) = (&features.scales[n0..][..MR], &features.sums[n0..][..MR]);
+            // SAFETY: `t` and `v` hold MR = 2 x 16 each.
+            let (t0, t1, v0, v1) = unsafe {
                 (
-                    _mm512_loadu_ps(features.scales.as_ptr().add(n0)),
-                    _mm512_loadu_ps(features.scales.as_ptr().add(n0 + 16)),
-                    _mm512_loadu_si512(features.sums.as_ptr().add(n0).cast()),
-                    _mm512_loadu_si512(features.sums.as_ptr().add(n0 + 16).cast()),
+                    _mm512_loadu_ps(t.as_ptr()),
+                    _mm512_loadu_ps(t.as_ptr().add(16)),
+                    _mm512_loadu_si512(v.as_ptr().cast()),
+                    _mm512_loadu_si512(v.as_ptr().add(16).cast()),
                 )
             };
-            for t0 in (r0..r1).step_by(NR) {
-                let live = (r1 - t0).min(NR);
-                // Missing rows of the last tile read row t0 again; their sums are dropped.
-                let src: [&[u32]; NR] =
-                    std::array::from_fn(|j| &xq[(t0 + j.min(live - 1)) * len..][..len]);
-                let ptrs: [*const u32; NR] = std::array::from_fn(|j| src[j].as_ptr());
-                let mut acc = [_mm512_setzero_si512(); 2 * NR];
-                for q in 0..kq {
-                    // SAFETY: the panel holds kq x MR u32, so 2 x 16 from q * MR are in it;
-                    // each row holds kq quads first.
-                    unsafe {
-                        let ahead = panel.wrapping_add((q + PREFETCH) * MR).cast::<i8>();
-                        _mm_prefetch::<_MM_HINT_T0>(ahead);
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
-                        let a0 = _mm512_loadu_si512(panel.add(q * MR).cast());
-                        let a1 = _mm512_loadu_si512(panel.add(q * MR + 16).cast());
-                        for (j, row) in ptrs.iter().enumerate() {
-                            let b = _mm512_set1_epi32(*row.add(q) as i32);
-                            acc[2 * j] = _mm512_dpbusd_epi32(acc[2 * j], b, a0);
-                            acc[2 * j + 1] = _mm512_dpbusd_epi32(acc[2 * j + 1], b, a1);
-                        }
-                    }
-                }
-                // sum(q * v) - z * sum(v), then times s * t, as f32.
-                let mut out = [_mm512_setzero_ps(); 2 * NR];
-                for (j, row) in src.iter().enumerate() {
-                    let (s, z) = (f32::from_bits(row[kq]), row[kq + 1] as i32);
-                    let (s, z) = (_mm512_set1_ps(s), _mm512_set1_epi32(z));
-                    let exact0 = _mm512_sub_epi32(acc[2 * j], _mm512_mullo_epi32(z, v0));
-                    let exact1 = _mm512_sub_epi32(acc[2 * j + 1], _mm512_mullo_epi32(z, v1));
-                    out[2 * j] = _mm512_mul_ps(_mm512_cvtepi32_ps(exact0), _mm512_mul_ps(s, t0v));
-                    out[2 * j + 1] =
-                        _mm512_mul_ps(_mm512_cvtepi32_ps(exact1), _mm512_mul_ps(s, t1v));
-                }
-                finish(&mut out, biases, epilogue.gelu);
-                for (j, pair) in out.chunks_exact(2).take(live).enumerate() {
-                    // SAFETY: row t0 + j < rows, columns n0..n0 + width <= n, on this call's
-                    // panels, which no other call writes (the caller's promise).
-                    unsafe { y.store_f32(t0 + j, n0, width, pair[0], pair[1]) };
-                }
-            }
+            let exact0 = _mm512_sub_epi32(sums[0], _mm512_mullo_epi32(z, v0));
+            let exact1 = _mm512_sub_epi32(sums[1], _mm512_mullo_epi32(z, v1));
+            [
+                _mm512_mul_ps(_mm512_cvtepi32_ps(exact0), _mm512_mul_ps(s, t0)),
+                _mm512_mul_ps(_mm512_cvtepi32_ps(exact1), _mm512_mul_ps(s, t1)),
+            ]
         }
     }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-pub(super) unsafe fn tiles(
-    _: &[u32],
-    _: usize,
-    _: Panels<'_, u32>,
-    _: Features<'_>,
-    _: std::ops::Range<usize>,
-    _: Epilogue<'_>,
-    _: OutRows,
-) {
-    unreachable!("int8 products are only enabled on x86-64 with AVX512-VNNI")
 }

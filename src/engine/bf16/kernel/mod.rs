@@ -17,6 +17,8 @@ use tract_onnx::prelude::{Datum, Tensor, TractResult};
 mod activations;
 mod fma;
 mod gelu;
+#[macro_use]
+mod integer_tiles;
 mod int16;
 mod int8;
 mod norm;
