@@ -4,9 +4,9 @@
 //! Three lossy arithmetics can make a tower faster than f32: bf16 products (AVX512-BF16) run the
 //! image tower about 1.8x faster on Zen 4; int8 products (AVX512-VNNI, `bf16/kernel/int8.rs`)
 //! run a product 2.6x faster than f32 on an Intel Xeon whose bf16 is slow, and 16-bit integer
-//! ones (`bf16/kernel/int16.rs`) 1.8x, with a sixteenth of int8's rounding error on each input
+//! ones (`bf16/kernel/int16.rs`) 1.8x, with steps a quarter of int8's on each input
 //! (the text tower there passes the check in 16 bits and not in int8). None is faster on
-//! every CPU that has its instructions (`bf16/speed.rs`), and how much either moves an
+//! every CPU that has its instructions (`bf16/speed.rs`), and how much any moves an
 //! embedding depends on the weights: real weights with outliers may round worse than the
 //! exports they were measured on. So with [`Precision::Auto`] (the default), [`choose`] first
 //! asks how much faster each lossy product is than an f32 one on this CPU (`bf16::speedups`,

@@ -30,9 +30,6 @@ pub(super) const LEVELS: f32 = 511.0;
 /// ([`super::Packing::pack`]).
 pub(super) const MAX_K: usize = 2 * (i32::MAX as usize / (2 * 511 * 511));
 
-/// How many pairs along `k` ahead the tiles prefetch the weight panel.
-const PREFETCH: usize = 16;
-
 /// The u32 a quantized row takes for `k` values: `ceil(k / 2)` pairs of i16, then the row's
 /// scale (f32 bits).
 pub(super) fn row_len(k: usize) -> usize {

@@ -22,9 +22,6 @@ use super::{Epilogue, Panels, MR};
 /// Activation rows per tile, as the f32 tiles.
 pub(super) const NR: usize = 8;
 
-/// How many quads along `k` ahead the tiles prefetch the weight panel.
-const PREFETCH: usize = 16;
-
 /// The u32 a quantized row takes for `k` values: `ceil(k / 4)` quads of bytes, then the row's
 /// scale (f32 bits) and zero point.
 pub(super) fn row_len(k: usize) -> usize {

@@ -1,12 +1,15 @@
 //! The tile loop the integer products share ([`integer_tiles!`]): `int8.rs` and `int16.rs` each
 //! make theirs from it with their instruction and their scaling of the integer sums.
 
+/// How many steps along `k` (u32 of quads or pairs) ahead the tiles prefetch the weight panel.
+pub(super) const PREFETCH: usize = 16;
+
 /// Defines `pub(super) unsafe fn $name(xq, rows, w, $features, panels, epilogue, y)`: all tiles
 /// of `rows` quantized activation rows (`w.depth` u32 of integers each, then `$extra` u32 of the
 /// row's own numbers) against the weight panels `panels`, then the `epilogue`, into those
 /// panels' columns of `y` (`rows x w.n` f32), every element of which it writes. Tiles of 32
 /// output features by `$nr` rows, blocks of `$block` rows, each weight panel read once per
-/// block and prefetched `PREFETCH` (the caller's constant) steps ahead; `$dot` adds a broadcast u32 of a row
+/// block and prefetched [`PREFETCH`] steps ahead; `$dot` adds a broadcast u32 of a row
 /// times each of the panel's u32 into each i32 lane. `$scaled` gives a tile row's two vectors
 /// of f32 sums from its two vectors of integer sums `$sums` (`[__m512i; 2]`), the row `$row`
 /// (its `w.depth + $extra` u32), the panel's first feature `$n0` and `$features`.
@@ -59,7 +62,9 @@ macro_rules! integer_tiles {
                             // SAFETY: the panel holds depth x MR u32, so 2 x 16 from q * MR
                             // are in it; each row holds `depth` u32 of integers first.
                             unsafe {
-                                let ahead = panel.wrapping_add((q + PREFETCH) * MR).cast::<i8>();
+                                let ahead = panel
+                                    .wrapping_add((q + super::integer_tiles::PREFETCH) * MR)
+                                    .cast::<i8>();
                                 _mm_prefetch::<_MM_HINT_T0>(ahead);
                                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
                                 let a0 = _mm512_loadu_si512(panel.add(q * MR).cast());

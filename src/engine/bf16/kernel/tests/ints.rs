@@ -71,54 +71,70 @@ fn int8_rows_quantize_as_the_scalar_definition() {
     }
 }
 
-/// The int8 tiles give, bit for bit, the integer sums of the quantized rows and weights with
-/// the zero point taken out, scaled back in f32 and the bias added; the same bits split over a
-/// pool; and within the quantization's error of the exact products. Edge tiles of every kind,
-/// summed lengths not a multiple of 4, and two row blocks.
+/// The int8 tiles ([`assert_integer_products`]), with the zero point taken out of the sums.
+/// Summed lengths not a multiple of 4 among the edge shapes.
 #[test]
 fn int8_products_are_the_integer_sums_scaled_back() {
     let Some(cpu) = VnniCpu::detect() else {
         eprintln!("no AVX512-VNNI on this CPU: the int8 tiles are never used here");
         return;
     };
-    for (rows, k, n) in edge_shapes(int8::NR) {
+    assert_integer_products(
+        int8::NR,
+        |k, n, w| PackedWeights::pack_int8(cpu, k, n, |i, j| w[i * n + j]),
+        127.0,
+        |x| {
+            let mut q = vec![0u32; int8::row_len(x.len())];
+            int8::quantize_row(x, &mut q);
+            let kq = x.len().div_ceil(4);
+            let (s, z) = (f32::from_bits(q[kq]), i64::from(q[kq + 1]));
+            let bytes = q[..kq].iter().flat_map(|d| d.to_le_bytes());
+            (bytes.map(|b| i64::from(b) - z).collect(), s)
+        },
+        // The row's range, at most 3 here, over 255.
+        3.0 / 255.0,
+    );
+}
+
+/// Tiles whose weights `pack(k, n, w)` makes (each feature's integers its weights over its
+/// largest magnitude over `levels`, rounded to nearest even) give, bit for bit, the integer
+/// sums of those and of each row's integers (`quantized(row)`: its integers, zero point taken
+/// out, and its scale), scaled back in f32 and the bias added; the same bits split over a
+/// pool; and within the quantization's error of the exact products (a row's step at most
+/// `row_step` for values in -1.5..1.5). Edge tiles of every kind for tiles of `nr` rows, and
+/// two row blocks. A row with a NaN makes every output of its row NaN, as in f32, and no other.
+fn assert_integer_products(
+    nr: usize,
+    pack: impl Fn(usize, usize, &[f32]) -> PackedWeights,
+    levels: f32,
+    quantized: impl Fn(&[f32]) -> (Vec<i64>, f32),
+    row_step: f64,
+) {
+    for (rows, k, n) in edge_shapes(nr) {
         let what = format!("{rows} x {k} x {n}");
         let x = values(rows * k, 21);
         let w = values(k * n, 22);
         let bias = values(n, 23);
-        let packed = PackedWeights::pack_int8(cpu, k, n, |i, j| w[i * n + j]);
+        let packed = pack(k, n, &w);
         let got = product(&x, rows, &packed, Some(&bias));
         // The weights' scales and integers, as the packing is documented to make them.
         let t: Vec<f32> = (0..n)
-            .map(|j| (0..k).map(|i| w[i * n + j].abs()).fold(0f32, f32::max) / 127.0)
+            .map(|j| (0..k).map(|i| w[i * n + j].abs()).fold(0f32, f32::max) / levels)
             .collect();
         let v = |i: usize, j: usize| (w[i * n + j] / t[j]).round_ties_even() as i64;
-        let mut exact = vec![0f64; rows * n];
         for r in 0..rows {
-            let mut q = vec![0u32; int8::row_len(k)];
-            int8::quantize_row(&x[r * k..][..k], &mut q);
-            let kq = k.div_ceil(4);
-            let (s, z) = (f32::from_bits(q[kq]), i64::from(q[kq + 1]));
-            let bytes: Vec<i64> = q[..kq]
-                .iter()
-                .flat_map(|d| d.to_le_bytes())
-                .map(i64::from)
-                .collect();
+            let (ints, s) = quantized(&x[r * k..][..k]);
             for j in 0..n {
-                let sum: i64 = (0..k).map(|i| (bytes[i] - z) * v(i, j)).sum();
+                let sum: i64 = (0..k).map(|i| ints[i] * v(i, j)).sum();
                 let want = (sum as f32) * (s * t[j]) + bias[j];
-                let at = r * n + j;
-                assert_eq!(got[at].to_bits(), want.to_bits(), "{what}, {r} {j}");
-                exact[at] = (0..k)
-                    .map(|i| f64::from(x[r * k + i]) * f64::from(w[i * n + j]))
-                    .sum::<f64>()
-                    + f64::from(bias[j]);
+                assert_eq!(got[r * n + j].to_bits(), want.to_bits(), "{what}, {r} {j}");
             }
         }
-        // Each term is off by at most half a step of either input, times the other.
-        let (xmax, wmax) = (1.5f64, 1.5f64);
-        let tolerance = k as f64 * (xmax * 3.0 / 255.0 / 2.0 * wmax + wmax / 127.0 / 2.0 * xmax);
+        let exact = super::exact_sums(&x, &w, (rows, k, n), |v| v);
+        // Each term is off by at most half a step of either input, times the other (1.5).
+        let tolerance = k as f64 * 1.5 * (row_step / 2.0 + 1.5 / f64::from(levels) / 2.0);
         for (i, (&g, &e)) in got.iter().zip(&exact).enumerate() {
+            let e = e + f64::from(bias[i % n]);
             assert!(
                 (f64::from(g) - e).abs() <= tolerance,
                 "{what}, {i}: {g} against {e}"
@@ -126,11 +142,9 @@ fn int8_products_are_the_integer_sums_scaled_back() {
         }
         assert_same_split(&x, rows, &packed, &bias, &got, &what);
     }
-    // A row with a NaN makes every output of its row NaN, as in f32, and no other.
     let (rows, k, n) = (20, 40, 70);
     let mut x = values(rows * k, 31);
-    let w = values(k * n, 32);
-    let packed = PackedWeights::pack_int8(cpu, k, n, |i, j| w[i * n + j]);
+    let packed = pack(k, n, &values(k * n, 32));
     let clean = product(&x, rows, &packed, None);
     x[7 * k + 3] = f32::NAN;
     let dirty = product(&x, rows, &packed, None);
@@ -220,73 +234,31 @@ fn int16_rows_quantize_as_the_scalar_definition() {
     }
 }
 
-/// The 16-bit tiles give, bit for bit, the integer sums of the quantized rows and weights,
-/// scaled back in f32 and the bias added; the same bits split over a pool; and within the
-/// quantization's error of the exact products. Edge tiles of every kind, odd summed lengths,
-/// and two row blocks.
+/// The 16-bit tiles ([`assert_integer_products`]); odd summed lengths among the edge shapes.
 #[test]
 fn int16_products_are_the_integer_sums_scaled_back() {
     let Some(cpu) = VnniCpu::detect() else {
         eprintln!("no AVX512-VNNI on this CPU: the 16-bit tiles are never used here");
         return;
     };
-    for (rows, k, n) in edge_shapes(int16::NR) {
-        let what = format!("{rows} x {k} x {n}");
-        let x = values(rows * k, 41);
-        let w = values(k * n, 42);
-        let bias = values(n, 43);
-        let packed = PackedWeights::pack_int16(cpu, k, n, |i, j| w[i * n + j]);
-        assert_eq!(packed.kind(), "Int16");
-        let got = product(&x, rows, &packed, Some(&bias));
-        // The weights' scales and integers, as the packing is documented to make them.
-        let t: Vec<f32> = (0..n)
-            .map(|j| (0..k).map(|i| w[i * n + j].abs()).fold(0f32, f32::max) / 511.0)
-            .collect();
-        let v = |i: usize, j: usize| (w[i * n + j] / t[j]).round_ties_even() as i64;
-        let mut exact = vec![0f64; rows * n];
-        for r in 0..rows {
-            let mut q = vec![0u32; int16::row_len(k)];
-            int16::quantize_row(&x[r * k..][..k], &mut q);
-            let kp = k.div_ceil(2);
-            let s = f32::from_bits(q[kp]);
-            let ints = pair_ints(&q[..kp]);
-            for j in 0..n {
-                let sum: i64 = (0..k).map(|i| i64::from(ints[i]) * v(i, j)).sum();
-                let want = (sum as f32) * (s * t[j]) + bias[j];
-                let at = r * n + j;
-                assert_eq!(got[at].to_bits(), want.to_bits(), "{what}, {r} {j}");
-                exact[at] = (0..k)
-                    .map(|i| f64::from(x[r * k + i]) * f64::from(w[i * n + j]))
-                    .sum::<f64>()
-                    + f64::from(bias[j]);
-            }
-        }
-        // Each term is off by at most half a step of either input, times the other.
-        let (xmax, wmax) = (1.5f64, 1.5f64);
-        let tolerance = k as f64 * (xmax / 511.0 / 2.0 * wmax + wmax / 511.0 / 2.0 * xmax);
-        for (i, (&g, &e)) in got.iter().zip(&exact).enumerate() {
-            assert!(
-                (f64::from(g) - e).abs() <= tolerance,
-                "{what}, {i}: {g} against {e}"
-            );
-        }
-        assert_same_split(&x, rows, &packed, &bias, &got, &what);
-    }
-    // A row with a NaN makes every output of its row NaN, as in f32, and no other.
-    let (rows, k, n) = (20, 40, 70);
-    let mut x = values(rows * k, 51);
-    let w = values(k * n, 52);
-    let packed = PackedWeights::pack_int16(cpu, k, n, |i, j| w[i * n + j]);
-    let clean = product(&x, rows, &packed, None);
-    x[7 * k + 3] = f32::NAN;
-    let dirty = product(&x, rows, &packed, None);
-    for (i, (c, d)) in clean.iter().zip(&dirty).enumerate() {
-        if i / n == 7 {
-            assert!(d.is_nan(), "output {i}: {d}");
-        } else {
-            assert_eq!(c.to_bits(), d.to_bits(), "output {i}");
-        }
-    }
+    assert_integer_products(
+        int16::NR,
+        |k, n, w| {
+            let packed = PackedWeights::pack_int16(cpu, k, n, |i, j| w[i * n + j]);
+            assert_eq!(packed.kind(), "Int16");
+            packed
+        },
+        511.0,
+        |x| {
+            let mut q = vec![0u32; int16::row_len(x.len())];
+            int16::quantize_row(x, &mut q);
+            let kp = x.len().div_ceil(2);
+            let ints = pair_ints(&q[..kp]).into_iter().map(i64::from).collect();
+            (ints, f32::from_bits(q[kp]))
+        },
+        // The row's largest magnitude, at most 1.5 here, over 511.
+        1.5 / 511.0,
+    );
 }
 
 /// The longest summed length the 16-bit tiles take sums every term at its largest magnitude
