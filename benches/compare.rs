@@ -53,7 +53,7 @@ fn token_ids(batch: usize, tokens: usize) -> Vec<Vec<u32>> {
 
 /// An engine configuration to compare.
 struct Variant {
-    name: &'static str,
+    name: String,
     settings: EngineSettings,
     intra_op_threads: usize,
 }
@@ -75,21 +75,21 @@ fn variants() -> Vec<Variant> {
         text_precision: Precision::F32,
         ..clipserve::service::engine_settings(&defaults)
     };
-    vec![
+    let mut variants = vec![
         Variant {
-            name: "bucketed",
+            name: "bucketed".into(),
             settings: bucketed.clone(),
             intra_op_threads: 1,
         },
         Variant {
-            name: "symbolic",
+            name: "symbolic".into(),
             settings: f32_settings(),
             intra_op_threads: 1,
         },
         Variant {
             // Text plans of concrete shapes (tract picks kernels per shape), from
             // CLIPSERVE_BENCH_TEXT_BATCH and CLIPSERVE_BENCH_TEXT_SEQ (comma lists).
-            name: "text_fixed",
+            name: "text_fixed".into(),
             settings: EngineSettings {
                 image_buckets: bucketed.image_buckets.clone(),
                 text_buckets: Buckets {
@@ -103,7 +103,7 @@ fn variants() -> Vec<Variant> {
         Variant {
             // Image plans of concrete batch sizes, from CLIPSERVE_BENCH_IMAGE_BATCH (a comma
             // list): batch 32 then runs as one plan, not four runs of 8.
-            name: "image_fixed",
+            name: "image_fixed".into(),
             settings: EngineSettings {
                 image_buckets: Buckets {
                     batch: env_list("CLIPSERVE_BENCH_IMAGE_BATCH", &[1, 8, 32]),
@@ -114,72 +114,34 @@ fn variants() -> Vec<Variant> {
             },
             intra_op_threads: 1,
         },
-        Variant {
-            // Both towers' products in bf16 (`model.image_precision = "bf16"`,
-            // `text_precision = "bf16"`), where the CPU has AVX512-BF16.
-            name: "bucketed_bf16",
-            settings: EngineSettings {
-                image_precision: Precision::Bf16,
-                text_precision: Precision::Bf16,
-                ..bucketed.clone()
-            },
-            intra_op_threads: 1,
-        },
-        Variant {
-            // Both towers' products by weights in int8 (`model.image_precision = "int8"`,
-            // `text_precision = "int8"`), where the CPU has AVX512-VNNI.
-            name: "bucketed_int8",
-            settings: EngineSettings {
-                image_precision: Precision::Int8,
-                text_precision: Precision::Int8,
-                ..bucketed.clone()
-            },
-            intra_op_threads: 1,
-        },
-        Variant {
-            // Both towers' products by weights in 16-bit integers (`"int16"`), where the CPU
-            // has AVX512-VNNI.
-            name: "bucketed_int16",
-            settings: EngineSettings {
-                image_precision: Precision::Int16,
-                text_precision: Precision::Int16,
-                ..bucketed.clone()
-            },
-            intra_op_threads: 1,
-        },
-        Variant {
-            name: "bucketed_intra2",
-            settings: bucketed.clone(),
-            intra_op_threads: 2,
-        },
-        Variant {
-            name: "bucketed_int16_intra2",
-            settings: EngineSettings {
-                image_precision: Precision::Int16,
-                text_precision: Precision::Int16,
-                ..bucketed.clone()
-            },
-            intra_op_threads: 2,
-        },
-        Variant {
-            name: "bucketed_int8_intra2",
-            settings: EngineSettings {
-                image_precision: Precision::Int8,
-                text_precision: Precision::Int8,
-                ..bucketed.clone()
-            },
-            intra_op_threads: 2,
-        },
-        Variant {
-            name: "bucketed_bf16_intra2",
-            settings: EngineSettings {
-                image_precision: Precision::Bf16,
-                text_precision: Precision::Bf16,
-                ..bucketed
-            },
-            intra_op_threads: 2,
-        },
-    ]
+    ];
+    // Both towers' products by weights in each lossy arithmetic (`model.image_precision` and
+    // `text_precision` set to it: bf16 where the CPU has AVX512-BF16, int8 and int16 where it
+    // has AVX512-VNNI, f32 elsewhere), on one thread and, as a lone run in the server, on two:
+    // `bucketed_<arithmetic>` and `bucketed_<arithmetic>_intra2`.
+    let lossy = [Precision::Bf16, Precision::Int8, Precision::Int16];
+    for (threads, suffix) in [(1, ""), (2, "_intra2")] {
+        if threads == 2 {
+            variants.push(Variant {
+                name: "bucketed_intra2".into(),
+                settings: bucketed.clone(),
+                intra_op_threads: 2,
+            });
+        }
+        for precision in lossy {
+            let arithmetic = precision.lossy().expect("a lossy setting");
+            variants.push(Variant {
+                name: format!("bucketed_{}{suffix}", arithmetic.as_str()),
+                settings: EngineSettings {
+                    image_precision: precision,
+                    text_precision: precision,
+                    ..bucketed.clone()
+                },
+                intra_op_threads: threads,
+            });
+        }
+    }
+    variants
 }
 
 fn env_list(name: &str, default: &[usize]) -> Vec<usize> {
@@ -341,7 +303,7 @@ fn main() {
         });
     let mut results = Vec::new();
     for v in variants() {
-        if args.variants.iter().any(|n| n == v.name) {
+        if args.variants.contains(&v.name) {
             results.push(run_variant(&model, &v, &args));
         }
     }

@@ -16,6 +16,7 @@ use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
 use crate::batcher::BatchObserver;
 use crate::config::{LogFormat, LogSettings};
+use crate::engine::Arithmetic;
 
 /// Installs the global tracing subscriber, writing to stdout (the server's log). A non-empty
 /// `RUST_LOG` wins over `settings.level`; both were checked by
@@ -130,9 +131,8 @@ pub struct Metrics {
     items_skipped: Family<TowerLabels, Counter>,
     text_cache: Family<CacheLabels, Counter>,
     ready: Gauge,
-    bf16: Family<TowerLabels, Gauge>,
-    int8: Family<TowerLabels, Gauge>,
-    int16: Family<TowerLabels, Gauge>,
+    /// `clipserve_tower_<arithmetic>`, one for each lossy arithmetic.
+    lossy: Vec<(Arithmetic, Family<TowerLabels, Gauge>)>,
 }
 
 impl Default for Metrics {
@@ -160,24 +160,19 @@ impl Metrics {
         let items_skipped = Family::<TowerLabels, Counter>::default();
         let text_cache = Family::<CacheLabels, Counter>::default();
         let ready = Gauge::default();
-        let bf16 = Family::<TowerLabels, Gauge>::default();
-        registry.register(
-            "tower_bf16",
-            "1 when the tower's products by its weight matrices run in bf16 (chosen at start-up: model.image_precision, text_precision), else 0",
-            bf16.clone(),
-        );
-        let int8 = Family::<TowerLabels, Gauge>::default();
-        registry.register(
-            "tower_int8",
-            "1 when the tower's products by its weight matrices run in int8 (chosen at start-up: model.image_precision, text_precision), else 0",
-            int8.clone(),
-        );
-        let int16 = Family::<TowerLabels, Gauge>::default();
-        registry.register(
-            "tower_int16",
-            "1 when the tower's products by its weight matrices run in 16-bit integers (chosen at start-up: model.image_precision, text_precision), else 0",
-            int16.clone(),
-        );
+        let lossy = Arithmetic::LOSSY
+            .into_iter()
+            .map(|arithmetic| {
+                let name = arithmetic.as_str();
+                let gauge = Family::<TowerLabels, Gauge>::default();
+                registry.register(
+                    format!("tower_{name}"),
+                    format!("1 when the tower's products by its weight matrices run in {name} (chosen at start-up: model.image_precision, text_precision), else 0"),
+                    gauge.clone(),
+                );
+                (arithmetic, gauge)
+            })
+            .collect();
         registry.register(
             "http_requests",
             "HTTP requests by route, method and status",
@@ -265,9 +260,7 @@ impl Metrics {
             items_skipped,
             text_cache,
             ready,
-            bf16,
-            int8,
-            int16,
+            lossy,
         }
     }
 
@@ -310,10 +303,11 @@ impl Metrics {
     pub fn set_precision(&self, report: &crate::engine::PrecisionReport) {
         for (tower, p) in [("image", report.image), ("text", report.text)] {
             let labels = TowerLabels { tower };
-            let active = |a| i64::from(p.active == a);
-            (self.bf16.get_or_create(&labels)).set(active(crate::engine::Arithmetic::Bf16));
-            (self.int8.get_or_create(&labels)).set(active(crate::engine::Arithmetic::Int8));
-            (self.int16.get_or_create(&labels)).set(active(crate::engine::Arithmetic::Int16));
+            for (arithmetic, gauge) in &self.lossy {
+                gauge
+                    .get_or_create(&labels)
+                    .set(i64::from(p.active == *arithmetic));
+            }
         }
     }
 

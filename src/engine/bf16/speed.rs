@@ -27,7 +27,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::bail;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
-use super::{int8_supported, rewrite, supported};
+use super::rewrite;
 use crate::engine::precision::{Arithmetic, Lossy};
 use crate::engine::threads::TowerPool;
 
@@ -48,30 +48,27 @@ const HOPELESS: u32 = 4;
 pub fn speedups() -> Lossy<Option<f64>> {
     static SPEEDUPS: OnceLock<Lossy<Option<f64>>> = OnceLock::new();
     *SPEEDUPS.get_or_init(|| {
-        let wanted = Lossy {
-            bf16: supported(),
-            int8: int8_supported(),
-            int16: int8_supported(),
-        };
-        if !wanted.bf16 && !wanted.int8 {
+        let wanted: Vec<Arithmetic> = Arithmetic::LOSSY
+            .into_iter()
+            .filter(|a| a.supported())
+            .collect();
+        if wanted.is_empty() {
             return Lossy::default();
         }
         // One thread, whatever pool the process has installed: the ratio is the cores'.
-        match TowerPool::new(1).run(true, || measure(wanted)) {
-            Ok(times) => {
-                let ratio =
-                    |t: Option<Duration>| t.map(|t| times.f32.as_secs_f64() / t.as_secs_f64());
-                let speedups = Lossy {
-                    bf16: ratio(times.bf16),
-                    int8: ratio(times.int8),
-                    int16: ratio(times.int16),
-                };
-                let ms = |t: Option<Duration>| t.map(|t| t.as_secs_f64() * 1e3);
+        match TowerPool::new(1).run(true, || measure(&wanted)) {
+            Ok((f32_time, times)) => {
+                let (mut speedups, mut ms) = (Lossy::default(), Lossy::default());
+                for a in Arithmetic::LOSSY {
+                    let time = times.of(a);
+                    speedups.set(a, time.map(|t| f32_time.as_secs_f64() / t.as_secs_f64()));
+                    ms.set(a, time.map(|t| t.as_secs_f64() * 1e3));
+                }
                 tracing::info!(
-                    f32_ms = times.f32.as_secs_f64() * 1e3,
-                    bf16_ms = ms(times.bf16),
-                    int8_ms = ms(times.int8),
-                    int16_ms = ms(times.int16),
+                    f32_ms = f32_time.as_secs_f64() * 1e3,
+                    bf16_ms = ms.bf16,
+                    int8_ms = ms.int8,
+                    int16_ms = ms.int16,
                     bf16_speedup = speedups.bf16,
                     int8_speedup = speedups.int8,
                     int16_speedup = speedups.int16,
@@ -87,16 +84,9 @@ pub fn speedups() -> Lossy<Option<f64>> {
     })
 }
 
-/// The probe's fastest runs: f32's, and each lossy arithmetic's that was timed.
-struct Times {
-    f32: Duration,
-    bf16: Option<Duration>,
-    int8: Option<Duration>,
-    int16: Option<Duration>,
-}
-
-/// The fastest run of the probe's product in f32 and in each `wanted` lossy arithmetic.
-fn measure(wanted: Lossy<bool>) -> TractResult<Times> {
+/// The fastest run of the probe's product in f32, and in each `wanted` lossy arithmetic (the
+/// others `None`).
+fn measure(wanted: &[Arithmetic]) -> TractResult<(Duration, Lossy<Option<Duration>>)> {
     let (rows, k, n) = PROBE;
     // Small values of both signs, none of them subnormal.
     let values = |len: usize, step: usize| -> Vec<f32> {
@@ -134,24 +124,18 @@ fn measure(wanted: Lossy<bool>) -> TractResult<Times> {
     };
     let f32_plan = plan(Arithmetic::F32)?;
     let mut lossy = vec![];
-    for (arithmetic, wanted) in [
-        (Arithmetic::Bf16, wanted.bf16),
-        (Arithmetic::Int8, wanted.int8),
-        (Arithmetic::Int16, wanted.int16),
-    ] {
-        if wanted {
-            lossy.push((arithmetic, plan(arithmetic)?));
-        }
+    for &arithmetic in wanted {
+        lossy.push((arithmetic, plan(arithmetic)?));
     }
     // Each plan's first run (its buffers, the weights into cache) only screens: an arithmetic
     // whose first run is [`HOPELESS`] times slower than f32's keeps that figure, and the others
     // run in turn with f32 for [`ROUNDS`].
     let f32_first = time(&f32_plan)?;
-    let (mut rounds, mut best) = (vec![], vec![]);
+    let (mut rounds, mut best) = (vec![], Lossy::default());
     for (arithmetic, plan) in lossy {
         let first = time(&plan)?;
         if first > f32_first * HOPELESS {
-            best.push((arithmetic, first));
+            best.set(arithmetic, Some(first));
         } else {
             rounds.push((arithmetic, plan, Duration::MAX));
         }
@@ -166,12 +150,8 @@ fn measure(wanted: Lossy<bool>) -> TractResult<Times> {
             }
         }
     }
-    best.extend(rounds.into_iter().map(|(a, _, t)| (a, t)));
-    let timed = |want: Arithmetic| best.iter().find(|(a, _)| *a == want).map(|&(_, t)| t);
-    Ok(Times {
-        f32: f32_best,
-        bf16: timed(Arithmetic::Bf16),
-        int8: timed(Arithmetic::Int8),
-        int16: timed(Arithmetic::Int16),
-    })
+    for (arithmetic, _, fastest) in rounds {
+        best.set(arithmetic, Some(fastest));
+    }
+    Ok((f32_best, best))
 }
