@@ -1,5 +1,5 @@
 //! Where a tower's run spends its time, op by op: loads a model folder as the server does
-//! (default settings, precision `auto` unless `--precision` says `f32`, `bf16` or `int8`; image plans at
+//! (default settings, precision `auto` unless `--precision` says `f32`, `bf16`, `int8` or `int16`; image plans at
 //! batch 1 and 8), runs one plan on one
 //! thread with every node timed, and prints the time per kind of op, slowest first.
 //!
@@ -9,7 +9,7 @@
 //! cargo run --release --example op_profile -- --model DIR --detail   # ops split by their shapes
 //! cargo run --release --example op_profile -- --model DIR --batch 1 --threads 2  # a lone run
 //! cargo run --release --example op_profile -- --model DIR --precision f32  # f32 tiles (tract's without AVX-512)
-//! cargo run --release --example op_profile -- --model DIR --precision int8  # int8 tiles (AVX512-VNNI)
+//! cargo run --release --example op_profile -- --model DIR --precision int8  # int8 tiles (AVX512-VNNI; int16 alike)
 //! ```
 //!
 //! One thread unless `--threads` says otherwise, so the shares are the tower's own and not the pool's scheduling. For the image
@@ -54,7 +54,7 @@ fn main() -> anyhow::Result<()> {
             "--precision" => {
                 let v = value()?;
                 precision = serde_json::from_value(serde_json::Value::String(v.clone()))
-                    .map_err(|_| anyhow::anyhow!("--precision {v}: expected auto, f32, bf16 or int8"))?;
+                    .map_err(|_| anyhow::anyhow!("--precision {v}: expected auto, f32, bf16, int8 or int16"))?;
             }
             other => anyhow::bail!(
                 "unknown argument {other}; expected --model, --tower, --batch, --seq, --runs, --detail, --nodes, --threads, --precision"

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example parity -- [--model DIR] [--reference DIR/reference] \
-//!     [--photos DIR] [--image-precision auto|f32|bf16|int8] [--text-precision auto|f32|bf16|int8]
+//!     [--photos DIR] [--image-precision auto|f32|bf16|int8|int16] [--text-precision auto|f32|bf16|int8|int16]
 //! ```
 //!
 //! `--model` defaults to `models/xlmr-b32-random` in the repo (the full-size export of
@@ -43,7 +43,7 @@ fn main() {
     let precision = |flag: &str| {
         let v = arg(flag).unwrap_or_else(|| "auto".into());
         serde_json::from_value::<Precision>(serde_json::Value::String(v.clone()))
-            .unwrap_or_else(|_| panic!("{flag} {v}: auto, f32, bf16 or int8"))
+            .unwrap_or_else(|_| panic!("{flag} {v}: auto, f32, bf16, int8 or int16"))
     };
     let settings = EngineSettings {
         image_precision: precision("--image-precision"),

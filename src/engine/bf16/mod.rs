@@ -105,7 +105,7 @@ pub fn f32_supported() -> bool {
 
 /// Whether this CPU runs the int8 and 16-bit integer products (`kernel/int8.rs`,
 /// `kernel/int16.rs`): it has AVX512-VNNI.
-pub fn int8_supported() -> bool {
+pub fn vnni_supported() -> bool {
     VnniCpu::detect().is_some()
 }
 
@@ -148,8 +148,8 @@ pub struct Rewritten {
     pub sums: usize,
 }
 
-/// Replaces, in `arithmetic` (where this CPU runs it: nothing is rewritten elsewhere; int8
-/// leaves products of one row per item and of two activations in f32), every f32
+/// Replaces, in `arithmetic` (where this CPU runs it: nothing is rewritten elsewhere; int8 and
+/// int16 leave products of one row per item and of two activations in f32), every f32
 /// product of an activation by a constant matrix that fits the [`Bf16MatMul`] layout, every convolution that is a patch embedding ([`Bf16Patches`]), and
 /// every product of two activations that fits [`Bf16ActMatMul`]'s, then folds the biases added
 /// after products by weights, and the GELUs after those, into them, hands the MLP's hidden

@@ -6,8 +6,8 @@
 //! `narrow.rs`). With [`Arithmetic::Bf16`], the products by weight matrices and the attention's
 //! products of two activations then become bf16 ops of our own (see `bf16/`); with
 //! [`Arithmetic::F32`] on a CPU with AVX-512, the products by weight matrices become f32 ops of
-//! our own; with [`Arithmetic::Int8`] on a CPU with AVX512-VNNI, the blocks' products by weight
-//! matrices become int8 ones and the rest f32 ones. From that model:
+//! our own; with [`Arithmetic::Int8`] or [`Arithmetic::Int16`] on a CPU with AVX512-VNNI, the
+//! blocks' products by weight matrices become integer ones and the rest f32 ones. From that model:
 //! - a graph with fixed shapes (immich's static export) gets one plan, and every run uses it;
 //! - a graph with symbolic batch (and sequence) axes gets one plan per configured bucket, made by
 //!   binding the symbols to concrete values and optimizing (tract picks faster kernels for
@@ -258,7 +258,7 @@ impl Graph {
     ) -> Result<Graph, GraphError> {
         let path = &prepared.path;
         let mut typed = prepared.typed.clone();
-        // bf16 or int8 never on a CPU without the instructions (the choice in `precision/`
+        // A lossy arithmetic never on a CPU without the instructions (the choice in `precision/`
         // checks it first); f32 products of our own where the CPU has AVX-512, else tract's.
         let rewritten =
             super::bf16::rewrite(&mut typed, arithmetic).map_err(|e| GraphError::Load {

@@ -108,7 +108,7 @@ impl Arithmetic {
         match self {
             Arithmetic::F32 => true,
             Arithmetic::Bf16 => super::bf16::supported(),
-            Arithmetic::Int8 | Arithmetic::Int16 => super::bf16::int8_supported(),
+            Arithmetic::Int8 | Arithmetic::Int16 => super::bf16::vnni_supported(),
         }
     }
 }
