@@ -17,11 +17,10 @@
 //! its f32 embedding reaches the threshold (`model.precision_min_cosine`); f32 when none does.
 //! A tower's plans in one arithmetic are dropped before the next arithmetic's are built, so no
 //! two hold their weights at the same time; a tower that fails every check pays for building
-//! its f32 plans a second time. [`Precision::Bf16`], [`Precision::Int8`] and [`Precision::Int16`]
-//! run their one check,
-//! report it and keep that arithmetic whatever it found; [`Precision::F32`] runs no check. An
-//! f32 tower runs its products by weights in f32 tiles of our own where the CPU has AVX-512
-//! (`bf16/kernel/fma.rs`), tract's elsewhere.
+//! its f32 plans a second time. [`Precision::Bf16`], [`Precision::Int8`] and
+//! [`Precision::Int16`] run their one check, report it and keep that arithmetic whatever it
+//! found; [`Precision::F32`] runs no check. An f32 tower runs its products by weights in f32
+//! tiles of our own where the CPU has AVX-512 (`bf16/kernel/fma.rs`), tract's elsewhere.
 
 use std::time::Instant;
 
@@ -35,8 +34,8 @@ use crate::embedding::Embedding;
 /// The least speed-up of a lossy product over an f32 one on this CPU (`bf16::speedups`) for
 /// which `auto` tries that arithmetic: a margin over 1, as the rest of a tower gains less than
 /// its products. The CPUs measured so far are far on either side: an Intel Xeon without AMX
-/// runs bf16 at 0.63-0.66x our f32 products and int8 at 2.3x; Zen 4 runs `vdpbf16ps` at twice
-/// its f32 FMA rate.
+/// runs bf16 at 0.55-0.66x our f32 products, int8 at 2.3-2.9x and int16 at 1.8x; Zen 4 runs
+/// `vdpbf16ps` at twice its f32 FMA rate.
 pub const MIN_SPEEDUP: f64 = 1.15;
 
 /// What the settings ask of a tower's products by its weight matrices.
