@@ -137,6 +137,7 @@ impl<I: Send + 'static> Worker<I> {
             beside,
             expected,
         };
+        let alone = context.alone();
         let (results, ok) = self.run_isolating(items, context);
         let elapsed = started.elapsed();
         self.shared.completed.fetch_add(1, Ordering::SeqCst);
@@ -150,6 +151,7 @@ impl<I: Send + 'static> Worker<I> {
             items = count,
             cost,
             elapsed_us = elapsed.as_micros() as u64,
+            alone,
             "batch done"
         );
         for ((_, reply), result) in rest.into_iter().zip(results) {

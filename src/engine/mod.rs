@@ -17,6 +17,7 @@ mod narrow;
 mod onnx_file;
 pub mod precision;
 mod table;
+mod team;
 pub mod threads;
 pub mod weights;
 

@@ -5,11 +5,15 @@
 //! matrix product over a rayon pool. Process-wide ([`set_intra_op_threads`], `n > 1`), every
 //! inference thread shares one pool of `n` threads. [`TowerPool`] gives one tower its own
 //! pool, used only by a run that has the tower to itself, for the runs made inside
-//! [`TowerPool::run`] (tract reads a thread-local override first).
+//! [`TowerPool::run`] (tract reads a thread-local override first), and a team
+//! ([`super::team`]) of as many threads that split the engine's own products in such a run,
+//! spinning between them instead of sleeping.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tract_linalg::multithread::{multithread_tract_scope, set_default_executor, Executor};
+
+use super::team::{self, Team};
 
 /// One tower's intra-op pool, for the run that has the tower to itself: a run that starts
 /// while no other run of the tower is in flight and nothing else is waiting for it or on its
@@ -20,21 +24,43 @@ use tract_linalg::multithread::{multithread_tract_scope, set_default_executor, E
 /// side do better).
 /// Measured in bench/RESULTS.md's optimisation log: "tower pools for lone runs" and "image
 /// batches cut to the batch sizes the tower has plans for".
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TowerPool {
     executor: Option<Executor>,
+    /// The threads that split a lone run's own products (`super::team`), beside the rayon pool
+    /// that splits tract's.
+    team: Option<Arc<Team>>,
+}
+
+impl std::fmt::Debug for TowerPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TowerPool")
+            .field("executor", &self.executor)
+            .field("team", &self.team.as_ref().map(|t| t.threads()))
+            .finish()
+    }
 }
 
 impl TowerPool {
     /// A pool of `n` threads; `0` keeps the process-wide setting, `1` runs on the calling
     /// thread.
     pub fn new(n: usize) -> TowerPool {
+        let team = (n > 1)
+            .then(|| match Team::new(n, "tower-team") {
+                Ok(team) => Some(Arc::new(team)),
+                Err(error) => {
+                    tracing::warn!(%error, "no threads for a tower's team: its lone runs split their products over rayon");
+                    None
+                }
+            })
+            .flatten();
         TowerPool {
             executor: match n {
                 0 => None,
                 1 => Some(Executor::SingleThread),
                 n => Some(Executor::multithread_with_name(n, "tract-tower")),
             },
+            team,
         }
     }
 
@@ -51,7 +77,8 @@ impl TowerPool {
         match executor {
             Executor::MultiThread(pool) if alone => {
                 let executor = executor.clone();
-                pool.install(move || multithread_tract_scope(executor, f))
+                let team = self.team.clone();
+                pool.install(move || team::with(team, || multithread_tract_scope(executor, f)))
             }
             _ if alone => multithread_tract_scope(executor.clone(), f),
             _ => multithread_tract_scope(Executor::SingleThread, f),

@@ -11,8 +11,8 @@ use tract_onnx::prelude::tract_ndarray::{ArrayView1, ArrayView2};
 use tract_onnx::prelude::{Tensor, TractResult};
 
 use super::{
-    bf16_bits, fma, round_row, tiles, tower_pool, written_tensor, Avx512Cpu, Bf16Cpu, Epilogue,
-    OutRows, Packing, Panels, MR,
+    bf16_bits, fma, round_row, tiles, written_tensor, Avx512Cpu, Bf16Cpu, Epilogue, OutRows,
+    Packing, Panels, Workers, MR,
 };
 
 /// Factors the two operands of a product are multiplied by, in f32, before they are rounded
@@ -59,21 +59,14 @@ fn write_products<'v>(
             }
         }
     };
-    match tower_pool() {
+    let workers = match Workers::current() {
         // One product at a time, taken by whichever thread is free.
-        Some(pool) if batches >= 2 => pool.install(|| {
-            use rayon::prelude::*;
-            out.par_chunks_mut(m * n)
-                .enumerate()
-                .for_each_init(Scratch::default, run);
-        }),
-        _ => {
-            let mut scratch = Scratch::default();
-            out.chunks_exact_mut(m * n)
-                .enumerate()
-                .for_each(|item| run(&mut scratch, item));
-        }
-    }
+        workers if batches >= 2 => workers,
+        _ => Workers::One,
+    };
+    workers.for_each_chunk_init(out, m * n, Scratch::default, |scratch, i, y_i| {
+        run(scratch, (i, y_i))
+    });
 }
 
 /// Buffers a thread reuses from one [`activation_product`] to the next.

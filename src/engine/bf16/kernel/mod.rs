@@ -27,6 +27,7 @@ mod softmax;
 pub(super) mod testing;
 mod tiles;
 mod weights;
+mod workers;
 
 pub(in crate::engine::bf16) use activations::activation_products;
 pub(in crate::engine::bf16) use norm::LayerNorm;
@@ -36,15 +37,7 @@ use weights::Panels;
 pub(in crate::engine::bf16) use weights::{
     Avx512Cpu, Bf16Cpu, Packed, PackedWeights, Packing, VnniCpu,
 };
-
-/// The tower pool of the run in progress, if it has one of several threads
-/// (`crate::engine::threads::TowerPool`): products split their work over it.
-fn tower_pool() -> Option<std::sync::Arc<rayon::ThreadPool>> {
-    match tract_linalg::multithread::current_tract_executor() {
-        tract_linalg::multithread::Executor::MultiThread(pool) => Some(pool),
-        _ => None,
-    }
-}
+use workers::Workers;
 
 /// Output features per weight panel, in either arithmetic: two 16-lane accumulators.
 const MR: usize = 32;
@@ -446,36 +439,37 @@ fn split<'x, T: Send + Sync + 'x>(
 ) {
     // The fewest rows per thread for which a product is split by rows rather than by panels.
     let row_split = 16 * nr;
-    match tower_pool() {
-        Some(pool) if rows >= 2 * row_split => {
-            // Row ranges, a multiple of `nr` each, one per thread.
-            let per = rows.div_ceil(pool.current_num_threads()).div_ceil(nr) * nr;
-            pool.install(|| {
-                use rayon::prelude::*;
-                (0..rows.div_ceil(per)).into_par_iter().for_each(|i| {
-                    let (first, count) = (i * per, per.min(rows - i * per));
-                    let mut buf = vec![];
-                    let xs = prepare(first, count, &mut buf);
-                    products(xs.unwrap_or(&buf), count, 0..panels, y.rows(first, count));
-                });
-            });
-        }
-        pool => {
-            let mut buf = vec![];
-            let xs = prepare(0, rows, &mut buf);
-            let xs = xs.unwrap_or(&buf);
-            match pool {
-                Some(pool) => pool.install(|| {
-                    use rayon::prelude::*;
-                    let per = (panels / 8).clamp(1, 4);
-                    (0..panels.div_ceil(per)).into_par_iter().for_each(|c| {
-                        products(xs, rows, c * per..((c + 1) * per).min(panels), y);
-                    });
-                }),
-                None => products(xs, rows, 0..panels, y),
-            }
-        }
+    let workers = Workers::current();
+    if workers.threads() > 1 && rows >= 2 * row_split {
+        // Row ranges, a multiple of `nr` each, one per thread.
+        let per = rows.div_ceil(workers.threads()).div_ceil(nr) * nr;
+        workers.for_each_init(rows.div_ceil(per), Vec::new, |buf, i| {
+            let (first, count) = (i * per, per.min(rows - i * per));
+            buf.clear();
+            let xs = prepare(first, count, buf);
+            products(
+                xs.unwrap_or(&buf[..]),
+                count,
+                0..panels,
+                y.rows(first, count),
+            );
+        });
+        return;
     }
+    let mut buf = vec![];
+    let xs = prepare(0, rows, &mut buf);
+    let xs = xs.unwrap_or(&buf);
+    if workers.threads() == 1 {
+        return products(xs, rows, 0..panels, y);
+    }
+    let per = (panels / 8).clamp(1, 4);
+    workers.for_each_init(
+        panels.div_ceil(per),
+        || (),
+        |_, c| {
+            products(xs, rows, c * per..((c + 1) * per).min(panels), y);
+        },
+    );
 }
 
 #[cfg(test)]

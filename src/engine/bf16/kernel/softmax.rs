@@ -13,7 +13,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::{tower_pool, Avx512Cpu};
+use super::{Avx512Cpu, Workers};
 
 /// The row softmax of every `row_len` floats of `data`, in place; rows split over the tower
 /// pool in a run that has one.
@@ -25,13 +25,11 @@ pub(in crate::engine::bf16) fn softmax_rows(cpu: Avx512Cpu, data: &mut [f32], ro
     // SAFETY: an `Avx512Cpu` only exists where the CPU has AVX512-F.
     let run = |rows: &mut [f32]| unsafe { rows_avx512(rows, row_len) };
     let rows = data.len() / row_len;
-    match tower_pool() {
-        Some(pool) if rows >= 2 => {
-            let per = rows.div_ceil(pool.current_num_threads()) * row_len;
-            pool.install(|| {
-                use rayon::prelude::*;
-                data.par_chunks_mut(per).for_each(run);
-            });
+    let workers = Workers::current();
+    match workers.threads() {
+        threads if threads > 1 && rows >= 2 => {
+            let per = rows.div_ceil(threads) * row_len;
+            workers.for_each_chunk_init(data, per, || (), |_, _, rows| run(rows));
         }
         _ => run(data),
     }

@@ -118,13 +118,23 @@ pub fn run(model: TypedModel, inputs: &[(&[usize], &[f32])]) -> Tensor {
     out.remove(0).into_tensor()
 }
 
-/// [`run`] on the calling thread, after checking that a run split over a pool of 2 gives
-/// the same bits.
+/// `f` run split over two threads both ways a run can be: over a shared rayon pool
+/// (`model.intra_op_threads`), then over a lone run's team (`crate::engine::team`).
+pub fn split_two_ways<R>(f: impl Fn() -> R) -> [R; 2] {
+    let pool = tract_linalg::multithread::Executor::multithread(2);
+    let over_pool = tract_linalg::multithread::multithread_tract_scope(pool, &f);
+    let team = crate::engine::team::Team::new(2, "test-team").expect("a thread starts");
+    let over_team = crate::engine::team::with(Some(std::sync::Arc::new(team)), &f);
+    [over_pool, over_team]
+}
+
+/// [`run`] on the calling thread, after checking that a run split over two threads
+/// ([`split_two_ways`]) gives the same bits.
 pub fn run_alone_and_split(model: TypedModel, inputs: &[(&[usize], &[f32])]) -> Tensor {
     let alone = run(model.clone(), inputs);
-    let pool = tract_linalg::multithread::Executor::multithread(2);
-    let split = tract_linalg::multithread::multithread_tract_scope(pool, || run(model, inputs));
-    assert_eq!(alone, split, "split over a pool");
+    let [over_pool, over_team] = split_two_ways(|| run(model.clone(), inputs));
+    assert_eq!(alone, over_pool, "split over a pool");
+    assert_eq!(alone, over_team, "split over a team");
     alone
 }
 

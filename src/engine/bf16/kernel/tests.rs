@@ -1,7 +1,7 @@
 //! The kernel against exact sums of the products: of the rounded ones in bf16, of the
 //! products themselves in f32.
 
-use super::testing::{round, values};
+use super::testing::{round, split_two_ways, values};
 use super::*;
 
 /// [`matmul`]'s `rows x n` outputs as a vector.
@@ -78,11 +78,12 @@ fn assert_same_split(
     alone: &[f32],
     what: &str,
 ) {
-    let pool = tract_linalg::multithread::Executor::multithread(2);
-    let split = tract_linalg::multithread::multithread_tract_scope(pool, || {
-        product(x, rows, w, Some(bias))
-    });
-    assert_eq!(alone, split, "{what}, split");
+    for (split, how) in split_two_ways(|| product(x, rows, w, Some(bias)))
+        .iter()
+        .zip(["pool", "team"])
+    {
+        assert_eq!(alone, split, "{what}, split over a {how}");
+    }
 }
 
 /// The f32 tiles: the sums of the unrounded products up to the f32 rounding of the sums, with
@@ -193,11 +194,10 @@ fn products_split_over_a_pool_equal_the_single_thread_ones() {
         let bias = values(n, 5);
         let packed = PackedWeights::pack(cpu, k, n, |i, j| w[i * n + j]);
         let alone = product(&x, rows, &packed, Some(&bias));
-        let pool = tract_linalg::multithread::Executor::multithread(2);
-        let split = tract_linalg::multithread::multithread_tract_scope(pool, || {
-            product(&x, rows, &packed, Some(&bias))
-        });
-        assert_eq!(alone, split, "{rows} x {k} x {n}");
+        let splits = split_two_ways(|| product(&x, rows, &packed, Some(&bias)));
+        for (split, how) in splits.iter().zip(["pool", "team"]) {
+            assert_eq!(&alone, split, "{rows} x {k} x {n}, split over a {how}");
+        }
     }
 }
 
@@ -299,9 +299,13 @@ fn outputs_written_as_pairs_are_the_rounded_outputs() {
         unsafe { round_rows(f32s.chunks_exact(n), &mut want, n.div_ceil(2)) };
         assert_eq!(pairs, want, "{rows} x {n}: the pairs");
         assert_eq!(a, b, "{rows} x {n}: the next product");
-        let pool = tract_linalg::multithread::Executor::multithread(2);
-        let split = tract_linalg::multithread::multithread_tract_scope(pool, run);
-        assert_eq!((split.1, split.3), (pairs, b), "{rows} x {n}, split");
+        for (split, how) in split_two_ways(run).into_iter().zip(["pool", "team"]) {
+            assert_eq!(
+                (&split.1, &split.3),
+                (&pairs, &b),
+                "{rows} x {n}, split over a {how}"
+            );
+        }
     }
 }
 
