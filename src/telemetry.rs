@@ -126,6 +126,7 @@ pub struct Metrics {
     batch_size: HistogramFamily<TowerLabels>,
     batch_tokens: Histogram,
     inference_duration: HistogramFamily<TowerLabels>,
+    image_preparation: Histogram,
     batches: Family<OutcomeLabels, Counter>,
     items_embedded: Family<TowerLabels, Counter>,
     items_skipped: Family<TowerLabels, Counter>,
@@ -155,6 +156,7 @@ impl Metrics {
         let batch_tokens = tokens_histogram();
         let inference_duration: HistogramFamily<TowerLabels> =
             Family::new_with_constructor(latency_histogram);
+        let image_preparation = latency_histogram();
         let batches = Family::<OutcomeLabels, Counter>::default();
         let items_embedded = Family::<TowerLabels, Counter>::default();
         let items_skipped = Family::<TowerLabels, Counter>::default();
@@ -209,6 +211,11 @@ impl Metrics {
             inference_duration.clone(),
         );
         registry.register(
+            "image_preparation_duration_seconds",
+            "Time to decode and preprocess one image, on the blocking pool (failed ones included)",
+            image_preparation.clone(),
+        );
+        registry.register(
             "batches",
             "Inference batches by outcome (ok, failed)",
             batches.clone(),
@@ -255,6 +262,7 @@ impl Metrics {
             batch_size,
             batch_tokens,
             inference_duration,
+            image_preparation,
             batches,
             items_embedded,
             items_skipped,
@@ -312,6 +320,11 @@ impl Metrics {
     }
 
     /// Sets the readiness gauge.
+    /// One image decoded and preprocessed (or refused by the decoder) in `elapsed`.
+    pub fn image_prepared(&self, elapsed: Duration) {
+        self.image_preparation.observe(elapsed.as_secs_f64());
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
     }
@@ -369,6 +382,7 @@ mod tests {
         m.http_request("/v1/embed/text", "POST", 200, Duration::from_millis(3));
         m.batch("text", 4, 64, Duration::from_millis(5), true);
         m.depth("image", 2);
+        m.image_prepared(Duration::from_millis(4));
         m.set_ready(true);
         let text = m.render();
         for series in [
@@ -377,6 +391,7 @@ mod tests {
             "clipserve_queue_depth{tower=\"image\"} 2",
             "clipserve_batch_size_sum{tower=\"text\"} 4",
             "clipserve_batch_tokens_sum 64",
+            "clipserve_image_preparation_duration_seconds_count 1",
             "clipserve_items_embedded_total{tower=\"text\"} 4",
             "clipserve_ready 1",
         ] {

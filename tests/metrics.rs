@@ -167,6 +167,10 @@ async fn metrics_after_known_traffic_count_requests_batches_items_and_rejections
         assert!(infer > 0.0, "{tower} inference took time");
         assert_eq!(value(&m, "clipserve_items_embedded_total", &t), items);
     }
+    // Every image decoded and preprocessed, the broken one included.
+    let preparation = "clipserve_image_preparation_duration_seconds";
+    assert!(histogram(&m, preparation, &[], 3.0) > 0.0);
+
     // Tokens per text batch: at least <s> and </s> around each text, padding included.
     let text_batches = value(
         &m,

@@ -62,7 +62,11 @@ impl Service {
                 tokio::task::spawn_blocking(move || {
                     let _enter = span.enter();
                     let inner = &service.0;
-                    prepare_image(&bytes, &inner.engine.folder.preprocess, &inner.rules, index)
+                    let started = std::time::Instant::now();
+                    let tensor =
+                        prepare_image(&bytes, &inner.engine.folder.preprocess, &inner.rules, index);
+                    inner.metrics.image_prepared(started.elapsed());
+                    tensor
                 })
                 .await
                 .map_err(|e| {
