@@ -54,7 +54,8 @@ def collect(out: Path):
          "tract": load(out / "tract.json"), "ort": load(out / "ort.json"), "torch": load(out / "torch.json"),
          "ort_beside": load(out / "ort_beside.json"),
          "load_after": load(out / "load_after.json"), "info": load(out / "info.json", {}),
-         "jitter": load(out / "jitter.json"), "wrk": {}, "rss": []}
+         "jitter": load(out / "jitter.json"), "wrk": {}, "rss": [],
+         "c1_metrics": [histogram_totals(out / f"metrics-image-c1-{when}.txt") for when in ("before", "after")]}
     for f in sorted(glob.glob(str(out / "wrk-*.json"))):
         m = re.match(r"wrk-(.+)-c(\d+)\.json", os.path.basename(f))
         if m:
@@ -65,6 +66,37 @@ def collect(out: Path):
             if len(parts) == 3 and all(p.isdigit() for p in parts):
                 r["rss"].append(tuple(int(p) for p in parts))
     return r
+
+
+def histogram_totals(path):
+    """The `_sum` and `_count` of every histogram series in a Prometheus text file."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return None
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^(clipserve_\w+?)_(sum|count)(\{[^}]*\})? (\S+)$", line)
+        if m:
+            out[(m.group(1) + (m.group(3) or ""), m.group(2))] = float(m.group(4))
+    return out
+
+
+def c1_split(r):
+    """Mean ms per request of the c=1 image cell inside the server, from /metrics around it:
+    the whole request, the photo's decoding and preprocessing, the model run."""
+    before, after = r["c1_metrics"]
+    if not before or not after:
+        return None
+
+    def mean(series):
+        n = after.get((series, "count"), 0) - before.get((series, "count"), 0)
+        total = after.get((series, "sum"), 0) - before.get((series, "sum"), 0)
+        return 1000 * total / n if n > 0 else None
+
+    return (mean('clipserve_http_request_duration_seconds{route="/v1/embed/image"}'),
+            mean("clipserve_image_preparation_duration_seconds"),
+            mean('clipserve_inference_duration_seconds{tower="image"}'))
 
 
 def rss_under_load_mb(r):
@@ -209,9 +241,12 @@ def targets(r):
     floor = (f"; this machine's own spread: a fixed {fmt(j['target_ms'])} ms loop on {j['threads']} threads ran "
              f"{fmt(j['median_ms'])} ms at the median, {fmt(j['p99_ms'])} ms at p99 ({fmt(j['p99_over_median'], 2)}x)"
              if j else "")
+    split = c1_split(r)
+    inside = (f"; per request inside the server at the mean: {fmt(split[0])} ms, {fmt(split[1])} of them decoding "
+              f"and preprocessing the photo, {fmt(split[2])} the model run" if split else "")
     row("p99 of one image at concurrency 1",
         f"<= 1.3 x bare encoder, tract {bare_variant} batch 1 ({fmt(bare and 1300 * bare)} ms)",
-        f"{fmt(c1)} ms (the bare encoder's own p99 over its timed runs: {fmt(bare_p99 and 1000 * bare_p99)} ms{floor})",
+        f"{fmt(c1)} ms (the bare encoder's own p99 over its timed runs: {fmt(bare_p99 and 1000 * bare_p99)} ms{floor}{inside})",
         c1 <= 1300 * bare if c1 and bare else None)
     row("RSS once ready", "<= 1000 MB", f"{s.get('rss_after_ready_mb', '–')} MB after ready, "
         f"{s.get('rss_after_load_mb', '–')} MB after load (at most {fmt(rss_under_load_mb(r), 0)} MB under load, "
