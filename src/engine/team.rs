@@ -250,16 +250,9 @@ impl Shared {
     /// a piece of a lone image's products takes, then asleep, so that a helper held up (its
     /// core taken by a request's decoding) can have this core instead.
     fn wait_for_helpers(&self) {
-        let started = Instant::now();
-        let mut spins = 0u32;
+        let mut backoff = Backoff::new(WAIT_SPIN);
         while self.running.load(Ordering::Acquire) != 0 {
-            spins += 1;
-            if !spins.is_multiple_of(SPINS_PER_YIELD) {
-                std::hint::spin_loop();
-                continue;
-            }
-            if started.elapsed() < WAIT_SPIN {
-                std::thread::yield_now();
+            if backoff.spin() {
                 continue;
             }
             let mut guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
@@ -276,8 +269,7 @@ impl Shared {
 
     /// The first epoch after `seen`, once there is one; `None` once the team is dropped.
     fn next_epoch(&self, seen: u64) -> Option<u64> {
-        let mut idle_since = Instant::now();
-        let mut spins = 0u32;
+        let mut backoff = Backoff::new(SPIN);
         loop {
             let epoch = self.epoch.load(Ordering::Acquire);
             if epoch != seen {
@@ -286,16 +278,8 @@ impl Shared {
             if self.shutdown.load(Ordering::Acquire) {
                 return None;
             }
-            spins += 1;
-            if !self.resting.load(Ordering::Relaxed) {
-                if !spins.is_multiple_of(SPINS_PER_YIELD) {
-                    std::hint::spin_loop();
-                    continue;
-                }
-                if idle_since.elapsed() < SPIN {
-                    std::thread::yield_now();
-                    continue;
-                }
+            if !self.resting.load(Ordering::Relaxed) && backoff.spin() {
+                continue;
             }
             let guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
             self.sleepers.fetch_add(1, Ordering::SeqCst);
@@ -307,9 +291,40 @@ impl Shared {
                 );
             }
             self.sleepers.fetch_sub(1, Ordering::SeqCst);
-            idle_since = Instant::now();
-            spins = 0;
+            backoff = Backoff::new(SPIN);
         }
+    }
+}
+
+/// Waiting on a flag: spinning, with a `sched_yield` every [`SPINS_PER_YIELD`] spins, until
+/// `budget` has passed; then the caller goes to sleep.
+struct Backoff {
+    started: Instant,
+    spins: u32,
+    budget: Duration,
+}
+
+impl Backoff {
+    fn new(budget: Duration) -> Backoff {
+        Backoff {
+            started: Instant::now(),
+            spins: 0,
+            budget,
+        }
+    }
+
+    /// One spin (or yield), or `false` once the budget is spent: time to sleep.
+    fn spin(&mut self) -> bool {
+        self.spins += 1;
+        if !self.spins.is_multiple_of(SPINS_PER_YIELD) {
+            std::hint::spin_loop();
+            return true;
+        }
+        if self.started.elapsed() < self.budget {
+            std::thread::yield_now();
+            return true;
+        }
+        false
     }
 }
 

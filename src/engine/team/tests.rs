@@ -9,6 +9,19 @@ fn counts(n: usize) -> Vec<AtomicUsize> {
     (0..n).map(|_| AtomicUsize::new(0)).collect()
 }
 
+/// Whether one job of `n` indices over `team` did each exactly once.
+fn each_done_once(team: &Team, n: usize) -> bool {
+    let done = counts(n);
+    team.for_each_init(
+        n,
+        || (),
+        |_, i| {
+            done[i].fetch_add(1, Ordering::Relaxed);
+        },
+    );
+    done.iter().all(|c| c.load(Ordering::Relaxed) == 1)
+}
+
 #[test]
 fn every_index_is_done_once_job_after_job() {
     for threads in [1, 2, 4] {
@@ -16,18 +29,7 @@ fn every_index_is_done_once_job_after_job() {
         assert_eq!(team.threads(), threads);
         for n in [0, 1, 2, 3, 17, 200] {
             for _ in 0..50 {
-                let done = counts(n);
-                team.for_each_init(
-                    n,
-                    || (),
-                    |_, i| {
-                        done[i].fetch_add(1, Ordering::Relaxed);
-                    },
-                );
-                assert!(
-                    done.iter().all(|c| c.load(Ordering::Relaxed) == 1),
-                    "{threads} threads, n = {n}"
-                );
+                assert!(each_done_once(&team, n), "{threads} threads, n = {n}");
             }
         }
     }
@@ -98,15 +100,7 @@ fn a_panic_in_any_piece_reaches_the_caller_and_the_team_goes_on() {
             .cloned()
             .unwrap_or_default();
         assert!(text.contains(&format!("piece {bad} fails")), "{text}");
-        let done = counts(64);
-        team.for_each_init(
-            64,
-            || (),
-            |_, i| {
-                done[i].fetch_add(1, Ordering::Relaxed);
-            },
-        );
-        assert!(done.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+        assert!(each_done_once(&team, 64), "after the panic of piece {bad}");
     }
 }
 
@@ -119,15 +113,7 @@ fn two_callers_at_once_each_get_all_their_indices_done() {
             let team = team.clone();
             std::thread::spawn(move || {
                 for _ in 0..200 {
-                    let done = counts(33);
-                    team.for_each_init(
-                        33,
-                        || (),
-                        |_, i| {
-                            done[i].fetch_add(1, Ordering::Relaxed);
-                        },
-                    );
-                    assert!(done.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+                    assert!(each_done_once(&team, 33));
                 }
             })
         })
