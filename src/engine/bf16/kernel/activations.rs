@@ -22,7 +22,7 @@ pub(in crate::engine::bf16) type Scales = [Option<f32>; 2];
 /// `batches` products of two activations (see [`activation_product`]), `operands(i)` giving
 /// product `i`'s `a` (`m x k`) and `b` (`k x n`), each first multiplied by its factor in
 /// `scales`; the results one after the other (`batches x m x n`) as a tensor of `shape`,
-/// consecutive products split over the tower pool in a run that has one.
+/// consecutive products split over the run's workers (`workers.rs`) in a run that has several.
 pub(in crate::engine::bf16) fn activation_products<'v>(
     cpu: Packing,
     (batches, m, n): (usize, usize, usize),

@@ -5,7 +5,7 @@
 //! 32 x 8 tiles of AVX-512 FMAs (`fma.rs`). In int8, on a CPU with AVX512-VNNI: weights
 //! quantized once per output feature, activation rows per run, 32 x 8 tiles of `vpdpbusd`
 //! with integer sums scaled back to f32 (`int8.rs`); in 16-bit integers alike, of 10-bit levels,
-//! with `vpdpwssd` (`int16.rs`). Each is split over the tower pool by rows
+//! with `vpdpwssd` (`int16.rs`). Each is split over the run's workers (`workers.rs`) by rows
 //! or by weight panels. `activations.rs` runs the bf16 or f32 tiles on products of two
 //! activations.
 #![allow(unsafe_code)]
@@ -422,12 +422,12 @@ fn write_products(
 /// `panels`, with the rows' operand from `prepare(first row, rows, buffer)` (`None` when it
 /// wrote the buffer), tiles of `nr` rows.
 ///
-/// On a tower pool, a product of many rows (a batch of images) is split in row ranges, one per
-/// thread, each thread preparing its own rows: each keeps its rows' activations in its own L2
-/// while the weights pass by. A product of few rows (a lone image or query, whose products are
-/// as much a stream of weights as arithmetic) is split by weight panels instead: the
-/// activations are prepared first, on the calling thread, then the panels are shared out in
-/// small runs that the pool's threads take as they come free, so each thread reads only its
+/// Over several workers (`workers.rs`), a product of many rows (a batch of images) is split in
+/// row ranges, one per thread, each thread preparing its own rows: each keeps its rows'
+/// activations in its own L2 while the weights pass by. A product of few rows (a lone image or
+/// query, whose products are as much a stream of weights as arithmetic) is split by weight
+/// panels instead: the activations are prepared first, on the calling thread, then the panels
+/// are shared out in small runs that the threads take as they come free, so each thread reads only its
 /// share of the weights, a one-row product splits too, and a thread the machine holds up
 /// leaves its untaken panels to the other. Rows already in the operand's form are read as they
 /// are.
