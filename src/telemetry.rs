@@ -319,12 +319,12 @@ impl Metrics {
         }
     }
 
-    /// Sets the readiness gauge.
     /// One image decoded and preprocessed (or refused by the decoder) in `elapsed`.
     pub fn image_prepared(&self, elapsed: Duration) {
         self.image_preparation.observe(elapsed.as_secs_f64());
     }
 
+    /// Sets the readiness gauge.
     pub fn set_ready(&self, ready: bool) {
         self.ready.set(i64::from(ready));
     }

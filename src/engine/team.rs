@@ -192,6 +192,14 @@ impl Team {
     }
 }
 
+impl std::fmt::Debug for Team {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Team")
+            .field("threads", &self.threads())
+            .finish()
+    }
+}
+
 impl Drop for Team {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::SeqCst);

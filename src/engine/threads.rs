@@ -24,21 +24,12 @@ use super::team::{self, Team};
 /// side do better).
 /// Measured in bench/RESULTS.md's optimisation log: "tower pools for lone runs" and "image
 /// batches cut to the batch sizes the tower has plans for".
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct TowerPool {
     executor: Option<Executor>,
     /// The threads that split a lone run's own products (`super::team`), beside the rayon pool
     /// that splits tract's.
     team: Option<Arc<Team>>,
-}
-
-impl std::fmt::Debug for TowerPool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TowerPool")
-            .field("executor", &self.executor)
-            .field("team", &self.team.as_ref().map(|t| t.threads()))
-            .finish()
-    }
 }
 
 impl TowerPool {
