@@ -23,8 +23,12 @@
 //! is applied by that product to its input rows as it rounds them (`norms.rs`), and each other
 //! layer norm runs as one [`RowLayerNorm`] (`rownorm.rs`); each softmax over a last axis runs
 //! as a [`RowSoftmax`] (`softmax.rs`) and each other sum over one as a [`RowSum`]
-//! (`rowsum.rs`): all seven give the bits of what they replace. Everything else (the residual
-//! adds, the text tower's word-embedding table) is tract's, and all of it stays f32.
+//! (`rowsum.rs`): all seven give the bits of what they replace. In every plan, rewritten or
+//! not, on any CPU, each f32 add or multiply of an activation by one broadcast to its shape
+//! (the residual adds, the attention mask, the queries' scaling) runs as an [`Elementwise`]
+//! (`elementwise.rs`, [`elementwise_ops`]), the same bits in one pass where tract's symbolic
+//! plans kept its generic broadcasting loop. Everything else (the text tower's word-embedding
+//! table among it) is tract's, and all of it stays f32.
 //!
 //! The same rewrite in f32 ([`rewrite`] with [`Arithmetic::F32`], what an f32 tower runs on a
 //! CPU with AVX-512) packs the weights unrounded for f32 tiles of AVX-512 FMAs
@@ -49,7 +53,7 @@
 //!
 //! AVX512-BF16 is not faster everywhere: Zen 4 runs `vdpbf16ps` at twice its f32 FMA rate, an
 //! Intel Xeon without AMX here at half (86 against 176 GFLOP/s a core), where the server ran
-//! slower in bf16 than in tract's f32. So `auto` keeps bf16 only where [`speedup`] finds a
+//! slower in bf16 than in tract's f32. So `auto` keeps bf16 only where [`speedups`] finds a
 //! product faster in bf16 on this CPU (`speed.rs`).
 //!
 //! This is lossy: each product's inputs lose 16 bits of mantissa. On the random-weight exports
@@ -69,6 +73,7 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 use crate::engine::precision::Arithmetic;
 
 mod activations;
+mod elementwise;
 mod fuse;
 mod kernel;
 mod matmul;
@@ -82,6 +87,7 @@ mod views;
 
 use activations::ActLayout;
 pub use activations::Bf16ActMatMul;
+pub use elementwise::{ops as elementwise_ops, Elementwise};
 use kernel::{Avx512Cpu, Bf16Cpu, Packing, VnniCpu};
 use matmul::plan;
 pub use matmul::Bf16MatMul;

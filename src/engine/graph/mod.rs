@@ -336,6 +336,8 @@ impl Graph {
             declutter_keeping_axes(&mut optimized)?;
             // With the shapes bound: the attention's products read their operands in place.
             let in_place = super::bf16::fold_views(&mut optimized)?;
+            // Before tract's own codegen, which leaves a symbolic plan's ones generic.
+            let elementwise = super::bf16::elementwise_ops(&mut optimized)?;
             optimized.optimize()?;
             let added = pool.share(&mut optimized)?;
             tracing::debug!(
@@ -343,6 +345,7 @@ impl Graph {
                 ?shape,
                 new_weights_mb = added >> 20,
                 operands_in_place = in_place,
+                elementwise,
                 kernels = ?matmul_kernels(&optimized),
                 "plan built"
             );
