@@ -5,7 +5,7 @@
 //! took 1.4 ns an element. In the text tower's plan, which keeps both axes symbolic, its 39 adds
 //! (the residuals and the attention mask) and 26 multiplies (the queries' and keys' scaling)
 //! were 7 ms of a lone 77-token query's 55 (`examples/op_profile`). [`ops`] puts one in place of
-//! each such op left in a plan.
+//! each such op of a plan with symbolic shapes; plans whose shapes are bound keep tract's.
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -136,9 +136,9 @@ fn apply(arith: Arith, a: &mut [f32], shape: &[usize], b: &[f32], b_shape: &[usi
     }
 }
 
-/// Replaces each f32 add or multiply of `model` whose output has one input's shape, the other
-/// input being broadcast to it, by an [`Elementwise`] (inputs swapped if the broadcast one is
-/// first); returns how many.
+/// Replaces each f32 add or multiply of `model` with a symbolic input shape whose output has
+/// one input's shape, the other input being broadcast to it, by an [`Elementwise`] (inputs
+/// swapped if the broadcast one is first); returns how many.
 pub fn ops(model: &mut TypedModel) -> TractResult<usize> {
     let mut found = vec![];
     for node in model.nodes() {
@@ -162,7 +162,10 @@ pub fn ops(model: &mut TypedModel) -> TractResult<usize> {
         let out = model.outlet_fact(OutletId::new(node.id, 0))?;
         let f32s =
             [facts[0].datum_type, facts[1].datum_type, out.datum_type] == [f32::datum_type(); 3];
-        if !f32s || facts[0].rank() != facts[1].rank() {
+        // Where the shapes are known, tract's codegen picks its own kernels; this op is for
+        // the plans it leaves generic.
+        let symbolic = facts.iter().any(|f| f.shape.as_concrete().is_none());
+        if !f32s || !symbolic || facts[0].rank() != facts[1].rank() {
             continue;
         }
         let onto = |a: &TypedFact, b: &TypedFact| {
