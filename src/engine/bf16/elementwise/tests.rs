@@ -1,5 +1,7 @@
 use tract_onnx::tract_core::ops::binary::BinMiniOp;
 
+use super::super::kernel::testing::assert_same_bits;
+
 use super::*;
 
 /// `x op y` as tract computes it, and as an [`Elementwise`] does once [`ops`] has rewritten
@@ -67,18 +69,8 @@ fn check(
         .count();
     assert_eq!(left, 1 - replaced, "{name} {x:?} {y:?}");
     let got = model.into_runnable()?.run(inputs)?.remove(0);
-    assert_eq!(got.shape(), want.shape(), "{name} {x:?} {y:?}");
-    let (got, want) = (
-        got.to_plain_array_view::<f32>()?,
-        want.to_plain_array_view::<f32>()?,
-    );
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(
-            g.to_bits(),
-            w.to_bits(),
-            "{name} {x:?} {y:?} at {i}: {g} vs {w}"
-        );
-    }
+    let what = format!("{name} {x:?} {y:?}");
+    assert_same_bits(&got.into_tensor(), &want.into_tensor(), &what);
     Ok(())
 }
 
@@ -158,19 +150,12 @@ fn the_tiny_text_towers_symbolic_plan_keeps_its_bits() -> TractResult<()> {
     let mut replaced = typed.clone();
     let blocks = 2;
     assert_eq!(ops(&mut replaced)?, 5 * blocks + 5);
-    let left = |model: &TypedModel| {
-        model
-            .nodes()
-            .iter()
-            .filter(|n| n.op_is::<TypedBinOp>())
-            .filter(|n| {
-                n.outputs[0].fact.datum_type == f32::datum_type()
-                    && n.op_as::<TypedBinOp>()
-                        .is_some_and(|b| b.0.is::<Add>() || b.0.is::<Mul>())
-            })
-            .count()
-    };
-    assert_eq!(left(&replaced), 0);
+    let generic = replaced.nodes().iter().filter(|n| {
+        n.op_as::<TypedBinOp>()
+            .is_some_and(|b| b.0.is::<Add>() || b.0.is::<Mul>())
+            && n.outputs[0].fact.datum_type == f32::datum_type()
+    });
+    assert_eq!(generic.count(), 0);
     let run = |model: &TypedModel, batch: usize, seq: usize| -> TractResult<Tensor> {
         let mut model = model.clone();
         model.optimize()?;
@@ -196,7 +181,7 @@ fn the_tiny_text_towers_symbolic_plan_keeps_its_bits() -> TractResult<()> {
         .all(|a| matches!(a, Axis::Symbolic(_))));
     for (batch, seq) in [(1, 77), (3, 5)] {
         let (want, got) = (run(&typed, batch, seq)?, run(&replaced, batch, seq)?);
-        super::super::kernel::testing::assert_same_bits(&got, &want, "text tower");
+        assert_same_bits(&got, &want, "text tower");
     }
     Ok(())
 }
