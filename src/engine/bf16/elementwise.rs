@@ -9,8 +9,9 @@
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::math::{Add, Mul};
+
+use super::fuse::is_bin;
 
 /// The arithmetic of an [`Elementwise`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -142,19 +143,13 @@ fn apply(arith: Arith, a: &mut [f32], shape: &[usize], b: &[f32], b_shape: &[usi
 pub fn ops(model: &mut TypedModel) -> TractResult<usize> {
     let mut found = vec![];
     for node in model.nodes() {
-        let Some(bin) = node.op_as::<TypedBinOp>() else {
-            continue;
-        };
-        let arith = if bin.0.is::<Add>() {
+        let arith = if is_bin::<Add>(node) {
             Arith::Add
-        } else if bin.0.is::<Mul>() {
+        } else if is_bin::<Mul>(node) {
             Arith::Mul
         } else {
             continue;
         };
-        if bin.1.is_some() || node.inputs.len() != 2 {
-            continue;
-        }
         let facts = [
             model.outlet_fact(node.inputs[0])?,
             model.outlet_fact(node.inputs[1])?,

@@ -1,4 +1,4 @@
-use tract_onnx::tract_core::ops::binary::BinMiniOp;
+use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
 
 use super::super::kernel::testing::assert_same_bits;
 
