@@ -88,7 +88,7 @@ fn f32_products_by_weights_are_our_own_where_the_cpu_has_avx512() {
         engine.image.graph().rewritten(),
         engine.text.graph().rewritten(),
     );
-    if !clipserve::engine::bf16::f32_supported() {
+    if !clipserve::engine::ops::f32_supported() {
         eprintln!("no AVX-512 on this CPU: the towers are tract's");
         assert_eq!((image.by_weights, text.by_weights), (0, 0));
         return;
@@ -123,7 +123,7 @@ fn bf16_products_stay_within_the_parity_tolerance() {
     };
     let engine = load("models/tiny", &settings);
     let (image, text) = (engine.image.graph(), engine.text.graph());
-    if clipserve::engine::bf16::supported() {
+    if clipserve::engine::ops::bf16_supported() {
         // Image, per block: the attention's input and output projections and the MLP's two
         // layers; plus the patch embedding and the final projection. Text, per block: the
         // query, key, value and output projections and the MLP's two layers; plus the

@@ -1,6 +1,6 @@
 //! The precision each tower runs in, chosen at load on the weights being served (the committed
 //! tiny model here): `auto` tries the lossy arithmetics (bf16, int8, int16) whose instructions the CPU
-//! has and which it runs at least `MIN_SPEEDUP` times as fast as f32 (`bf16::speedups`,
+//! has and which it runs at least `MIN_SPEEDUP` times as fast as f32 (`ops::speedups`,
 //! measured once per process), the fastest first, and keeps the first whose calibration
 //! embeddings stay within `model.precision_min_cosine` of the f32 ones; the engine reports what
 //! it chose and what it measured. Which of these holds is this CPU's and this build's (a debug
@@ -60,7 +60,7 @@ fn supported() -> Vec<Arithmetic> {
 
 /// The arithmetics `auto` tries here, in order: supported, fast enough, the fastest first.
 fn candidates() -> Vec<Arithmetic> {
-    let speedups = clipserve::engine::bf16::speedups();
+    let speedups = clipserve::engine::ops::speedups();
     let mut fast: Vec<(Arithmetic, f64)> = supported()
         .into_iter()
         .filter_map(|a| speedups.of(a).map(|s| (a, s)))
@@ -185,7 +185,7 @@ fn assert_auto(
     recomputed: &(Lossy<Option<f64>>, Lossy<Option<f64>>),
     threshold: f64,
 ) {
-    let speedups = clipserve::engine::bf16::speedups();
+    let speedups = clipserve::engine::ops::speedups();
     for (tower, p, cosines) in [
         ("image", report.image, recomputed.0),
         ("text", report.text, recomputed.1),
@@ -257,7 +257,7 @@ fn assert_f32_plans(engine: &Engine) {
         assert_eq!(graph.arithmetic(), Arithmetic::F32, "{tower}");
         let rewritten = graph.rewritten();
         assert_eq!(rewritten.handoffs, 0, "{tower}");
-        if !clipserve::engine::bf16::f32_supported() {
+        if !clipserve::engine::ops::f32_supported() {
             assert_eq!(
                 (rewritten.by_weights, rewritten.of_activations),
                 (0, 0),
@@ -402,7 +402,7 @@ async fn info_and_metrics_say_what_each_tower_runs() {
             .text()
             .await
             .expect("text");
-        let speedups = clipserve::engine::bf16::speedups();
+        let speedups = clipserve::engine::ops::speedups();
         for (tower, cosines) in [("image", recomputed.0), ("text", recomputed.1)] {
             let (active, reason, checks) = expected(cosines, threshold);
             let p = &info["precision"][tower];

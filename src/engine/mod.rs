@@ -8,13 +8,13 @@
 //! first-run cost. The engine is `Send + Sync`: inference threads share it through an `Arc`.
 
 mod alloc;
-pub mod bf16;
 pub mod calibration;
 pub mod encoders;
 pub mod folder;
 pub mod graph;
 mod narrow;
 mod onnx_file;
+pub mod ops;
 pub mod precision;
 mod table;
 mod team;
@@ -45,17 +45,17 @@ pub struct EngineSettings {
     pub image_buckets: Buckets,
     /// Shapes that get a specialized plan in the text tower (batch sizes x sequence lengths).
     pub text_buckets: Buckets,
-    /// The image tower's products by its weights: `auto` (bf16 where the CPU has it and the
-    /// start-up check passes), `f32` or `bf16`.
+    /// The image tower's products by its weights: `auto` (the fastest lossy arithmetic this CPU
+    /// has whose start-up check passes, else f32), `f32`, `bf16`, `int8` or `int16`.
     pub image_precision: Precision,
     /// The same for the text tower.
     pub text_precision: Precision,
-    /// The lowest cosine between a calibration item's bf16 and f32 embeddings that lets `auto`
-    /// keep bf16.
+    /// The lowest cosine between a calibration item's embeddings in a lossy arithmetic and in
+    /// f32 that lets `auto` keep that arithmetic.
     pub precision_min_cosine: f64,
 }
 
-/// The threshold `auto` holds bf16 products to by default: the text parity tolerance.
+/// The threshold `auto` holds lossy products to by default: the text parity tolerance.
 pub const DEFAULT_PRECISION_MIN_COSINE: f64 = 0.9999;
 
 impl Default for EngineSettings {
@@ -153,7 +153,7 @@ impl Engine {
                 "text",
                 settings.text_precision,
                 min_cosine,
-                bf16::speedups,
+                ops::speedups,
                 |arithmetic| {
                     Ok(TextEncoder::build(
                         &prepared,
@@ -182,7 +182,7 @@ impl Engine {
                 "image",
                 settings.image_precision,
                 min_cosine,
-                bf16::speedups,
+                ops::speedups,
                 |arithmetic| {
                     Ok(ImageEncoder::build(
                         &prepared,
@@ -234,7 +234,7 @@ impl Engine {
         Ok(engine)
     }
 
-    /// What each tower's products run in (f32 or bf16), what the start-up check measured and
+    /// What each tower's products run in (f32, bf16, int8 or int16), what the start-up check measured and
     /// why, for `/info` and the metrics.
     pub fn precision(&self) -> PrecisionReport {
         self.precision

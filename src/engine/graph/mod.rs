@@ -4,7 +4,8 @@
 //! The file is parsed once, typed and decluttered once, and a gather of one row (the image
 //! tower's class token) becomes a slice, so that the ops above it compute only that row (see
 //! `narrow.rs`). With [`Arithmetic::Bf16`], the products by weight matrices and the attention's
-//! products of two activations then become bf16 ops of our own (see `bf16/`); with
+//! products of two activations then become bf16 ops of our own (see `ops/`, which also holds
+//! the norms, softmaxes, sums, adds and multiplies that replace tract's); with
 //! [`Arithmetic::F32`] on a CPU with AVX-512, the products by weight matrices become f32 ops of
 //! our own; with [`Arithmetic::Int8`] or [`Arithmetic::Int16`] on a CPU with AVX512-VNNI, the
 //! blocks' products by weight matrices become integer ones and the rest f32 ones. From that model:
@@ -115,8 +116,8 @@ pub struct Graph {
     narrowed: usize,
     /// What the products by weights run in.
     arithmetic: Arithmetic,
-    /// Products rewritten as ops of our own, and what they absorbed (`super::bf16::rewrite`).
-    rewritten: super::bf16::Rewritten,
+    /// Products rewritten as ops of our own, and what they absorbed (`super::ops::rewrite`).
+    rewritten: super::ops::Rewritten,
     /// Bytes the word-embedding table saved by being stored in f16.
     halved: usize,
     /// Bytes of the word-embedding table read from the file rather than held.
@@ -139,7 +140,7 @@ impl std::fmt::Debug for Graph {
 /// A tower's graph read, typed, decluttered, narrowed and checked against the contract, with
 /// its word-embedding table left in the file (or, failing that, halved): the f32 model that the
 /// plans of either arithmetic are built from ([`Graph::build`]), so a tower can be built twice
-/// (f32, then bf16) from one read of its file.
+/// (f32, then a lossy arithmetic) from one read of its file.
 pub struct Prepared {
     path: PathBuf,
     typed: TypedModel,
@@ -247,8 +248,9 @@ impl Graph {
     }
 
     /// Builds the plans for `buckets` from `prepared`, with the products by weight matrices in
-    /// `arithmetic` (bf16 ones are made only where the CPU has AVX512-BF16, f32 ones of our own
-    /// where it has AVX-512, tract's elsewhere; see `bf16/`).
+    /// `arithmetic` (bf16 ones are made only where the CPU has AVX512-BF16, int8 and int16 ones
+    /// where it has AVX512-VNNI, f32 ones of our own where it has AVX-512, tract's elsewhere;
+    /// see `ops/`).
     /// `seq_cap` bounds the sequence buckets (the context length).
     pub fn build(
         prepared: &Prepared,
@@ -261,7 +263,7 @@ impl Graph {
         // A lossy arithmetic never on a CPU without the instructions (the choice in `precision/`
         // checks it first); f32 products of our own where the CPU has AVX-512, else tract's.
         let rewritten =
-            super::bf16::rewrite(&mut typed, arithmetic).map_err(|e| GraphError::Load {
+            super::ops::rewrite(&mut typed, arithmetic).map_err(|e| GraphError::Load {
                 path: path.clone(),
                 message: format!("{e:#}"),
             })?;
@@ -311,7 +313,7 @@ impl Graph {
         };
         let started = Instant::now();
         // Held by our ops themselves, outside tract's constants, shared by every plan.
-        let own_bytes = super::bf16::weight_bytes(&typed);
+        let own_bytes = super::ops::weight_bytes(&typed);
         let batch_axis = self.input_shape[0].clone();
         let seq_axis = if self.is_text() {
             Some(self.input_shape[1].clone())
@@ -335,9 +337,9 @@ impl Graph {
             let mut optimized = model;
             declutter_keeping_axes(&mut optimized)?;
             // With the shapes bound: the attention's products read their operands in place.
-            let in_place = super::bf16::fold_views(&mut optimized)?;
+            let in_place = super::ops::fold_views(&mut optimized)?;
             // Before tract's own codegen, which leaves a symbolic plan's ones generic.
-            let elementwise = super::bf16::elementwise_ops(&mut optimized)?;
+            let elementwise = super::ops::elementwise_ops(&mut optimized)?;
             optimized.optimize()?;
             let added = pool.share(&mut optimized)?;
             tracing::debug!(
@@ -408,10 +410,10 @@ impl Graph {
         self.arithmetic
     }
 
-    /// What runs in ops of our own (`super::bf16::rewrite`), in [`Self::arithmetic`]: products,
+    /// What runs in ops of our own (`super::ops::rewrite`), in [`Self::arithmetic`]: products,
     /// and what they absorbed. All zero for a graph left to tract (f32 on a CPU without
     /// AVX-512).
-    pub fn rewritten(&self) -> super::bf16::Rewritten {
+    pub fn rewritten(&self) -> super::ops::Rewritten {
         self.rewritten
     }
 

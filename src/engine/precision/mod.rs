@@ -2,14 +2,14 @@
 //! weights being served.
 //!
 //! Three lossy arithmetics can make a tower faster than f32: bf16 products (AVX512-BF16) run the
-//! image tower about 1.8x faster on Zen 4; int8 products (AVX512-VNNI, `bf16/kernel/int8.rs`)
+//! image tower about 1.8x faster on Zen 4; int8 products (AVX512-VNNI, `ops/kernel/int8.rs`)
 //! run a product 2.6x faster than f32 on an Intel Xeon whose bf16 is slow, and 16-bit integer
-//! ones (`bf16/kernel/int16.rs`) 1.8x, with steps a quarter of int8's on each input
+//! ones (`ops/kernel/int16.rs`) 1.8x, with steps a quarter of int8's on each input
 //! (the text tower there passes the check in 16 bits and not in int8). None is faster on
-//! every CPU that has its instructions (`bf16/speed.rs`), and how much any moves an
+//! every CPU that has its instructions (`ops/speed.rs`), and how much any moves an
 //! embedding depends on the weights: real weights with outliers may round worse than the
 //! exports they were measured on. So with [`Precision::Auto`] (the default), [`choose`] first
-//! asks how much faster each lossy product is than an f32 one on this CPU (`bf16::speedups`,
+//! asks how much faster each lossy product is than an f32 one on this CPU (`ops::speedups`,
 //! measured once) and keeps as candidates those at least [`MIN_SPEEDUP`] times as fast, the
 //! fastest first; without any it runs f32 and checks nothing. Else it builds the tower in f32
 //! and embeds the calibration set (`calibration/`, compiled in), then builds it in each
@@ -20,7 +20,7 @@
 //! its f32 plans a second time. [`Precision::Bf16`], [`Precision::Int8`] and
 //! [`Precision::Int16`] run their one check, report it and keep that arithmetic whatever it
 //! found; [`Precision::F32`] runs no check. An f32 tower runs its products by weights in f32
-//! tiles of our own where the CPU has AVX-512 (`bf16/kernel/fma.rs`), tract's elsewhere.
+//! tiles of our own where the CPU has AVX-512 (`ops/kernel/fma.rs`), tract's elsewhere.
 
 use std::time::Instant;
 
@@ -31,7 +31,7 @@ use super::threads::TowerPool;
 use super::EngineError;
 use crate::embedding::Embedding;
 
-/// The least speed-up of a lossy product over an f32 one on this CPU (`bf16::speedups`) for
+/// The least speed-up of a lossy product over an f32 one on this CPU (`ops::speedups`) for
 /// which `auto` tries that arithmetic: a margin over 1, as the rest of a tower gains less than
 /// its products. The CPUs measured so far are far on either side: an Intel Xeon without AMX
 /// runs bf16 at 0.55-0.66x our f32 products, int8 at 2.3-2.9x and int16 at 1.8x; Zen 4 runs
@@ -106,8 +106,8 @@ impl Arithmetic {
     pub fn supported(self) -> bool {
         match self {
             Arithmetic::F32 => true,
-            Arithmetic::Bf16 => super::bf16::supported(),
-            Arithmetic::Int8 | Arithmetic::Int16 => super::bf16::vnni_supported(),
+            Arithmetic::Bf16 => super::ops::bf16_supported(),
+            Arithmetic::Int8 | Arithmetic::Int16 => super::ops::vnni_supported(),
         }
     }
 }
@@ -187,7 +187,7 @@ pub struct TowerPrecision {
     /// in it and in f32, where it ran.
     pub checks: Lossy<Option<f64>>,
     /// How many times as fast a product ran in each lossy arithmetic as in f32 on this CPU
-    /// (`bf16::speedups`), where measured (`auto`, or the arithmetic asked for).
+    /// (`ops::speedups`), where measured (`auto`, or the arithmetic asked for).
     pub speedups: Lossy<Option<f64>>,
     /// Why `active` is what it is.
     pub reason: Reason,
@@ -235,7 +235,7 @@ fn calibration_pool() -> TowerPool {
 }
 
 /// The lossy arithmetics a tower asked for `requested` will check, in the order it tries them
-/// (`speedups` gives `bf16::speedups`, called only for `auto`), or why there are none.
+/// (`speedups` gives `ops::speedups`, called only for `auto`), or why there are none.
 fn candidates(
     requested: Precision,
     speedups: impl FnOnce() -> Lossy<Option<f64>>,
@@ -274,12 +274,12 @@ fn candidates(
 /// Whether [`choose`] will run a check for a tower asked for `requested` (so whether the
 /// calibration set must be prepared).
 pub(super) fn checks(requested: Precision) -> bool {
-    candidates(requested, super::bf16::speedups).is_ok()
+    candidates(requested, super::ops::speedups).is_ok()
 }
 
 /// Builds one tower in the arithmetic `requested` and the CPU allow (see the module docs):
 /// `build` makes the tower's plans in one arithmetic, `embed` runs the calibration set through
-/// them, `speedups` gives `bf16::speedups`. `tower` names the tower in logs.
+/// them, `speedups` gives `ops::speedups`. `tower` names the tower in logs.
 pub(super) fn choose<E: Sync>(
     tower: &str,
     requested: Precision,

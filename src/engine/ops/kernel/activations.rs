@@ -1,4 +1,4 @@
-//! The attention's products of two activations (`super::super::Bf16ActMatMul`): in bf16, both
+//! The attention's products of two activations (`super::super::ActMatMul`): in bf16, both
 //! operands rounded at every run, the right one packed on the fly into the panels of
 //! [`super::PackedWeights`], then the same tiles as the products by weights; in f32, the right
 //! one packed as it is into the f32 panels, then the FMA tiles (`fma.rs`).
@@ -17,13 +17,13 @@ use super::{
 
 /// Factors the two operands of a product are multiplied by, in f32, before they are rounded
 /// (`None`: read as they are): the attention's scalings of its queries and keys, folded in.
-pub(in crate::engine::bf16) type Scales = [Option<f32>; 2];
+pub(in crate::engine::ops) type Scales = [Option<f32>; 2];
 
 /// `batches` products of two activations (see [`activation_product`]), `operands(i)` giving
 /// product `i`'s `a` (`m x k`) and `b` (`k x n`), each first multiplied by its factor in
 /// `scales`; the results one after the other (`batches x m x n`) as a tensor of `shape`,
 /// consecutive products split over the run's workers (`workers.rs`) in a run that has several.
-pub(in crate::engine::bf16) fn activation_products<'v>(
+pub(in crate::engine::ops) fn activation_products<'v>(
     cpu: Packing,
     (batches, m, n): (usize, usize, usize),
     operands: impl Fn(usize) -> (ArrayView2<'v, f32>, ArrayView2<'v, f32>) + Sync,

@@ -8,7 +8,7 @@ use super::{bf16_bits, int16, MR};
 /// after asking the CPU, and f32 packed weights cannot exist without one, so [`super::matmul`] never
 /// reaches the vector code on a CPU without it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(in crate::engine::bf16) struct Avx512Cpu(pub(super) ());
+pub(in crate::engine::ops) struct Avx512Cpu(pub(super) ());
 
 impl From<VnniCpu> for Avx512Cpu {
     /// AVX512-VNNI implies AVX512-F.
@@ -19,7 +19,7 @@ impl From<VnniCpu> for Avx512Cpu {
 
 impl Avx512Cpu {
     /// The proof, where the CPU has the instructions.
-    pub(in crate::engine::bf16) fn detect() -> Option<Avx512Cpu> {
+    pub(in crate::engine::ops) fn detect() -> Option<Avx512Cpu> {
         #[cfg(target_arch = "x86_64")]
         {
             std::arch::is_x86_feature_detected!("avx512f").then_some(Avx512Cpu(()))
@@ -35,11 +35,11 @@ impl Avx512Cpu {
 /// after asking the CPU, and packed weights cannot exist without one, so [`super::matmul`] never
 /// reaches the vector code on a CPU without it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(in crate::engine::bf16) struct Bf16Cpu(pub(super) ());
+pub(in crate::engine::ops) struct Bf16Cpu(pub(super) ());
 
 impl Bf16Cpu {
     /// The proof, where the CPU has the instructions.
-    pub(in crate::engine::bf16) fn detect() -> Option<Bf16Cpu> {
+    pub(in crate::engine::ops) fn detect() -> Option<Bf16Cpu> {
         #[cfg(target_arch = "x86_64")]
         {
             (std::arch::is_x86_feature_detected!("avx512f")
@@ -53,7 +53,7 @@ impl Bf16Cpu {
     }
 
     /// The CPU has AVX512-F too.
-    pub(in crate::engine::bf16) fn avx512(self) -> Avx512Cpu {
+    pub(in crate::engine::ops) fn avx512(self) -> Avx512Cpu {
         Avx512Cpu(())
     }
 }
@@ -62,11 +62,11 @@ impl Bf16Cpu {
 /// int8 and 16-bit integer tiles):
 /// only [`VnniCpu::detect`] makes one, after asking the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(in crate::engine::bf16) struct VnniCpu(pub(super) ());
+pub(in crate::engine::ops) struct VnniCpu(pub(super) ());
 
 impl VnniCpu {
     /// The proof, where the CPU has the instructions.
-    pub(in crate::engine::bf16) fn detect() -> Option<VnniCpu> {
+    pub(in crate::engine::ops) fn detect() -> Option<VnniCpu> {
         #[cfg(target_arch = "x86_64")]
         {
             (std::arch::is_x86_feature_detected!("avx512f")
@@ -83,7 +83,7 @@ impl VnniCpu {
 
 /// The arithmetic a product's weights are packed for, with the proof that this CPU runs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(in crate::engine::bf16) enum Packing {
+pub(in crate::engine::ops) enum Packing {
     Bf16(Bf16Cpu),
     F32(Avx512Cpu),
     Int8(VnniCpu),
@@ -92,7 +92,7 @@ pub(in crate::engine::bf16) enum Packing {
 
 impl Packing {
     /// `w(k, n)`, the f32 weight of input `k`, output `n`, of `k x n` weights, packed.
-    pub(in crate::engine::bf16) fn pack(
+    pub(in crate::engine::ops) fn pack(
         self,
         k: usize,
         n: usize,
@@ -109,7 +109,7 @@ impl Packing {
     }
 
     /// Every one needs AVX512-F.
-    pub(in crate::engine::bf16) fn avx512(self) -> Avx512Cpu {
+    pub(in crate::engine::ops) fn avx512(self) -> Avx512Cpu {
         match self {
             Packing::Bf16(cpu) => cpu.avx512(),
             Packing::F32(cpu) => cpu,
@@ -120,7 +120,7 @@ impl Packing {
     /// The packing of this arithmetic's products that are not quantized: int8 and 16-bit
     /// integers quantize only the products by weights of a tower's blocks, so the attention's
     /// products of two activations and the products that make the embedding run in f32.
-    pub(in crate::engine::bf16) fn unquantized(self) -> Packing {
+    pub(in crate::engine::ops) fn unquantized(self) -> Packing {
         match self {
             Packing::Int8(_) | Packing::Int16(_) => Packing::F32(self.avx512()),
             other => other,
@@ -130,15 +130,15 @@ impl Packing {
 
 /// Weights `[K, N]` packed for one arithmetic's tiles.
 #[derive(Debug)]
-pub(in crate::engine::bf16) struct PackedWeights {
-    pub(in crate::engine::bf16) k: usize,
-    pub(in crate::engine::bf16) n: usize,
-    pub(in crate::engine::bf16) panels: Packed,
+pub(in crate::engine::ops) struct PackedWeights {
+    pub(in crate::engine::ops) k: usize,
+    pub(in crate::engine::ops) n: usize,
+    pub(in crate::engine::ops) panels: Packed,
 }
 
 /// The weights' panels of `MR` output features, in one arithmetic.
 #[derive(Debug)]
-pub(in crate::engine::bf16) enum Packed {
+pub(in crate::engine::ops) enum Packed {
     /// Rounded to bf16: for each pair `q` of `k`, one u32 per feature holding `w[2q][n]` (low
     /// half) and `w[2q + 1][n]` (high half), which is the operand layout of `vdpbf16ps`.
     /// Packing needs the proof, so every product of these weights has it.
@@ -182,7 +182,7 @@ pub(in crate::engine::bf16) enum Packed {
 
 impl PackedWeights {
     /// `w(k, n)` reads the f32 weight of input `k`, output `n`.
-    pub(in crate::engine::bf16) fn pack(
+    pub(in crate::engine::ops) fn pack(
         cpu: Bf16Cpu,
         k: usize,
         n: usize,
@@ -207,7 +207,7 @@ impl PackedWeights {
     }
 
     /// The same weights for the f32 tiles, unrounded.
-    pub(in crate::engine::bf16) fn pack_f32(
+    pub(in crate::engine::ops) fn pack_f32(
         cpu: Avx512Cpu,
         k: usize,
         n: usize,
@@ -228,7 +228,7 @@ impl PackedWeights {
     /// The same weights quantized for the int8 tiles ([`Packed::Int8`]): each feature's scale
     /// is its largest magnitude over 127, its integers the weights over the scale rounded to
     /// nearest (ties to even).
-    pub(in crate::engine::bf16) fn pack_int8(
+    pub(in crate::engine::ops) fn pack_int8(
         cpu: VnniCpu,
         k: usize,
         n: usize,
@@ -264,7 +264,7 @@ impl PackedWeights {
     /// The same weights quantized for the 16-bit integer tiles ([`Packed::Int16`]): each
     /// feature's scale is its largest magnitude over 511, its integers the weights over the
     /// scale rounded to nearest (ties to even). `k` is at most [`int16::MAX_K`].
-    pub(in crate::engine::bf16) fn pack_int16(
+    pub(in crate::engine::ops) fn pack_int16(
         cpu: VnniCpu,
         k: usize,
         n: usize,
@@ -296,7 +296,7 @@ impl PackedWeights {
     }
 
     /// Bytes the packed weights hold.
-    pub(in crate::engine::bf16) fn bytes(&self) -> usize {
+    pub(in crate::engine::ops) fn bytes(&self) -> usize {
         match &self.panels {
             Packed::Bf16 { data, .. } => std::mem::size_of_val(data.as_slice()),
             Packed::F32 { data, .. } => std::mem::size_of_val(data.as_slice()),
@@ -314,12 +314,12 @@ impl PackedWeights {
     }
 
     /// Whether these are bf16 weights (else f32 or integers).
-    pub(in crate::engine::bf16) fn is_bf16(&self) -> bool {
+    pub(in crate::engine::ops) fn is_bf16(&self) -> bool {
         matches!(self.panels, Packed::Bf16 { .. })
     }
 
     /// The arithmetic's name in op names: `Bf16`, `F32`, `Int8` or `Int16`.
-    pub(in crate::engine::bf16) fn kind(&self) -> &'static str {
+    pub(in crate::engine::ops) fn kind(&self) -> &'static str {
         match self.panels {
             Packed::Bf16 { .. } => "Bf16",
             Packed::F32 { .. } => "F32",

@@ -1,25 +1,32 @@
-//! Products of our own for a tower's weight matrices, in bf16, int8, 16-bit integers or f32
+//! Ops of our own that replace tract's in a tower's plan, where they run faster: above all the
+//! products by the tower's weight matrices, in bf16, int8, 16-bit integers or f32
 //! (`model.image_precision` / `text_precision`: `auto`, the default, keeps a lossy arithmetic
 //! when it is faster here and the start-up check on the served weights passes; see
-//! `precision/`).
+//! `precision/`), and around them the layer norms, softmaxes, sums, adds and multiplies, each
+//! giving the bits of the op it replaces. The arithmetic itself, the crate's only AVX-512 code,
+//! is in `kernel/`; this folder's other files are the tract ops and the graph rewrites that put
+//! them in place. (Until RESULTS row 68 this folder was `engine/bf16/`, after the first
+//! arithmetic it held, and [`WeightMatMul`], [`ActMatMul`] and [`PatchEmbed`] were
+//! `Bf16MatMul`, `Bf16ActMatMul` and `Bf16Patches`: bench/RESULTS.md's earlier rows use those
+//! names.)
 //!
 //! Zen 4 and recent Intel parts have AVX512-BF16: `vdpbf16ps` multiplies 32 pairs of bf16
 //! numbers and adds them into 16 f32 accumulators, twice the multiply-adds per cycle of an f32
 //! FMA (bench/bf16_peak.c against bench/fma_peak.c on Zen 4: 234 against 117 GFLOP/s per
 //! core). tract 0.23.9 has no kernel for it on these CPUs, so [`rewrite`] replaces each
 //! product of an activation by a constant weight matrix (an `EinSum` of the decluttered graph)
-//! with a [`Bf16MatMul`] of our own: the weights are rounded to bf16
+//! with a [`WeightMatMul`] of our own: the weights are rounded to bf16
 //! once, at load, and the activations at every run; the sums stay f32. In the image tower that
 //! is the attention's input and output projections, the MLP's two layers and the final
 //! projection; in the text tower the query, key, value and output projections, the MLP's two
 //! layers and the projection head. The attention's two products of activations (scores, and
-//! their weighting of the values) become [`Bf16ActMatMul`]s, both operands rounded at every run
+//! their weighting of the values) become [`ActMatMul`]s, both operands rounded at every run
 //! (`activations.rs`), reading their operands in place where the graph only copies them into
 //! shape first ([`fold_views`], per plan, `views.rs`), and the image tower's patch embedding a
-//! [`Bf16Patches`] (`patches.rs`). A constant add of one value per output feature after a
-//! [`Bf16MatMul`] (a layer's bias), and a GELU after that, are folded into it, and a product
+//! [`PatchEmbed`] (`patches.rs`). A constant add of one value per output feature after a
+//! [`WeightMatMul`] (a layer's bias), and a GELU after that, are folded into it, and a product
 //! whose output only another sums (the MLP's first layer) writes it rounded for that one
-//! (`fuse.rs`). A layer norm that only a [`Bf16MatMul`] reads (the image tower's two per block)
+//! (`fuse.rs`). A layer norm that only a [`WeightMatMul`] reads (the image tower's two per block)
 //! is applied by that product to its input rows as it rounds them (`norms.rs`), and each other
 //! layer norm runs as one [`RowLayerNorm`] (`rownorm.rs`); each softmax over a last axis runs
 //! as a [`RowSoftmax`] (`softmax.rs`) and each other sum over one as a [`RowSum`]
@@ -86,12 +93,12 @@ mod speed;
 mod views;
 
 use activations::ActLayout;
-pub use activations::Bf16ActMatMul;
+pub use activations::ActMatMul;
 pub use elementwise::{ops as elementwise_ops, Elementwise};
 use kernel::{Avx512Cpu, Bf16Cpu, Packing, VnniCpu};
 use matmul::plan;
-pub use matmul::Bf16MatMul;
-pub use patches::Bf16Patches;
+pub use matmul::WeightMatMul;
+pub use patches::PatchEmbed;
 pub use rownorm::RowLayerNorm;
 pub use rowsum::RowSum;
 pub use softmax::RowSoftmax;
@@ -99,7 +106,7 @@ pub use speed::speedups;
 pub use views::fold as fold_views;
 
 /// Whether this CPU has the instructions the bf16 products need.
-pub fn supported() -> bool {
+pub fn bf16_supported() -> bool {
     Bf16Cpu::detect().is_some()
 }
 
@@ -115,35 +122,35 @@ pub fn vnni_supported() -> bool {
     VnniCpu::detect().is_some()
 }
 
-/// Bytes of bf16 weights the [`Bf16MatMul`] ops of `model` hold, each copy counted once (the
+/// Bytes of packed weights (in whatever arithmetic) the [`WeightMatMul`] ops of `model` hold, each copy counted once (the
 /// plans built from `model` share them).
 pub fn weight_bytes(model: &TypedModel) -> usize {
     let mut seen = std::collections::HashSet::new();
     model
         .nodes()
         .iter()
-        .filter_map(|n| n.op_as::<Bf16MatMul>())
+        .filter_map(|n| n.op_as::<WeightMatMul>())
         .filter(|op| seen.insert(Arc::as_ptr(&op.weights)))
         .map(|op| op.weights.bytes())
         .sum()
 }
 
-/// What [`rewrite`] made bf16.
+/// What [`rewrite`] replaced with ops of our own.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Rewritten {
-    /// Products of an activation by a weight matrix ([`Bf16MatMul`]), the image tower's patch
-    /// embedding among them ([`Bf16Patches`]).
+    /// Products of an activation by a weight matrix ([`WeightMatMul`]), the image tower's patch
+    /// embedding among them ([`PatchEmbed`]).
     pub by_weights: usize,
-    /// Products of two activations, the attention's ([`Bf16ActMatMul`]).
+    /// Products of two activations, the attention's ([`ActMatMul`]).
     pub of_activations: usize,
-    /// Biases added inside a [`Bf16MatMul`] instead of by an add of their own.
+    /// Biases added inside a [`WeightMatMul`] instead of by an add of their own.
     pub biases: usize,
-    /// GELUs applied inside a [`Bf16MatMul`] instead of by an op of their own.
+    /// GELUs applied inside a [`WeightMatMul`] instead of by an op of their own.
     pub gelus: usize,
-    /// Products whose output goes to a [`Bf16MatMul`] that sums it, written as bf16 pairs that
+    /// Products whose output goes to a [`WeightMatMul`] that sums it, written as bf16 pairs that
     /// the next one reads as they are (the MLP's first layer).
     pub handoffs: usize,
-    /// Layer norms applied by the [`Bf16MatMul`] that alone reads them, to its input rows as it
+    /// Layer norms applied by the [`WeightMatMul`] that alone reads them, to its input rows as it
     /// rounds them (`norms.rs`).
     pub norms: usize,
     /// The other layer norms, each computed by a [`RowLayerNorm`] (`rownorm.rs`).
@@ -156,8 +163,8 @@ pub struct Rewritten {
 
 /// Replaces, in `arithmetic` (where this CPU runs it: nothing is rewritten elsewhere; int8 and
 /// int16 leave products of one row per item and of two activations in f32), every f32
-/// product of an activation by a constant matrix that fits the [`Bf16MatMul`] layout, every convolution that is a patch embedding ([`Bf16Patches`]), and
-/// every product of two activations that fits [`Bf16ActMatMul`]'s, then folds the biases added
+/// product of an activation by a constant matrix that fits the [`WeightMatMul`] layout, every
+/// convolution that is a patch embedding ([`PatchEmbed`]), and every product of two activations that fits [`ActMatMul`]'s, then folds the biases added
 /// after products by weights, and the GELUs after those, into them, hands the MLP's hidden
 /// layer from its first product to its second as bf16 (in bf16 only, `fuse.rs`), folds each layer
 /// norm that only a product reads into it (`norms.rs`) and runs each other as one op
@@ -174,9 +181,9 @@ pub fn rewrite(model: &mut TypedModel, arithmetic: Arithmetic) -> TractResult<Re
     let Some(packing) = packing else {
         return Ok(Rewritten::default());
     };
-    let mut by_weights: Vec<(usize, Bf16MatMul)> = vec![];
-    let mut of_activations: Vec<(usize, Bf16ActMatMul)> = vec![];
-    let mut patches: Vec<(usize, Bf16Patches)> = vec![];
+    let mut by_weights: Vec<(usize, WeightMatMul)> = vec![];
+    let mut of_activations: Vec<(usize, ActMatMul)> = vec![];
+    let mut patches: Vec<(usize, PatchEmbed)> = vec![];
     for node in model.nodes() {
         if let Some(conv) = node.op_as::<Conv>() {
             let x = model.outlet_fact(node.inputs[0])?;
@@ -189,7 +196,7 @@ pub fn rewrite(model: &mut TypedModel, arithmetic: Arithmetic) -> TractResult<Re
             let (kernel, bias) = (konst(1)?, konst(2)?);
             let bias_is_const = node.inputs.len() < 3 || bias.is_some();
             if let (Some(kernel), true) = (kernel, bias_is_const && x.konst.is_none()) {
-                if let Some(op) = Bf16Patches::plan(conv, x, &kernel, bias.as_deref(), packing) {
+                if let Some(op) = PatchEmbed::plan(conv, x, &kernel, bias.as_deref(), packing) {
                     patches.push((node.id, op));
                 }
             }
@@ -334,8 +341,8 @@ mod tests {
 
     /// Which products of the towers become bf16 ones, on the committed tiny model (the real
     /// architecture, small widths): every product by a weight matrix has a layout
-    /// [`Bf16MatMul`] computes, and the others are products of two activations (the attention's
-    /// scores and their weighting of the values) that [`Bf16ActMatMul`] computes. Only the
+    /// [`WeightMatMul`] computes, and the others are products of two activations (the attention's
+    /// scores and their weighting of the values) that [`ActMatMul`] computes. Only the
     /// layouts are checked, so this runs on any CPU;
     /// the engine tests count the rewritten products where the CPU has AVX512-BF16.
     #[test]

@@ -1,4 +1,4 @@
-//! [`Bf16MatMul`]: a product of an activation by a constant weight matrix (an `EinSum` of the
+//! [`WeightMatMul`]: a product of an activation by a constant weight matrix (an `EinSum` of the
 //! decluttered graph) with the weights packed in bf16 once, at load, and the activations rounded
 //! at every run, plus the layer's bias and GELU when they follow it, and its output written as
 //! bf16 for the product that reads it (the MLP's hidden layer; `fuse.rs`); and [`plan`], which
@@ -25,7 +25,7 @@ pub(super) enum OutAxis {
 /// axes (in `w`'s order) are summed against `w`, and the result's axes are laid out as the
 /// replaced einsum's output.
 #[derive(Debug, Clone)]
-pub struct Bf16MatMul {
+pub struct WeightMatMul {
     pub(super) weights: Arc<PackedWeights>,
     /// Shapes of `w`'s kept axes, in `w`'s order (their product is `n`).
     pub(super) w_kept: TVec<usize>,
@@ -50,7 +50,7 @@ pub struct Bf16MatMul {
     pub(super) norm: Option<Arc<LayerNorm>>,
 }
 
-impl PartialEq for Bf16MatMul {
+impl PartialEq for WeightMatMul {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.weights, &other.weights)
             && self.w_kept == other.w_kept
@@ -63,9 +63,9 @@ impl PartialEq for Bf16MatMul {
             && self.norm.as_ref().map(Arc::as_ptr) == other.norm.as_ref().map(Arc::as_ptr)
     }
 }
-impl Eq for Bf16MatMul {}
+impl Eq for WeightMatMul {}
 
-impl Hash for Bf16MatMul {
+impl Hash for WeightMatMul {
     fn hash<H: Hasher>(&self, state: &mut H) {
         (Arc::as_ptr(&self.weights) as usize).hash(state);
         self.w_kept.hash(state);
@@ -85,7 +85,7 @@ impl Hash for Bf16MatMul {
     }
 }
 
-impl Op for Bf16MatMul {
+impl Op for WeightMatMul {
     fn name(&self) -> StaticName {
         format!("{}MatMul", self.weights.kind()).into()
     }
@@ -113,7 +113,7 @@ impl Op for Bf16MatMul {
     op_as_typed_op!();
 }
 
-impl EvalOp for Bf16MatMul {
+impl EvalOp for WeightMatMul {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
@@ -190,7 +190,7 @@ impl EvalOp for Bf16MatMul {
     }
 }
 
-impl Bf16MatMul {
+impl WeightMatMul {
     /// The length of the output's last axis: `n` features, or `ceil(n / 2)` pairs of them.
     fn out_len(&self) -> usize {
         self.output.row_len(self.weights.n)
@@ -238,7 +238,7 @@ fn row_sources(dims: &[usize], order: &[usize]) -> Vec<usize> {
     rows.permuted_axes(order).iter().copied().collect()
 }
 
-impl TypedOp for Bf16MatMul {
+impl TypedOp for WeightMatMul {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let shape = &inputs[0].shape;
         if self.pairs_in {
@@ -289,7 +289,7 @@ pub(super) struct Layout {
 
 impl Layout {
     /// The op, with `w` packed as `packing` says.
-    pub(super) fn build(self, w: &Tensor, packing: Packing) -> Option<Bf16MatMul> {
+    pub(super) fn build(self, w: &Tensor, packing: Packing) -> Option<WeightMatMul> {
         let view = w.to_plain_array_view::<f32>().ok()?;
         let data = view.as_slice()?;
         let (k, n) = (self.k, self.n);
@@ -298,7 +298,7 @@ impl Layout {
         } else {
             packing.pack(k, n, |ki, ni| data[ni * k + ki])
         };
-        Some(Bf16MatMul {
+        Some(WeightMatMul {
             weights: Arc::new(weights),
             w_kept: self.w_kept,
             contracted: self.contracted,

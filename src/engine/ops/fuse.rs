@@ -1,4 +1,4 @@
-//! What a [`Bf16MatMul`] absorbs of the ops that follow it: the constant add of a layer's bias,
+//! What a [`WeightMatMul`] absorbs of the ops that follow it: the constant add of a layer's bias,
 //! then a GELU. The product's tiles apply both to their f32 sums while those are still in
 //! registers (`kernel::Epilogue`), instead of a pass of their own over the output each. The same
 //! f32 operations in the same order, so the same bits.
@@ -13,9 +13,9 @@ use tract_onnx::tract_core::ops::nn::GeluExact;
 
 use super::kernel::Output;
 use super::matmul::OutAxis;
-use super::Bf16MatMul;
+use super::WeightMatMul;
 
-/// Folds into each [`Bf16MatMul`] the add of a constant that follows it, when that constant is
+/// Folds into each [`WeightMatMul`] the add of a constant that follows it, when that constant is
 /// one value per output feature (a layer's bias). Returns how many it folded.
 pub(super) fn biases(model: &mut TypedModel) -> TractResult<usize> {
     absorb(model, "bias", |model, product, next, output| {
@@ -34,7 +34,7 @@ pub(super) fn biases(model: &mut TypedModel) -> TractResult<usize> {
     })
 }
 
-/// Folds into each [`Bf16MatMul`] the exact GELU that follows it (the MLP's first layer, in
+/// Folds into each [`WeightMatMul`] the exact GELU that follows it (the MLP's first layer, in
 /// both towers), after its bias if it has one. Returns how many it folded.
 pub(super) fn gelus(model: &mut TypedModel) -> TractResult<usize> {
     absorb(model, "gelu", |_, product, next, _| {
@@ -45,7 +45,7 @@ pub(super) fn gelus(model: &mut TypedModel) -> TractResult<usize> {
     })
 }
 
-/// Where a [`Bf16MatMul`]'s output goes to one other only, which sums it (the MLP's first
+/// Where a [`WeightMatMul`]'s output goes to one other only, which sums it (the MLP's first
 /// layer, GELU included, and its second), the first writes its outputs rounded to bf16 pairs
 /// and the second reads them as they are: the same rounding as the second would make, in the
 /// first's registers instead of a pass over the f32 outputs, and half the bytes between the
@@ -57,8 +57,8 @@ pub(super) fn handoffs(model: &mut TypedModel) -> TractResult<usize> {
             continue;
         };
         let node = model.node(id);
-        let first = node.op_as::<Bf16MatMul>().expect("listed as one");
-        let Some(second) = next.op_as::<Bf16MatMul>() else {
+        let first = node.op_as::<WeightMatMul>().expect("listed as one");
+        let Some(second) = next.op_as::<WeightMatMul>() else {
             continue;
         };
         let Some((first, second)) = first.handing_off_to(second) else {
@@ -74,13 +74,13 @@ pub(super) fn handoffs(model: &mut TypedModel) -> TractResult<usize> {
     Ok(joined)
 }
 
-/// For each [`Bf16MatMul`] whose output goes to one node only: `fold(model, product, that node,
+/// For each [`WeightMatMul`] whose output goes to one node only: `fold(model, product, that node,
 /// the product's output)` says what product computes both, if one does, and that product
 /// replaces the pair. Returns how many pairs it replaced.
 fn absorb(
     model: &mut TypedModel,
     what: &str,
-    fold: impl Fn(&TypedModel, &Bf16MatMul, &TypedNode, OutletId) -> TractResult<Option<Bf16MatMul>>,
+    fold: impl Fn(&TypedModel, &WeightMatMul, &TypedNode, OutletId) -> TractResult<Option<WeightMatMul>>,
 ) -> TractResult<usize> {
     let mut folded = 0;
     for id in products(model) {
@@ -88,7 +88,7 @@ fn absorb(
             continue;
         };
         let (node, output) = (model.node(id), OutletId::new(id, 0));
-        let product = node.op_as::<Bf16MatMul>().expect("listed as one");
+        let product = node.op_as::<WeightMatMul>().expect("listed as one");
         let Some(op) = fold(model, product, next, output)? else {
             continue;
         };
@@ -106,7 +106,7 @@ fn replace_pair(
     id: usize,
     next: usize,
     what: &str,
-    ops: impl IntoIterator<Item = (String, Bf16MatMul)>,
+    ops: impl IntoIterator<Item = (String, WeightMatMul)>,
 ) -> TractResult<()> {
     let mut patch = TypedModelPatch::new(format!("{what} {}", model.node(next).name));
     let mut y = patch.tap_model(model, model.node(id).inputs[0])?;
@@ -117,12 +117,12 @@ fn replace_pair(
     patch.apply(model)
 }
 
-/// The ids of `model`'s [`Bf16MatMul`]s.
+/// The ids of `model`'s [`WeightMatMul`]s.
 pub(super) fn products(model: &TypedModel) -> Vec<usize> {
     model
         .nodes()
         .iter()
-        .filter(|n| n.op_is::<Bf16MatMul>())
+        .filter(|n| n.op_is::<WeightMatMul>())
         .map(|n| n.id)
         .collect()
 }
@@ -148,12 +148,12 @@ pub(super) fn is_bin<Op: BinMiniOp>(node: &TypedNode) -> bool {
             .is_some_and(|b| b.0.is::<Op>() && b.1.is_none())
 }
 
-impl Bf16MatMul {
+impl WeightMatMul {
     /// This product with `b` added to its output, if that adds one value per output feature:
     /// `b` (f32, its axes right-aligned with the output's) is 1 long on every axis but the
     /// features', which it spans whole and in the order of `w`'s. None for a product that
     /// already has a bias or a GELU (which the bias would have to come before).
-    fn with_bias(&self, b: &Tensor) -> Option<Bf16MatMul> {
+    fn with_bias(&self, b: &Tensor) -> Option<WeightMatMul> {
         let rank = self.out_axes.len();
         let taken = self.bias.is_some() || self.gelu;
         if taken || b.datum_type() != f32::datum_type() || b.rank() > rank {
@@ -196,9 +196,9 @@ impl Bf16MatMul {
     /// `next` sums this one's output rows whole: both with one feature axis, this one's output laid out as its input's
     /// rows then the features (which `next` reads as its rows), `next`'s one summed axis this
     /// one's features, and `next`'s output laid out as its input's rows then its features
-    /// (`Bf16MatMul::eval_pairs`).
-    fn handing_off_to(&self, next: &Bf16MatMul) -> Option<(Bf16MatMul, Bf16MatMul)> {
-        let in_order = |p: &Bf16MatMul| {
+    /// (`WeightMatMul::eval_pairs`).
+    fn handing_off_to(&self, next: &WeightMatMul) -> Option<(WeightMatMul, WeightMatMul)> {
+        let in_order = |p: &WeightMatMul| {
             p.out_axes
                 .iter()
                 .enumerate()
@@ -225,7 +225,7 @@ impl Bf16MatMul {
     }
 
     /// This product with tract's exact GELU applied to its output, or None if it already has one.
-    fn with_gelu(&self) -> Option<Bf16MatMul> {
+    fn with_gelu(&self) -> Option<WeightMatMul> {
         (!self.gelu).then(|| {
             let mut product = self.clone();
             product.gelu = true;
@@ -310,7 +310,7 @@ mod tests {
             );
             let last = rewritten.node(rewritten.output_outlets()?[0].node);
             assert_eq!(
-                last.op_is::<Bf16MatMul>(),
+                last.op_is::<WeightMatMul>(),
                 fused,
                 "{what}: {}",
                 last.op.name()
@@ -359,7 +359,7 @@ mod tests {
             let counts = rewrite(&mut model, arithmetic)?;
             assert_eq!(counts.gelus, usize::from(!shared), "{what}");
             let last = model.node(model.output_outlets()?[0].node);
-            assert_eq!(last.op_is::<Bf16MatMul>(), !shared, "{what}");
+            assert_eq!(last.op_is::<WeightMatMul>(), !shared, "{what}");
             assert_same_bits(&run(model, &[(x_shape, &x)]), &want, &what);
         }
         Ok(())

@@ -5,7 +5,7 @@
 #![allow(unsafe_code)]
 
 use super::round_row;
-use crate::engine::bf16::rowsum::sums_of;
+use crate::engine::ops::rowsum::sums_of;
 
 /// tract's layer norm over a row's last axis, as its decluttered graph computes it: the row's
 /// sum (`Reduce<Sum>`), times the constant `1 / len` (the mean), subtracted from every value,
@@ -13,7 +13,7 @@ use crate::engine::bf16::rowsum::sums_of;
 /// and each left out where the graph has none: an export whose scales are all 1 has no
 /// multiply). Only made on a CPU with AVX-512, where tract's `RmsNorm` is its AVX-512 kernel.
 #[derive(Debug)]
-pub(in crate::engine::bf16) struct LayerNorm {
+pub(in crate::engine::ops) struct LayerNorm {
     /// The constant the graph multiplies the sum by: `1 / len`, rounded as tract rounded it.
     pub recip_len: f32,
     /// The `RmsNorm`'s epsilon.

@@ -17,7 +17,7 @@ use super::{Avx512Cpu, Workers};
 
 /// The row softmax of every `row_len` floats of `data`, in place; rows split over the run's
 /// workers (`workers.rs`) in a run that has several.
-pub(in crate::engine::bf16) fn softmax_rows(cpu: Avx512Cpu, data: &mut [f32], row_len: usize) {
+pub(in crate::engine::ops) fn softmax_rows(cpu: Avx512Cpu, data: &mut [f32], row_len: usize) {
     let Avx512Cpu(()) = cpu;
     if row_len == 0 {
         return;

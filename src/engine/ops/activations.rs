@@ -1,7 +1,7 @@
 //! The attention's two products of activations, in bf16 or f32: the scores (queries by keys)
 //! and their weighting of the values. Each is an `EinSum` of two non-constant inputs with axes
 //! shared by both (batch, heads), one summed axis and one kept axis on each side;
-//! [`Bf16ActMatMul`] runs one product per batch and head, in bf16 both operands rounded at
+//! [`ActMatMul`] runs one product per batch and head, in bf16 both operands rounded at
 //! every run (the right one packed on the fly, `kernel/activations.rs`), the sums in f32; in
 //! f32 the same with the FMA tiles. tract runs these products
 //! at about 50 GFLOP/s in f32 on the towers' small shapes (50 x 64 x 50 per head for an image),
@@ -18,7 +18,7 @@ use super::views::OperandView;
 /// `y`'s as `[batch..., k, n]`, the result `[batch..., m, n]` laid out as the replaced einsum's
 /// output.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Bf16ActMatMul {
+pub struct ActMatMul {
     /// bf16 or f32, and the proof that this CPU runs it.
     packing: Packing,
     layout: ActLayout,
@@ -103,8 +103,8 @@ impl ActLayout {
     }
 
     /// The op, in the arithmetic of `packing`.
-    pub(super) fn build(self, packing: Packing) -> Bf16ActMatMul {
-        Bf16ActMatMul {
+    pub(super) fn build(self, packing: Packing) -> ActMatMul {
+        ActMatMul {
             packing,
             layout: self,
             views: [None, None],
@@ -112,7 +112,7 @@ impl ActLayout {
     }
 }
 
-impl Op for Bf16ActMatMul {
+impl Op for ActMatMul {
     fn name(&self) -> StaticName {
         match self.packing {
             Packing::Bf16(_) => "Bf16ActMatMul".into(),
@@ -157,7 +157,7 @@ fn operand_view<'a>(t: &'a TValue, view: &Option<OperandView>) -> TractResult<Ar
 
 type ArrayView2D<'a> = tract_ndarray::ArrayView2<'a, f32>;
 
-impl EvalOp for Bf16ActMatMul {
+impl EvalOp for ActMatMul {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
@@ -196,7 +196,7 @@ impl EvalOp for Bf16ActMatMul {
     }
 }
 
-impl TypedOp for Bf16ActMatMul {
+impl TypedOp for ActMatMul {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let layout = &self.layout;
         let shape = |i: usize| -> ShapeFact {
@@ -312,7 +312,7 @@ mod tests {
     /// Batch axes of different sizes (a broadcast) are left to tract.
     #[test]
     fn broadcast_batch_axes_are_not_rewritten() -> TractResult<()> {
-        if !super::super::supported() {
+        if !super::super::bf16_supported() {
             eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
             return Ok(());
         }

@@ -1,4 +1,4 @@
-//! The matrix products behind [`super::Bf16MatMul`]. In bf16: weights packed once in the operand
+//! The matrix products behind [`super::WeightMatMul`]. In bf16: weights packed once in the operand
 //! layout of AVX512-BF16's `vdpbf16ps`, activations rounded per run (or already rounded by the
 //! product before), 32 x 5 tiles with f32 sums (`tiles.rs`), written as f32 or rounded to bf16.
 //! In f32, on a CPU where bf16 is not faster: weights packed once in panels of 32 features,
@@ -29,12 +29,12 @@ mod tiles;
 mod weights;
 mod workers;
 
-pub(in crate::engine::bf16) use activations::activation_products;
-pub(in crate::engine::bf16) use norm::LayerNorm;
-pub(in crate::engine::bf16) use softmax::softmax_rows;
+pub(in crate::engine::ops) use activations::activation_products;
+pub(in crate::engine::ops) use norm::LayerNorm;
+pub(in crate::engine::ops) use softmax::softmax_rows;
 use tiles::{round_row, round_rows, tiles, OutRows};
 use weights::Panels;
-pub(in crate::engine::bf16) use weights::{
+pub(in crate::engine::ops) use weights::{
     Avx512Cpu, Bf16Cpu, Packed, PackedWeights, Packing, VnniCpu,
 };
 use workers::Workers;
@@ -204,7 +204,7 @@ impl Ints {
 
 /// The `norm` of each row of `x` (`k` values each) into `y`, as tract's ops of that norm give
 /// it on `x`'s buffer ([`LayerNorm`]).
-pub(in crate::engine::bf16) fn layer_norm_rows(
+pub(in crate::engine::ops) fn layer_norm_rows(
     cpu: Avx512Cpu,
     x: &[f32],
     k: usize,

@@ -1,5 +1,5 @@
 //! The copies in front of the attention's products, folded away. Between the image tower's
-//! input projection and its two [`Bf16ActMatMul`]s, tract's graph splits the projection's
+//! input projection and its two [`ActMatMul`]s, tract's graph splits the projection's
 //! output into queries, keys and values and lays each out as `[batch, heads, tokens, head size]`:
 //! a reshape, an axis move, a gather, another reshape and move, and a multiply by a constant
 //! (the queries' and keys' scaling), each a pass over the whole activation (2.3 % of an image
@@ -25,9 +25,9 @@ use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::math::Mul;
 
-use super::Bf16ActMatMul;
+use super::ActMatMul;
 
-/// An operand of a [`Bf16ActMatMul`] read in place from the tensor a chain of copies started
+/// An operand of a [`ActMatMul`] read in place from the tensor a chain of copies started
 /// from: element `idx` is `source[offset + sum(idx[a] * strides[a])]`, times `scale`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct OperandView {
@@ -62,7 +62,7 @@ impl OperandView {
 /// Sources up to this many elements are probed; positions stay exact integers in f32.
 const MOST_PROBED: usize = 1 << 24;
 
-/// Has every [`Bf16ActMatMul`] of `model` (shapes concrete) read its operands in place where
+/// Has every [`ActMatMul`] of `model` (shapes concrete) read its operands in place where
 /// the chain in front of them only moves elements (and multiplies by one constant); returns
 /// how many operands now do. The copies no product reads any more are left for tract to prune.
 pub fn fold(model: &mut TypedModel) -> TractResult<usize> {
@@ -71,12 +71,12 @@ pub fn fold(model: &mut TypedModel) -> TractResult<usize> {
     let ids: Vec<usize> = model
         .nodes()
         .iter()
-        .filter(|n| n.op_is::<Bf16ActMatMul>())
+        .filter(|n| n.op_is::<ActMatMul>())
         .map(|n| n.id)
         .collect();
     for id in ids {
         let node = model.node(id);
-        let mut op = node.op_as::<Bf16ActMatMul>().unwrap().clone();
+        let mut op = node.op_as::<ActMatMul>().unwrap().clone();
         let mut wires: TVec<OutletId> = node.inputs.iter().copied().collect();
         let mut changed = false;
         for (operand, wire) in wires.iter_mut().enumerate() {

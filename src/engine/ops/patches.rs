@@ -1,8 +1,8 @@
 //! The image tower's patch embedding in bf16: a convolution whose strides equal its kernel
 //! (ViT-B/32: 3 x 32 x 32 pixels to 768 features, 49 patches per image) is one product of the
-//! image's patches by the kernel. [`Bf16Patches`] lays the patches out as rows (each row a
+//! image's patches by the kernel. [`PatchEmbed`] lays the patches out as rows (each row a
 //! patch, in the kernel's `[channel, row, column]` order) and runs them through the bf16
-//! product of [`super::Bf16MatMul`], with the kernel packed once at load. tract ran it as an
+//! product of [`super::WeightMatMul`], with the kernel packed once at load. tract ran it as an
 //! f32 `Im2col` and `OptMatMul`: 2.6 ms of an image's 52 ms on one thread.
 
 use std::hash::{Hash, Hasher};
@@ -19,7 +19,7 @@ use super::kernel::{matmul, Activations, Epilogue, Output, PackedWeights, Packin
 /// convolution of an NCHW image by an OIHW kernel whose strides are its size, without padding
 /// or dilation, with bf16 products.
 #[derive(Debug, Clone)]
-pub struct Bf16Patches {
+pub struct PatchEmbed {
     /// The kernel as a `[C * ph * pw, O]` product's right operand.
     weights: Arc<PackedWeights>,
     /// Per output channel, when not all zero.
@@ -29,7 +29,7 @@ pub struct Bf16Patches {
     patch: (usize, usize),
 }
 
-impl PartialEq for Bf16Patches {
+impl PartialEq for PatchEmbed {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.weights, &other.weights)
             && self.bias.as_ref().map(Arc::as_ptr) == other.bias.as_ref().map(Arc::as_ptr)
@@ -37,9 +37,9 @@ impl PartialEq for Bf16Patches {
             && self.patch == other.patch
     }
 }
-impl Eq for Bf16Patches {}
+impl Eq for PatchEmbed {}
 
-impl Hash for Bf16Patches {
+impl Hash for PatchEmbed {
     fn hash<H: Hasher>(&self, state: &mut H) {
         (Arc::as_ptr(&self.weights) as usize).hash(state);
         self.bias
@@ -51,7 +51,7 @@ impl Hash for Bf16Patches {
     }
 }
 
-impl Bf16Patches {
+impl PatchEmbed {
     /// The op for `conv` reading `x` with the constant `kernel` and `bias`, if it is a patch
     /// embedding: NCHW input of known height and width, each a multiple of the kernel's, OIHW
     /// kernel, one group, strides equal to the kernel, no padding, no dilation, f32.
@@ -61,7 +61,7 @@ impl Bf16Patches {
         kernel: &Tensor,
         bias: Option<&Tensor>,
         packing: Packing,
-    ) -> Option<Bf16Patches> {
+    ) -> Option<PatchEmbed> {
         let spec = &conv.pool_spec;
         if conv.q_params.is_some()
             || conv.group != 1
@@ -123,7 +123,7 @@ impl Bf16Patches {
         let k = channels * ph * pw;
         // OIHW is `[O, k]` with k in the order patches are laid out below.
         let weights = packing.pack(k, out, |ki, ni| data[ni * k + ki]);
-        Some(Bf16Patches {
+        Some(PatchEmbed {
             weights: Arc::new(weights),
             bias,
             channels,
@@ -132,7 +132,7 @@ impl Bf16Patches {
     }
 }
 
-impl Op for Bf16Patches {
+impl Op for PatchEmbed {
     fn name(&self) -> StaticName {
         format!("{}Patches", self.weights.kind()).into()
     }
@@ -151,7 +151,7 @@ impl Op for Bf16Patches {
     op_as_typed_op!();
 }
 
-impl EvalOp for Bf16Patches {
+impl EvalOp for PatchEmbed {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
@@ -195,7 +195,7 @@ impl EvalOp for Bf16Patches {
     }
 }
 
-impl TypedOp for Bf16Patches {
+impl TypedOp for PatchEmbed {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let shape = &inputs[0].shape;
         let (ph, pw) = self.patch;
@@ -272,7 +272,7 @@ mod tests {
         );
         let mut model = conv_model(&kernel, &bias, ks, xs);
         assert_eq!(super::super::rewrite(&mut model, arithmetic)?.by_weights, 1);
-        assert!(model.nodes().iter().any(|n| n.op_is::<Bf16Patches>()));
+        assert!(model.nodes().iter().any(|n| n.op_is::<PatchEmbed>()));
         let got = run_alone_and_split(model, &[(&xs, &x)]);
         assert_eq!(got.shape(), [3, 37, 3, 2]);
         assert_sums_close(&got, &want, 72, arithmetic.as_str());
@@ -282,7 +282,7 @@ mod tests {
     /// Overlapping or padded windows are convolutions proper, left to tract.
     #[test]
     fn other_convolutions_are_not_rewritten() -> TractResult<()> {
-        if !super::super::supported() {
+        if !super::super::bf16_supported() {
             eprintln!("no AVX512-BF16 on this CPU: the bf16 products are never used here");
             return Ok(());
         }

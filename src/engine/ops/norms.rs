@@ -1,4 +1,4 @@
-//! A layer norm whose output only a [`Bf16MatMul`] reads (the image tower's `ln_1` before the
+//! A layer norm whose output only a [`WeightMatMul`] reads (the image tower's `ln_1` before the
 //! attention's input projection, `ln_2` before the MLP) becomes part of that product: it reads
 //! the norm's input and normalizes each row as it rounds it to bf16 (`kernel/norm.rs`). That
 //! takes out the norm's five passes over its tensor (the sum, the mean's subtraction,
@@ -15,9 +15,9 @@ use tract_onnx::tract_core::ops::nn::{Reduce, Reducer, RmsNorm};
 
 use super::fuse::{is_bin, products, read_once};
 use super::kernel::LayerNorm;
-use super::Bf16MatMul;
+use super::WeightMatMul;
 
-/// Folds into each [`Bf16MatMul`] the layer norm that only it reads, over the axis it sums
+/// Folds into each [`WeightMatMul`] the layer norm that only it reads, over the axis it sums
 /// (tract's decluttered form of ONNX's `LayerNormalization`: `Reduce<Sum>`, a multiply by
 /// `1 / len`, a subtraction, `RmsNorm`, then a multiply by the scales and an add of the
 /// biases where the export has them). Returns how many it folded.
@@ -25,7 +25,7 @@ pub(super) fn layer_norms(model: &mut TypedModel) -> TractResult<usize> {
     let mut folded = 0;
     for id in products(model) {
         let product = model.node(id);
-        let op = product.op_as::<Bf16MatMul>().expect("listed as one");
+        let op = product.op_as::<WeightMatMul>().expect("listed as one");
         if op.pairs_in
             || op.norm.is_some()
             || op.contracted != 1
