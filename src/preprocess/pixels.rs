@@ -211,10 +211,6 @@ impl PreprocessConfig {
         };
         let part = resize_window(img, geo.resized_w, geo.resized_h, geo.filter, window)
             .expect("sizes are non-zero and the window lies inside the resized image");
-        if part.dimensions() == out.dimensions() {
-            // A center crop: the window is the whole output, no padding to keep.
-            return part;
-        }
         image::imageops::replace(&mut out, &part, i64::from(dst_x), i64::from(dst_y));
         out
     }
@@ -223,20 +219,12 @@ impl PreprocessConfig {
     pub fn normalize(&self, crop: &RgbImage) -> PixelTensor {
         let (w, h) = crop.dimensions();
         let plane = w as usize * h as usize;
-        // Each channel's 256 possible values, computed once as torch computes each pixel's.
-        let table: [[f32; 256]; 3] = std::array::from_fn(|c| {
-            std::array::from_fn(|v| (v as f32 / 255.0 - self.mean[c]) / self.std[c])
-        });
         let mut data = vec![0f32; 3 * plane];
-        let (r, rest) = data.split_at_mut(plane);
-        let (g, b) = rest.split_at_mut(plane);
-        for (((px, r), g), b) in crop.pixels().zip(r).zip(g).zip(b) {
-            let [pr, pg, pb] = px.0;
-            (*r, *g, *b) = (
-                table[0][usize::from(pr)],
-                table[1][usize::from(pg)],
-                table[2][usize::from(pb)],
-            );
+        for (i, px) in crop.pixels().enumerate() {
+            for c in 0..3 {
+                let x = f32::from(px.0[c]) / 255.0;
+                data[c * plane + i] = (x - self.mean[c]) / self.std[c];
+            }
         }
         PixelTensor {
             data,
