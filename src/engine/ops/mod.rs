@@ -5,10 +5,9 @@
 //! `precision/`), and around them the layer norms, softmaxes, sums, adds and multiplies, each
 //! giving the bits of the op it replaces. The arithmetic itself, the crate's only AVX-512 code,
 //! is in `kernel/`; this folder's other files are the tract ops and the graph rewrites that put
-//! them in place. (Until RESULTS row 68 this folder was `engine/bf16/`, after the first
-//! arithmetic it held, and [`WeightMatMul`], [`ActMatMul`] and [`PatchEmbed`] were
-//! `Bf16MatMul`, `Bf16ActMatMul` and `Bf16Patches`: bench/RESULTS.md's earlier rows use those
-//! names.)
+//! them in place. (This folder was `engine/bf16/`, after the first arithmetic it held, and
+//! [`WeightMatMul`], [`ActMatMul`] and [`PatchEmbed`] were `Bf16MatMul`, `Bf16ActMatMul` and
+//! `Bf16Patches`, until commit 840ca46: rows 1-67 of bench/RESULTS.md use those names.)
 //!
 //! Zen 4 and recent Intel parts have AVX512-BF16: `vdpbf16ps` multiplies 32 pairs of bf16
 //! numbers and adds them into 16 f32 accumulators, twice the multiply-adds per cycle of an f32
