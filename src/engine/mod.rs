@@ -234,8 +234,8 @@ impl Engine {
         Ok(engine)
     }
 
-    /// What each tower's products run in (f32, bf16, int8 or int16), what the start-up check measured and
-    /// why, for `/info` and the metrics.
+    /// What each tower's products run in (f32, bf16, int8 or int16), what the start-up check
+    /// measured and why, for `/info` and the metrics.
     pub fn precision(&self) -> PrecisionReport {
         self.precision
     }

@@ -121,8 +121,8 @@ pub fn vnni_supported() -> bool {
     VnniCpu::detect().is_some()
 }
 
-/// Bytes of packed weights (in whatever arithmetic) the [`WeightMatMul`] ops of `model` hold, each copy counted once (the
-/// plans built from `model` share them).
+/// Bytes of packed weights (in whatever arithmetic) the [`WeightMatMul`] ops of `model` hold,
+/// each copy counted once (the plans built from `model` share them).
 pub fn weight_bytes(model: &TypedModel) -> usize {
     let mut seen = std::collections::HashSet::new();
     model
