@@ -14,9 +14,11 @@
 #    at each concurrency in $BENCH_CONCURRENCY;
 #    ONNX Runtime's image batch 32 is also timed right after the image cells (the server idle);
 # 4. runs the encoders on fixed workloads through tract (benches/compare.rs), ONNX Runtime and
-#    PyTorch OpenCLIP (bench/py_baselines.py), same weights, same inputs, same thread count;
-#    then times a fixed register-only loop as long as one bare image run (bench/jitter.c), the
-#    spread of run times this machine itself adds;
+#    PyTorch OpenCLIP (bench/py_baselines.py), same weights, same inputs, same thread count
+#    (tract also does for the image load's photos what the server does for a lone image request,
+#    minus HTTP and the queue: decode, preprocess, embed alone); then times a fixed
+#    register-only loop as long as one bare image run (bench/jitter.c), the spread of run times
+#    this machine itself adds;
 # 5. a full run writes bench/results/<stamp>/ (raw JSON), bench/results.png and the "Last run"
 #    section of bench/RESULTS.md (bench/report.py); a --quick run writes only its own folder,
 #    bench/out/quick-<stamp>/ (git-ignored), with the same summary.md.
@@ -27,7 +29,8 @@
 #   BENCH_PYTHON           the Python with onnx/requirements.txt installed (default: .venv/bin/python
 #                          in the repo, the venv of onnx/README.md)
 #   CARGO_TARGET_DIR       cargo's target folder (default: target/ in the repo)
-#   BENCH_PHOTOS           photo files for the image load (default: tests/fixtures/photos, 100-900 KB)
+#   BENCH_PHOTOS           photo files for the image load and the encoders' photo workload (default:
+#                          tests/fixtures/photos, 100-900 KB)
 #   BENCH_OUT              where a run's folder goes (default: bench/results, or bench/out for --quick)
 #   BENCH_DURATION, BENCH_CONCURRENCY, BENCH_BUDGET, BENCH_THREADS, BENCH_PORT, BENCH_VARIANTS
 # Any CLIPSERVE_* variable set by the caller reaches the server (e.g.
@@ -121,20 +124,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The photos of the image load, also decoded and embedded bare by the encoders' phase.
+PHOTOS=""
+if [ -n "${BENCH_PHOTOS:-}" ]; then
+  PHOTOS=" $BENCH_PHOTOS"
+else
+  for p in "$REPO"/tests/fixtures/photos/*.{jpg,png}; do
+    [ -f "$p" ] || continue
+    size=$(stat -c %s "$p")
+    if [ "$size" -ge 100000 ] && [ "$size" -le 900000 ]; then PHOTOS="$PHOTOS $p"; fi
+  done
+fi
+[ -n "$PHOTOS" ] || { log "no photos for the image load"; exit 1; }
+log "photos:$(for p in $PHOTOS; do printf ' %s(%dKB)' "$(basename "$p")" $(($(stat -c %s "$p") / 1024)); done)"
+
 # --- HTTP load test -------------------------------------------------------------------------
 if [[ " $PHASES " == *" http "* ]]; then
-  PHOTOS=""
-  if [ -n "${BENCH_PHOTOS:-}" ]; then
-    PHOTOS=" $BENCH_PHOTOS"
-  else
-    for p in "$REPO"/tests/fixtures/photos/*.{jpg,png}; do
-      [ -f "$p" ] || continue
-      size=$(stat -c %s "$p")
-      if [ "$size" -ge 100000 ] && [ "$size" -le 900000 ]; then PHOTOS="$PHOTOS $p"; fi
-    done
-  fi
-  [ -n "$PHOTOS" ] || { log "no photos for the image load"; exit 1; }
-  log "photos:$(for p in $PHOTOS; do printf ' %s(%dKB)' "$(basename "$p")" $(($(stat -c %s "$p") / 1024)); done)"
 
   log "starting the server on $MODEL"
   start_ns=$(date +%s%N)
@@ -212,7 +217,8 @@ fi
 if [[ " $PHASES " == *" engines "* ]]; then
   log "tract encoders (benches/compare.rs)"
   (cd "$REPO" && CLIPSERVE_BENCH_MODEL="${MODEL#"$REPO"/}" cargo bench --quiet --bench compare -- \
-    --variants "${BENCH_VARIANTS:-bucketed,symbolic,bucketed_intra2,bucketed_bf16,bucketed_bf16_intra2,bucketed_int8,bucketed_int8_intra2,bucketed_int16,bucketed_int16_intra2}" --budget "$BUDGET" --json "$OUT/tract.json")
+    --variants "${BENCH_VARIANTS:-bucketed,symbolic,bucketed_intra2,bucketed_bf16,bucketed_bf16_intra2,bucketed_int8,bucketed_int8_intra2,bucketed_int16,bucketed_int16_intra2}" --budget "$BUDGET" --json "$OUT/tract.json" \
+    --photos "$(echo $PHOTOS | tr ' ' ',')")
   # The encoders' JSON names the model as the rest of the run does, never by this machine's path.
   MODEL_SHOWN="$MODEL_SHOWN" "$PY" - "$OUT/tract.json" <<'PYEOF'
 import json, os, sys

@@ -9,11 +9,18 @@
 //!
 //! Not a criterion bench: one run of an image batch of 32 takes seconds, and what the harness
 //! needs is the median of a few runs per workload next to the other runtimes' medians.
+//!
+//! With `--photos a.jpg,b.png,...` each variant also runs `image_photo_b1`: what the server does
+//! for a lone image request, minus HTTP and the queue (one photo decoded, preprocessed and
+//! embedded as a lone run, the photos in turn), with the decoding-and-preprocessing part and the
+//! model part timed apart. Only tract has it: the other runtimes have no preprocessing of ours.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clipserve::engine::{Buckets, Engine, EngineSettings, Precision, TowerPool};
+use clipserve::preprocess::image::{decode_rgb, DecodeLimits, ExifPolicy};
+use clipserve::preprocess::pixels::PreprocessConfig;
 
 /// (name, tower, batch, tokens): the same list as `bench/py_baselines.py`'s WORKLOADS, plus
 /// batch 8.
@@ -157,6 +164,8 @@ struct Args {
     budget: Duration,
     min_runs: usize,
     json: Option<PathBuf>,
+    /// Photo files for `image_photo_b1` (none: the workload is skipped).
+    photos: Vec<PathBuf>,
 }
 
 fn args() -> Args {
@@ -166,6 +175,7 @@ fn args() -> Args {
         budget: Duration::from_secs(4),
         min_runs: 3,
         json: None,
+        photos: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -185,6 +195,7 @@ fn args() -> Args {
             }
             "--min-runs" => args.min_runs = it.next().and_then(|s| s.parse().ok()).unwrap_or(3),
             "--json" => args.json = it.next().map(PathBuf::from),
+            "--photos" => args.photos = list(it.next()).into_iter().map(PathBuf::from).collect(),
             // `cargo bench` passes --bench; criterion-style filters are ignored too.
             _ => {}
         }
@@ -210,12 +221,13 @@ fn percentile(xs: &[f64], q: f64) -> f64 {
     xs[rank - 1]
 }
 
-/// Times `f` until `budget` has passed and `min_runs` are done (the caller has run it once
-/// already, for its output).
+/// Times `f` until `budget` has passed and `min_runs` are done, at most `MAX_RUNS` (the caller
+/// has run it once already, for its output).
 fn time_runs(mut f: impl FnMut(), budget: Duration, min_runs: usize) -> Vec<f64> {
+    const MAX_RUNS: usize = 200;
     let started = Instant::now();
     let mut times = Vec::new();
-    while (times.len() < min_runs || started.elapsed() < budget) && times.len() < 200 {
+    while (times.len() < min_runs || started.elapsed() < budget) && times.len() < MAX_RUNS {
         let t = Instant::now();
         f();
         times.push(t.elapsed().as_secs_f64());
@@ -286,11 +298,74 @@ fn run_variant(model: &std::path::Path, v: &Variant, args: &Args) -> serde_json:
             }),
         );
     }
+    if !args.photos.is_empty() && (args.only.is_empty() || args.only.iter().any(|o| o == PHOTO)) {
+        workloads.insert(PHOTO.into(), photo_runs(&v.name, &engine, &pool, args));
+    }
     serde_json::json!({
         "variant": v.name,
         "intra_op_threads": v.intra_op_threads,
         "load_s": load_s,
         "workloads": workloads,
+    })
+}
+
+/// The workload of `--photos`.
+const PHOTO: &str = "image_photo_b1";
+
+/// `image_photo_b1`: each run decodes the next photo, preprocesses it as the server does and
+/// embeds it as a lone run, for the whole budget (up to 2,000 runs, enough for a p99 that is
+/// not just the slowest few). Reports the whole run's median and p99, and the medians of its
+/// two parts.
+fn photo_runs(variant: &str, engine: &Engine, pool: &TowerPool, args: &Args) -> serde_json::Value {
+    let photos: Vec<Vec<u8>> = args
+        .photos
+        .iter()
+        .map(|p| std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display())))
+        .collect();
+    let preprocess = PreprocessConfig::default();
+    let limits = DecodeLimits::default();
+    let run = |i: usize| -> (f64, f64) {
+        let started = Instant::now();
+        let image = decode_rgb(&photos[i % photos.len()], &limits, ExifPolicy::Apply)
+            .expect("a bench photo decodes");
+        let pixels = preprocess.tensor(&image).into_vec();
+        let prepared = Instant::now();
+        let views = [pixels.as_slice()];
+        pool.run(true, || {
+            engine.image.embed(&views).expect("image batch runs")
+        });
+        let prep = (prepared - started).as_secs_f64();
+        (prep, prepared.elapsed().as_secs_f64())
+    };
+    // Each photo once, untimed: the first decode of a format pays for its tables.
+    for i in 0..photos.len() {
+        run(i);
+    }
+    let started = Instant::now();
+    let (mut whole, mut prep, mut model) = (Vec::new(), Vec::new(), Vec::new());
+    while (whole.len() < args.min_runs || started.elapsed() < args.budget) && whole.len() < 2000 {
+        let (p, m) = run(whole.len());
+        whole.push(p + m);
+        prep.push(p);
+        model.push(m);
+    }
+    let runs = whole.len();
+    let p99 = percentile(&whole, 0.99);
+    let med = median(whole);
+    eprintln!(
+        "tract {variant} {PHOTO}: median {:.1} ms, p99 {:.1} ms ({runs} runs)",
+        med * 1e3,
+        p99 * 1e3
+    );
+    serde_json::json!({
+        "batch": 1,
+        "runs": runs,
+        "photos": photos.len(),
+        "median_s": med,
+        "p99_s": p99,
+        "items_per_s": 1.0 / med,
+        "prep_median_s": median(prep),
+        "model_median_s": median(model),
     })
 }
 
