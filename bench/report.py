@@ -236,7 +236,8 @@ def targets(r):
     row("short-query throughput over HTTP (unique queries)", f">= 8 x ORT 77 tokens batch 1 ({fmt(o77 and 8 * o77)}/s)",
         f"{fmt(txt)}/s ({fmt(txt / o77 if txt and o77 else None, 2)}x ORT)",
         txt >= 8 * o77 if txt and o77 else None)
-    c1 = (r["wrk"].get("image", {}).get(1) or {}).get("latency_ms", {}).get("p99")
+    c1_latency = (r["wrk"].get("image", {}).get(1) or {}).get("latency_ms", {})
+    c1, c1_p50 = c1_latency.get("p99"), c1_latency.get("p50")
     # The spread the machine adds on its own: a fixed loop as long as the bare run (bench/jitter.c).
     j = r.get("jitter") or {}
     floor = (f"; this machine's own spread: a fixed {fmt(j['target_ms'])} ms loop on {j['threads']} threads ran "
@@ -260,7 +261,6 @@ def targets(r):
     # Target 3 as it can be met with photos: a photo's decoding alone can exceed 0.3 x a fast
     # encoder, so the server's lone image is set against the same work done bare, like for like
     # (its p50 against the bare median, its p99 against the bare p99).
-    c1_p50 = (r["wrk"].get("image", {}).get(1) or {}).get("latency_ms", {}).get("p50")
     if p_med and p_p99 and c1 and c1_p50:
         row("p50 and p99 of one image at concurrency 1 against the same photos decoded, preprocessed and "
             "embedded bare (target 3 with the photo's own cost in the baseline)",

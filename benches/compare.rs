@@ -19,8 +19,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clipserve::engine::{Buckets, Engine, EngineSettings, Precision, TowerPool};
-use clipserve::preprocess::image::{decode_rgb, DecodeLimits, ExifPolicy};
-use clipserve::preprocess::pixels::PreprocessConfig;
+use clipserve::service::{prepare_image, InputRules};
 
 /// (name, tower, batch, tokens): the same list as `bench/py_baselines.py`'s WORKLOADS, plus
 /// batch 8.
@@ -221,13 +220,12 @@ fn percentile(xs: &[f64], q: f64) -> f64 {
     xs[rank - 1]
 }
 
-/// Times `f` until `budget` has passed and `min_runs` are done, at most `MAX_RUNS` (the caller
+/// Times `f` until `budget` has passed and `min_runs` are done, at most `max_runs` (the caller
 /// has run it once already, for its output).
-fn time_runs(mut f: impl FnMut(), budget: Duration, min_runs: usize) -> Vec<f64> {
-    const MAX_RUNS: usize = 200;
+fn time_runs(mut f: impl FnMut(), budget: Duration, min_runs: usize, max_runs: usize) -> Vec<f64> {
     let started = Instant::now();
     let mut times = Vec::new();
-    while (times.len() < min_runs || started.elapsed() < budget) && times.len() < MAX_RUNS {
+    while (times.len() < min_runs || started.elapsed() < budget) && times.len() < max_runs {
         let t = Instant::now();
         f();
         times.push(t.elapsed().as_secs_f64());
@@ -262,6 +260,7 @@ fn run_variant(model: &std::path::Path, v: &Variant, args: &Args) -> serde_json:
                 },
                 args.budget,
                 args.min_runs,
+                MAX_RUNS,
             );
             (first, times)
         } else {
@@ -275,6 +274,7 @@ fn run_variant(model: &std::path::Path, v: &Variant, args: &Args) -> serde_json:
                 },
                 args.budget,
                 args.min_runs,
+                MAX_RUNS,
             );
             (first, times)
         };
@@ -312,7 +312,14 @@ fn run_variant(model: &std::path::Path, v: &Variant, args: &Args) -> serde_json:
 /// The workload of `--photos`.
 const PHOTO: &str = "image_photo_b1";
 
-/// `image_photo_b1`: each run decodes the next photo, preprocesses it as the server does and
+/// Most timed runs of an encoder workload.
+const MAX_RUNS: usize = 200;
+
+/// Most timed runs of `image_photo_b1`, whose p99 the report uses.
+const PHOTO_MAX_RUNS: usize = 2000;
+
+/// `image_photo_b1`: each run decodes and preprocesses the next photo as the server does
+/// (`prepare_image`, the model folder's preprocessing, the default settings' input rules) and
 /// embeds it as a lone run, for the whole budget (up to 2,000 runs, enough for a p99 that is
 /// not just the slowest few). Reports the whole run's median and p99, and the medians of its
 /// two parts.
@@ -322,13 +329,18 @@ fn photo_runs(variant: &str, engine: &Engine, pool: &TowerPool, args: &Args) -> 
         .iter()
         .map(|p| std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display())))
         .collect();
-    let preprocess = PreprocessConfig::default();
-    let limits = DecodeLimits::default();
+    let settings = clipserve::config::Settings::default();
+    let rules = InputRules::new(&settings.limits, &settings.model);
     let run = |i: usize| -> (f64, f64) {
         let started = Instant::now();
-        let image = decode_rgb(&photos[i % photos.len()], &limits, ExifPolicy::Apply)
-            .expect("a bench photo decodes");
-        let pixels = preprocess.tensor(&image).into_vec();
+        let pixels = prepare_image(
+            &photos[i % photos.len()],
+            &engine.folder.preprocess,
+            &rules,
+            i,
+        )
+        .expect("a bench photo decodes")
+        .into_vec();
         let prepared = Instant::now();
         let views = [pixels.as_slice()];
         pool.run(true, || {
@@ -341,14 +353,17 @@ fn photo_runs(variant: &str, engine: &Engine, pool: &TowerPool, args: &Args) -> 
     for i in 0..photos.len() {
         run(i);
     }
-    let started = Instant::now();
-    let (mut whole, mut prep, mut model) = (Vec::new(), Vec::new(), Vec::new());
-    while (whole.len() < args.min_runs || started.elapsed() < args.budget) && whole.len() < 2000 {
-        let (p, m) = run(whole.len());
-        whole.push(p + m);
-        prep.push(p);
-        model.push(m);
-    }
+    let (mut prep, mut model) = (Vec::new(), Vec::new());
+    let whole = time_runs(
+        || {
+            let (p, m) = run(prep.len());
+            prep.push(p);
+            model.push(m);
+        },
+        args.budget,
+        args.min_runs,
+        PHOTO_MAX_RUNS,
+    );
     let runs = whole.len();
     let p99 = percentile(&whole, 0.99);
     let med = median(whole);
